@@ -1,0 +1,206 @@
+"""The WKV recurrences of every RWKV generation, serially (the RNN, one token at a time) and chunked (parallel).
+
+Both forms compute the same numbers; the serial one is the plainly correct reference, the chunked one is what a
+whole prompt runs through: every product inside a chunk is parallel, and only the state crosses chunk borders.
+Decay factors are formed as exp(sum of log-decays between two tokens), always with a non-positive exponent, so
+nothing overflows however strong the decay (no exp of an unbounded cumulative sum).
+
+Shapes: B batch, T tokens, H heads, N head size, C channels. Everything here is float32 (or float64 in tests).
+State layouts are those of the official implementation:
+  v4    [B, 3, C]       (aa, bb, pp): numerator, denominator, log-scale;
+  v5/v6 [B, H, N, N]    [key, value]: decay scales rows;
+  v7    [B, H, N, N]    [value, key]: decay scales columns.
+"""
+from __future__ import annotations
+
+import torch
+
+V4_PP_INIT = -1e30  # the log-scale of the empty past (weight 0)
+
+
+# ---------------------------------------------------------------- v4 (per channel, normalised)
+
+
+def v4_zero_state(B: int, C: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    s = torch.zeros(B, 3, C, device=device, dtype=dtype)
+    s[:, 2] = V4_PP_INIT
+    return s
+
+
+def wkv4_serial(k: torch.Tensor, v: torch.Tensor, rho: torch.Tensor, u: torch.Tensor, state: torch.Tensor):
+    """RWKV-4 wkv, token by token, with the official stable (aa, bb, pp) recurrence.
+
+    k, v [B, T, C]; rho = exp(time_decay) [C] (> 0, per-step log-decay is -rho); u = time_first [C];
+    state [B, 3, C]. Returns wkv [B, T, C] and the new state.
+    """
+    aa, bb, pp = state[:, 0], state[:, 1], state[:, 2]
+    out = []
+    for t in range(k.shape[1]):
+        kt, vt = k[:, t], v[:, t]
+        ww = u + kt
+        q = torch.maximum(pp, ww)
+        e1, e2 = torch.exp(pp - q), torch.exp(ww - q)
+        out.append((e1 * aa + e2 * vt) / (e1 * bb + e2))
+        ww = pp - rho
+        q = torch.maximum(ww, kt)
+        e1, e2 = torch.exp(ww - q), torch.exp(kt - q)
+        aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, q
+    return torch.stack(out, 1), torch.stack([aa, bb, pp], 1)
+
+
+def wkv4_chunked(k, v, rho, u, state, chunk: int = 32):
+    """RWKV-4 wkv over chunks: inside a chunk every (query, source) weight at once, max-shifted in log space."""
+    B, T, C = k.shape
+    aa, bb, pp = state[:, 0], state[:, 1], state[:, 2]
+    outs = []
+    for s in range(0, T, chunk):
+        kc, vc = k[:, s:s + chunk], v[:, s:s + chunk]  # [B, L, C]
+        L = kc.shape[1]
+        t = torch.arange(L, device=k.device, dtype=k.dtype)
+        gap = (t[:, None] - 1 - t[None, :])  # [L(t), L(i)]: t-1-i
+        logit = kc[:, None, :, :] - gap[None, :, :, None] * rho  # [B, L, L, C]: k_i - (t-1-i) rho
+        diag = torch.eye(L, dtype=torch.bool, device=k.device)[None, :, :, None]
+        logit = torch.where(diag, (u + kc)[:, :, None, :].expand_as(logit), logit)
+        upper = torch.ones(L, L, dtype=torch.bool, device=k.device).triu(1)[None, :, :, None]
+        logit = logit.masked_fill(upper, float("-inf"))
+        past = pp[:, None, :] - t[None, :, None] * rho  # [B, L, C]: weight of the incoming state at token t
+        m = torch.maximum(logit.amax(2), past)
+        e = torch.exp(logit - m[:, :, None, :])
+        ep = torch.exp(past - m)
+        num = (e * vc[:, None, :, :]).sum(2) + ep * aa[:, None, :]
+        den = e.sum(2) + ep * bb[:, None, :]
+        outs.append(num / den)
+        # state after the chunk's last token: sum_i e^{k_i - (L-1-i) rho} v_i + e^{pp - L rho} aa
+        last = kc - (L - 1 - t)[None, :, None] * rho  # [B, L, C]
+        carry = pp - L * rho  # [B, C]
+        q = torch.maximum(last.amax(1), carry)
+        el, ec = torch.exp(last - q[:, None]), torch.exp(carry - q)
+        aa = (el * vc).sum(1) + ec * aa
+        bb = el.sum(1) + ec * bb
+        pp = q
+    return torch.cat(outs, 1), torch.stack([aa, bb, pp], 1)
+
+
+# ---------------------------------------------------------------- v5 / v6 (diagonal decay, read then decay)
+
+
+def wkv5_serial(r, k, v, logw, u, state):
+    """v5.x/v6 WKV token by token: y_t = r_t (diag(u) k_t^T v_t + S_{t-1}); S_t = diag(w_t) S_{t-1} + k_t^T v_t.
+
+    r, k, v, logw [B, T, H, N] (logw = log of the per-step decay, <= 0); u [H, N]; state [B, H, N, N] (key, value).
+    """
+    w = torch.exp(logw)
+    ys = []
+    for t in range(r.shape[1]):
+        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, N, N]
+        ys.append(torch.einsum("bhk,bhkv->bhv", r[:, t], state + u[:, :, None] * kv))
+        state = w[:, t, :, :, None] * state + kv
+    return torch.stack(ys, 1), state
+
+
+def _to_chunks(x: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, T, H, N] -> [B, H, nC, L, N], zero-padded at the end."""
+    B, T, H, N = x.shape
+    pad = (-T) % L
+    if pad:
+        x = torch.cat([x, x.new_zeros(B, pad, H, N)], 1)
+    return x.view(B, -1, L, H, N).permute(0, 3, 1, 2, 4)
+
+
+def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
+    B, H, nC, L, N = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(B, nC * L, H, N)[:, :T]
+
+
+def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 << 25):
+    """v5.x/v6 WKV over chunks; equal to `wkv5_serial`. Padding tokens carry k = 0 and log-decay 0 (no effect)."""
+    B, T, H, N = r.shape
+    L = chunk
+    rc, kc, vc, lw = (_to_chunks(x, L) for x in (r, k, v, logw))  # [B, H, nC, L, N]
+    c = torch.cumsum(lw, 3)  # inclusive log-decay within the chunk
+    ce = c - lw  # exclusive
+    nC = rc.shape[2]
+    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)  # i < t
+    # intra-chunk scores A[t, i] = sum_n r_t k_i exp(ce_t - c_i), i < t, in groups of chunks to bound memory
+    y = torch.empty_like(vc)
+    step = max(1, max_elems // max(1, B * H * L * L * N))
+    for g in range(0, nC, step):
+        sl = slice(g, g + step)
+        diff = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N]
+        diff = diff.masked_fill(~strict[:, :, None], float("-inf"))
+        A = torch.einsum("bhctn,bhcsn,bhctsn->bhcts", rc[:, :, sl], kc[:, :, sl], torch.exp(diff))
+        y[:, :, sl] = A @ vc[:, :, sl]
+    y = y + (rc * u[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc  # bonus (diagonal)
+    # inter-chunk: the state entering each chunk
+    c_last = c[:, :, :, -1:, :]  # [B, H, nC, 1, N]
+    k_dec = kc * torch.exp(c_last - c)  # what each write keeps by the chunk's end
+    kv = k_dec.transpose(-1, -2) @ vc  # [B, H, nC, N, N]
+    dec = torch.exp(c_last[:, :, :, 0, :])  # [B, H, nC, N]
+    r_dec = rc * torch.exp(ce)
+    for j in range(nC):
+        y[:, :, j] += r_dec[:, :, j] @ state
+        state = dec[:, :, j, :, None] * state + kv[:, :, j]
+    return _from_chunks(y, T), state
+
+
+# ---------------------------------------------------------------- v7 (diagonal decay plus rank-1 removal, update then read)
+
+
+def wkv7_serial(r, logw, k, v, alpha, beta, state):
+    """v7 WKV token by token: S_t = S_{t-1} (diag(w_t) + alpha_t^T beta_t) + v_t^T k_t;  y_t = S_t r_t^T.
+
+    r, logw, k (the modified key k~), v, alpha (= -kk), beta (= kk * a): [B, T, H, N]; state [B, H, N, N] (value, key).
+    """
+    w = torch.exp(logw)
+    ys = []
+    for t in range(r.shape[1]):
+        sa = torch.einsum("bhvk,bhk->bhv", state, alpha[:, t])  # [B, H, N]: S alpha^T
+        state = (state * w[:, t, :, None, :] + sa[..., None] * beta[:, t, :, None, :]
+                 + v[:, t, :, :, None] * k[:, t, :, None, :])
+        ys.append(torch.einsum("bhvk,bhk->bhv", state, r[:, t]))
+    return torch.stack(ys, 1), state
+
+
+def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16):
+    """v7 WKV over chunks; equal to `wkv7_serial`.
+
+    Inside a chunk the removed values z_t = S_{t-1} alpha_t^T solve a unit lower-triangular system (the state is
+    linear in its writes), after which everything is a diagonal-decay linear attention. Decay factors are split
+    as exp(c_t) * exp(-c_i): v7's per-step log-decay is >= -e^-0.5, so within 16 tokens they stay below e^10.
+    A decay outside that range (not a v7 model) falls back to the serial form.
+    """
+    B, T, H, N = r.shape
+    L = chunk
+    if T <= 1 or float(-logw.min()) * L > 40.0:
+        return wkv7_serial(r, logw, k, v, alpha, beta, state)
+    rc, kc, vc, ac, bc, lw = (_to_chunks(x, L) for x in (r, k, v, alpha, beta, logw))  # [B, H, nC, L, N]
+    c = torch.cumsum(lw, 3)
+    ce = c - lw
+    a_t = ac * torch.exp(ce)  # alpha_t e^{ce_t}
+    r_t = rc * torch.exp(c)  # r_t e^{c_t}
+    inv = torch.exp(-c)
+    b_i, k_i = bc * inv, kc * inv  # beta_i e^{-c_i}, k_i e^{-c_i}
+    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+    incl = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(0)
+    M_b = (a_t @ b_i.transpose(-1, -2)).masked_fill(~strict, 0.0)  # [.., L(t), L(i)]
+    M_k = (a_t @ k_i.transpose(-1, -2)).masked_fill(~strict, 0.0)
+    Q_b = (r_t @ b_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
+    Q_k = (r_t @ k_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
+    eye = torch.eye(L, dtype=r.dtype, device=r.device)
+    sys_ = eye - M_b
+    W_a = torch.linalg.solve_triangular(sys_, a_t, upper=False, unitriangular=True)  # [.., L, N(key)]
+    U = torch.linalg.solve_triangular(sys_, M_k @ vc, upper=False, unitriangular=True)  # [.., L, N(value)]
+    y_local = Q_k @ vc  # the part independent of the incoming state, except through Z
+    c_last = c[:, :, :, -1:, :]
+    keep = torch.exp(c_last - c)
+    b_end, k_end = bc * keep, kc * keep  # [B, H, nC, L, N]
+    dec = torch.exp(c_last[:, :, :, 0, :])  # [B, H, nC, N]
+    nC = rc.shape[2]
+    y = torch.empty_like(vc)
+    for j in range(nC):
+        S_T = state.transpose(-1, -2)  # [B, H, key, value]
+        Z = W_a[:, :, j] @ S_T + U[:, :, j]  # [B, H, L, value]
+        y[:, :, j] = r_t[:, :, j] @ S_T + Q_b[:, :, j] @ Z + y_local[:, :, j]
+        state = (state * dec[:, :, j, None, :] + Z.transpose(-1, -2) @ b_end[:, :, j]
+                 + vc[:, :, j].transpose(-1, -2) @ k_end[:, :, j])
+    return _from_chunks(y, T), state
