@@ -473,7 +473,8 @@ class RWKV(nn.Module):
             model = cls(cfg)
         model.load_state_dict(state_dict, strict=True, assign=True)
         model.hook_points = name_hook_points(model)
-        return model.to_device(device, dtype)
+        model.to_device(device, dtype)
+        return model.requires_grad_(False)  # an inference engine; training turns gradients back on
 
     def to_device(self, device="cpu", dtype: torch.dtype = torch.float32) -> "RWKV":
         """Move to `device`; matrices take `dtype`, vectors (decays, mixes, norms) stay float32."""

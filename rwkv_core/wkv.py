@@ -171,7 +171,7 @@ def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16):
     """
     B, T, H, N = r.shape
     L = chunk
-    if T <= 1 or float(-logw.min()) * L > 40.0:
+    if T <= 1 or float(-logw.detach().min()) * L > 40.0:
         return wkv7_serial(r, logw, k, v, alpha, beta, state)
     rc, kc, vc, ac, bc, lw = (_to_chunks(x, L) for x in (r, k, v, alpha, beta, logw))  # [B, H, nC, L, N]
     c = torch.cumsum(lw, 3)
