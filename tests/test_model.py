@@ -1,0 +1,198 @@
+"""The engine against rwkv.cpp's test vectors, itself (sequence = RNN = split runs), and its hook contract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rwkv_core import wkv
+from rwkv_core.checkpoint import detect_config, load_model
+from rwkv_core.model import RWKV
+from rwkv_core.synthetic import random_state_dict
+from tests.conftest import shared_file
+
+TINY = [  # (model file, expected-logits tag, tolerance)
+    ("tiny-rwkv-4v0-660K-FP32.bin", "4v0-660K", 1e-4),
+    ("tiny-rwkv-5v1-730K-FP32.bin", "5v1-730K", 1e-4),
+    ("tiny-rwkv-5v2-730K-FP32.bin", "5v2-730K", 1e-4),
+    ("tiny-rwkv-6v0-1m-FP32.bin", "6v0-1m", 1e-4),
+    ("tiny-rwkv-6v0-3m-Q5_1.bin", "6v0-3m", 0.1),  # the vector belongs to the unquantised model
+    ("tiny-rwkv-7v0-834K-FP32.bin", "7v0-834K", 1e-4),
+]
+PROMPT = [34, 105, 110]  # '"in', the prompt of rwkv.cpp's tests/test_tiny_rwkv.c
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = load_model(shared_file(name))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name,tag,tol", TINY, ids=[t[1] for t in TINY])
+def test_expected_logits_sequence_and_rnn(tiny_models, name, tag, tol):
+    model = tiny_models(name)
+    expected = np.fromfile(shared_file(f"expected-logits-{tag}.bin"), dtype="<f4")
+    with torch.no_grad():
+        seq, _ = model(PROMPT)
+        rnn, _ = model.forward_rnn(PROMPT)
+    assert np.abs(seq[0, -1].numpy() - expected).max() < tol
+    assert np.abs(rnn[0, -1].numpy() - expected).max() < tol
+    assert int(seq[0, -1].argmax()) == int(expected.argmax())
+
+
+TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Einstein published four papers; "
+        "the third introduced special relativity.").encode()
+
+
+@pytest.mark.parametrize("name", [t[0] for t in TINY], ids=[t[1] for t in TINY])
+def test_sequence_equals_rnn_and_split_runs(tiny_models, name):
+    """Chunked sequence mode, token-by-token RNN mode and a run split in two agree, logits and state."""
+    model = tiny_models(name)
+    toks = list(TEXT)  # 113 tokens: several chunks plus a partial one
+    with torch.no_grad():
+        seq, s_seq = model(toks)
+        rnn, s_rnn = model.forward_rnn(toks)
+        a, s_a = model(toks[:50])
+        b, s_b = model(toks[50:], s_a)
+    scale = seq.abs().max()
+    assert (seq - rnn).abs().max() / scale < 1e-5
+    assert (torch.cat([a, b], 1) - seq).abs().max() / scale < 1e-5
+    for x, y in ((s_seq, s_rnn), (s_seq, s_b)):
+        assert torch.allclose(x.att_shift, y.att_shift, atol=1e-5)
+        assert torch.allclose(x.ffn_shift, y.ffn_shift, atol=1e-5)
+        assert (x.wkv - y.wkv).abs().max() <= 1e-5 * max(1.0, float(x.wkv.abs().max()))
+
+
+def test_reverse_digits_model_reverses():
+    """The trained v7 task model (non-standard layout, head bias, residual bias) does its task."""
+    model = load_model(shared_file("260123_reverse_L2_only_rwkv7.pth"))
+    assert model.cfg.version == "7" and not model.cfg.has_ln0 and model.cfg.head_bias and model.cfg.resid_bias
+    rng = np.random.default_rng(0)
+    for n in (3, 8, 17):
+        digits = [int(d) for d in rng.integers(0, 10, n)]
+        toks = digits + [10]
+        with torch.no_grad():
+            for _ in range(n + 1):  # greedy
+                logits, _ = model(toks, logits="last")
+                toks.append(int(logits[0, -1].argmax()))
+        assert toks[n + 1:] == digits[::-1] + [11]
+
+
+@pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
+def test_chunked_kernels_equal_serial_in_float64(version):
+    torch.manual_seed(0)
+    B, T, H, N = 2, 45, 3, 8
+    r, k, v = (torch.randn(B, T, H, N, dtype=torch.float64) for _ in range(3))
+    s0 = torch.randn(B, H, N, N, dtype=torch.float64)
+    if version == "4":
+        C = H * N
+        kk_, vv = k.reshape(B, T, C) * 3, v.reshape(B, T, C)
+        rho, u = torch.exp(torch.randn(C, dtype=torch.float64) * 2), torch.randn(C, dtype=torch.float64)
+        st = wkv.v4_zero_state(B, C, dtype=torch.float64)
+        y1, s1 = wkv.wkv4_serial(kk_, vv, rho, u, st)
+        y2, s2 = wkv.wkv4_chunked(kk_, vv, rho, u, st, chunk=16)
+    elif version == "7":
+        logw = -0.6065 * torch.sigmoid(torch.randn(B, T, H, N, dtype=torch.float64))
+        kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, dtype=torch.float64), dim=-1)
+        a = torch.sigmoid(torch.randn(B, T, H, N, dtype=torch.float64))
+        y1, s1 = wkv.wkv7_serial(r, logw, k, v, -kk, kk * a, s0)
+        y2, s2 = wkv.wkv7_chunked(r, logw, k, v, -kk, kk * a, s0)
+    else:  # decays from ~1 down to e^-e^4 (strong): no overflow in the chunked form
+        logw = -torch.exp(torch.randn(B, T, H, N, dtype=torch.float64) * 2)
+        u = torch.randn(H, N, dtype=torch.float64)
+        y1, s1 = wkv.wkv5_serial(r, k, v, logw, u, s0)
+        y2, s2 = wkv.wkv5_chunked(r, k, v, logw, u, s0)
+    assert torch.isfinite(y2).all()
+    assert (y1 - y2).abs().max() < 1e-10 * max(1.0, float(y1.abs().max()))
+    assert (s1 - s2).abs().max() < 1e-10 * max(1.0, float(s1.abs().max()))
+
+
+def _random_model(version, **kw) -> RWKV:
+    sd = random_state_dict(version, **kw)
+    return RWKV.from_state_dict(detect_config(sd), sd)
+
+
+@pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
+def test_hooks_capture_patch_and_state_positions(version):
+    model = _random_model(version, n_layer=3, n_embd=64, head_size=16, seed=1)
+    toks = list(range(3, 40))
+    with torch.no_grad():
+        base, _ = model(toks)
+    # an identity hook on every point changes nothing (beyond rounding: the chunks are cut at the positions)
+    with torch.no_grad():
+        same, _ = model.run_with_hooks(toks, [(lambda n: True, lambda t, h: t.clone())], state_positions=[4, 20])
+    assert (same - base).abs().max() < 1e-5 * base.abs().max()
+    # the state captured after token p equals the final state of the prefix run
+    _, _, cache = model.run_with_cache(toks, names_filter=r"blocks\.1\.(att|ffn)\.hook_(state|shift)",
+                                       state_positions=[4, 20])
+    assert cache.state_positions == (4, 20)
+    with torch.no_grad():
+        _, s21 = model(toks[:21])
+    assert torch.allclose(cache["blocks.1.att.hook_state"][:, 1], s21.wkv[1], atol=1e-5)
+    assert torch.allclose(cache["blocks.1.att.hook_shift"][:, 1], s21.att_shift[1], atol=1e-5)
+    assert torch.allclose(cache["blocks.1.ffn.hook_shift"][:, 1], s21.ffn_shift[1], atol=1e-5)
+    # replacing the state after token 10 changes nothing before token 11, and something after
+    zero = model.zero_state(1)
+    with torch.no_grad():
+        patched, _ = model.run_with_hooks(toks, [("blocks.1.att.hook_state", lambda t, h: zero.wkv[1])],
+                                          state_positions=[10])
+        _, s11 = model(toks[:11])
+        s11.wkv[1] = zero.wkv[1]
+        resumed, _ = model(toks[11:], s11)
+    assert torch.equal(patched[:, :11], base[:, :11])
+    assert (patched[:, 11:] - base[:, 11:]).abs().max() > 1e-4
+    assert torch.allclose(patched[:, 11:], resumed, atol=1e-5)
+    # hooks are removed afterwards, also after an error inside the forward
+    with pytest.raises(RuntimeError):
+        model.run_with_hooks(toks, [("blocks.0.hook_resid_post", lambda t, h: (_ for _ in ()).throw(RuntimeError()))])
+    assert not any(hp.active for hp in model.hook_points.values())
+
+
+def test_capture_limited_to_layers_and_names():
+    model = _random_model("6", n_layer=4, n_embd=64, head_size=16)
+    _, _, cache = model.run_with_cache(list(range(20)), names_filter=r".*hook_(r|w)", layers=[2])
+    assert set(cache) == {"blocks.2.att.hook_r", "blocks.2.att.hook_w", "blocks.2.ffn.hook_r"}
+    assert cache["blocks.2.att.hook_w"].shape == (1, 20, 64)
+    w = cache["blocks.2.att.hook_w"]
+    assert bool(((w > 0) & (w < 1)).all())
+
+
+def test_bf16_weights_keep_decays_and_state_in_fp32():
+    sd = random_state_dict("7", n_layer=2, n_embd=64, head_size=16, seed=3)
+    cfg = detect_config(sd)
+    m32 = RWKV.from_state_dict(cfg, sd)
+    m16 = RWKV.from_state_dict(cfg, sd, dtype=torch.bfloat16)
+    att = m16.blocks[1].att
+    assert att.receptance.weight.dtype == torch.bfloat16 and m16.emb.weight.dtype == torch.bfloat16
+    assert att.w0.dtype == torch.float32 and att.r_k.dtype == torch.float32 and att.ln_x.weight.dtype == torch.float32
+    toks = list(range(30))
+    with torch.no_grad():
+        l32, s32 = m32(toks)
+        l16, s16 = m16(toks)
+    assert s16.wkv.dtype == torch.float32 and l16.dtype == torch.float32
+    assert (l16 - l32).abs().max() / l32.abs().max() < 0.05  # bf16 matrices: close, not equal
+
+
+def test_batched_rows_are_independent():
+    model = _random_model("6", n_layer=2, n_embd=64, head_size=16)
+    a, b = list(range(5, 30)), list(range(40, 65))
+    with torch.no_grad():
+        both, st = model([a, b])
+        la, sa = model(a)
+        lb, _ = model(b)
+    assert torch.allclose(both[0], la[0], atol=1e-5) and torch.allclose(both[1], lb[0], atol=1e-5)
+    assert torch.allclose(st.select(0).wkv, sa.wkv, atol=1e-5)
+
+
+def test_bad_tokens_are_rejected():
+    model = _random_model("5.2", n_layer=2, n_embd=64, head_size=16, vocab_size=256)
+    with pytest.raises(ValueError, match="out of range"):
+        model([1, 2, 256])
+    with pytest.raises(ValueError, match="non-empty"):
+        model([])
