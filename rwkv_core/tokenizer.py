@@ -32,7 +32,8 @@ from pathlib import Path
 
 from rwkv_core.errors import InputError, TokenizerError
 
-KINDS = ("bytes", "bytes-utf16le", "world", "hf")
+KINDS = ("bytes", "bytes-utf16le", "world", "hf", "digits")
+DIGITS_ALPHABET = "0123456789,#"  # the reverse-digits task model (BlinkDL RWKV-v8 experiments)
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 WORLD_VOCAB_SIZE = 65536  # embedding rows of World models; ids 1..65529 are tokens, 0 is end-of-text
 EOT_DISPLAY = "<|endoftext|>"
@@ -182,6 +183,26 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         """UTF-16-LE: two bytes make one code unit; an odd last byte or a lone surrogate becomes U+FFFD."""
         return bytes(self._check_id(i) for i in ids).decode(self._codec, errors="replace")
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character of a small fixed alphabet (task models such as the reverse-digits model)."""
+
+    def __init__(self, alphabet: str = DIGITS_ALPHABET, kind: str = "digits"):
+        self.alphabet, self.kind, self.vocab_size = alphabet, kind, len(alphabet)
+        self._ids = {c: i for i, c in enumerate(alphabet)}
+
+    def encode(self, text: str) -> Encoding:
+        bad = sorted({c for c in text if c not in self._ids})
+        if bad:
+            raise InputError(f"characters {''.join(bad)!r} are not in this model's alphabet {self.alphabet!r}")
+        return Encoding([self._ids[c] for c in text], [(i, i + 1) for i in range(len(text))], text)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.alphabet[self._check_id(token_id)].encode()
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.alphabet[self._check_id(i)] for i in ids)
 
 
 def default_world_vocab_path() -> Path:
@@ -357,6 +378,8 @@ def get_tokenizer(kind: str, path: str | os.PathLike | None = None) -> Tokenizer
         return ByteTokenizer(utf16=kind == "bytes-utf16le")
     if kind == "world":
         return WorldTokenizer(path)
+    if kind == "digits":
+        return CharTokenizer()
     if kind == "hf":
         if path is None:
             raise TokenizerError("the 'hf' tokenizer needs path= to a Hugging Face tokenizer JSON file (e.g. 20B_tokenizer.json)")

@@ -309,3 +309,14 @@ def test_world_vocab_path_fallback_and_errors(tmp_path):
     bad.write_text("1 'a' 2\n")
     with pytest.raises(TokenizerError, match="line 1"):
         WorldTokenizer(bad)
+
+
+def test_digits_tokenizer_for_task_model():
+    from rwkv_core.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("digits")
+    enc = tok.encode("907,")
+    assert enc.ids == [9, 0, 7, 10] and enc.spans == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert tok.decode([7, 0, 9, 11]) == "709#"
+    with pytest.raises(InputError, match="alphabet"):
+        tok.encode("12a")
