@@ -35,7 +35,7 @@ MODEL_ENV = "RWKV_DECAY_MODEL"
 DEFAULT_MODEL = "tiny-rwkv-6v0-1m-FP32.bin"
 DEFAULT_PROMPT = "The Eiffel Tower is located in the city of Paris. Once upon a time,"
 DIGITS_PROMPT = "31415926535897,79853562951413#"
-DIGITS_VOCAB = "0123456789,#"  # the reverse-digits model: '0'-'9' -> 0-9, ',' -> 10, '#' -> 11
+DIGITS_VOCAB = "0123456789,#"  # the reverse-digits model: '0'-'9' -> 0-9, ',' -> 10, '#' -> 11 (12 ids)
 MAX_TOKENS = 512
 
 
@@ -70,13 +70,8 @@ def _tokenize(model, prompt: str, utf16: bool) -> tuple[list[int], list[str], st
     from rwkv_core.tokenizer import tokenizer_for_vocab
 
     vocab = model.cfg.vocab_size
-    if vocab == len(DIGITS_VOCAB):
-        bad = sorted(set(c for c in prompt if c not in DIGITS_VOCAB))
-        if bad:
-            raise ValueError(f"this model reads only the characters {DIGITS_VOCAB!r}; remove {''.join(bad)!r}")
-        ids = [DIGITS_VOCAB.index(c) for c in prompt]
-        return ids, list(prompt), "digits (0-9 , #)"
-    tok = tokenizer_for_vocab(vocab, utf16=utf16 and vocab == 256)
+    kind = "digits" if vocab == len(DIGITS_VOCAB) else None  # the reverse-digits task model
+    tok = tokenizer_for_vocab(vocab, kind=kind, utf16=utf16 and vocab == 256)
     ids = tok.encode(prompt).ids
     return ids, [_short(tok.display(i)) for i in ids], tok.kind
 
@@ -242,23 +237,28 @@ def dynamic_section(acq: Acquired, sd: D.StaticDecay, td: D.TokenDecay, config: 
     fig = FD.token_head_heatmap(med, labels, layer=layer, selected=cell)
     st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points", key="decay_token_head")
     st.caption("Click a cell (or choose below) to see that token's channel spectrum.")
+    with st.expander(f"Per-head summary over the prompt, layer {layer}"):
+        st.caption("avg = half-life of the mean rate over tokens (median over channels); p5/p50/p95 over tokens of "
+                   "the per-token median half-life; min_at_token = where the head forgets most; n_long = channels "
+                   f"whose average half-life exceeds the prompt ({T} tokens).")
+        st.dataframe(D.token_head_summary(td, layer), hide_index=True, width="stretch")
     c1, c2, c3, c4 = st.columns(4)
-    t = c1.selectbox("Token", token_opts, key="decay_sel_token", format_func=lambda i: f"{i} {labels[i]}")
+    t = c1.selectbox("Token", token_opts, key="decay_sel_token", format_func=lambda i: f"{i}: {labels[i]}")
     h = c2.selectbox("Head", head_opts, key="decay_sel_head")
-    spec_y = c3.radio("Spectrum y", ["decay λ", "half-life (log)"], horizontal=True, key="decay_spec_y")
+    spec_y = c3.radio("Spectrum y", ["half-life (log)", "decay λ"], horizontal=True, key="decay_spec_y")
     spec_sort = c4.toggle("Sorted spectrum", value=False, key="decay_spec_sort")
     sl = slice(h * N, (h + 1) * N)
     li = td.index(layer)
     fig = FD.channel_spectrum_figure(
         td.decay[li, t, sl], td.log10_half_life[li, t, sl], sd.decay[layer, sl], sd.log10_half_life[layer, sl],
-        channels=np.arange(sl.start, sl.stop), token_label=f"{t} {labels[t]}", layer=layer, head=h,
+        channels=np.arange(sl.start, sl.stop), token_label=f"{t}: {labels[t]}", layer=layer, head=h,
         y="decay" if spec_y == "decay λ" else "half_life", sort=spec_sort)
     show(fig, config, key="decay_spectrum_fig")
 
     st.subheader("Retention from a source token")
     c1, c2, c3 = st.columns(3)
     _clamp_state("decay_ret_source", token_opts, 0)
-    source = c1.selectbox("Source token i", token_opts, key="decay_ret_source", format_func=lambda i: f"{i} {labels[i]}")
+    source = c1.selectbox("Source token i", token_opts, key="decay_ret_source", format_func=lambda i: f"{i}: {labels[i]}")
     agg = c2.radio("Head aggregate", ["median", "mean", "max"], horizontal=True, key="decay_ret_agg")
     log_y = c3.toggle("Log y", value=True, key="decay_ret_log")
     ret = D.retention(td.log_decay[li], source, td.version)  # [T, C]

@@ -390,6 +390,32 @@ def token_averaged_log10_half_life(token_decay: TokenDecay) -> np.ndarray:
         return LOG10_LN2 - np.log10(mean_rate)
 
 
+def token_head_summary(token_decay: TokenDecay, layer: int, context_length: Optional[int] = None) -> pd.DataFrame:
+    """Per head of one layer, over the prompt: the median over channels of the token-averaged half-life (mean
+    rate, i.e. geometric-mean lambda), the p5 / p50 / p95 over tokens of the per-token median half-life, the
+    token where it is smallest (the head forgets most there) and the count of channels whose token-averaged
+    half-life exceeds `context_length` (default: the prompt length)."""
+    T = len(token_decay.tokens)
+    context_length = T if context_length is None else context_length
+    H, N = token_decay.n_head, token_decay.head_size
+    li = token_decay.index(layer)
+    avg = token_averaged_log10_half_life(token_decay)[li].reshape(H, N)  # [H, N]
+    med = token_decay.head_median_log10_half_life(layer)  # [T, H]
+    p5, p50, p95 = np.percentile(med, [5, 50, 95], axis=0)  # [H] each
+    rows = []
+    for h in range(H):
+        t_min = int(np.argmin(med[:, h]))
+        rows.append({
+            "layer": int(layer), "head": h,
+            "avg_half_life": float(10.0 ** np.median(avg[h])),
+            "p5_half_life": float(10.0 ** p5[h]), "p50_half_life": float(10.0 ** p50[h]),
+            "p95_half_life": float(10.0 ** p95[h]),
+            "min_half_life": float(10.0 ** med[t_min, h]), "min_at_token": t_min,
+            "n_long": int((avg[h] > math.log10(context_length)).sum()) if context_length > 0 else N,
+        })
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------------ retention
 
 

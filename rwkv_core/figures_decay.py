@@ -50,7 +50,7 @@ def _token_axis(fig: go.Figure, token_labels: Sequence[str], axis: str = "x") ->
     T = len(token_labels)
     update = fig.update_xaxes if axis == "x" else fig.update_yaxes
     if T <= MAX_TICK_LABELS:
-        update(tickmode="array", tickvals=list(range(T)), ticktext=[f"{i} {s}" for i, s in enumerate(token_labels)],
+        update(tickmode="array", tickvals=list(range(T)), ticktext=[f"{i}:{s}" for i, s in enumerate(token_labels)],
                tickangle=-60 if axis == "x" else 0)
 
 
@@ -92,12 +92,13 @@ def paper_figure(decay: np.ndarray, log10_half_life: np.ndarray, head_size: int,
     where = "all channels" if head is None else f"head {head}"
     fig.update_layout(
         title=title or f"Time decay per layer, channels sorted by decay ({where})",
-        legend_title_text="layer", hovermode="closest", margin=dict(t=60))
+        legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0), hovermode="closest",
+        margin=dict(t=60))
     fig.update_xaxes(title_text=f"channel rank (sorted, {len(channels)} channels)")
     if y == "decay":
         fig.update_yaxes(title_text="per-step decay λ", range=[0, 1.02])
     else:
-        fig.update_yaxes(title_text="half-life ln2 / (−ln λ) (tokens, log scale)", type="log")
+        fig.update_yaxes(title_text="half-life ln2 / (−ln λ) (tokens, log scale)", type="log", exponentformat="power")
     return fig
 
 
@@ -227,7 +228,7 @@ def channel_spectrum_figure(token_decay: np.ndarray, token_log10_half_life: np.n
     if y == "decay":
         fig.update_yaxes(title_text="per-step decay λ", range=[0, 1.02])
     else:
-        fig.update_yaxes(title_text="half-life (tokens, log scale)", type="log")
+        fig.update_yaxes(title_text="half-life (tokens, log scale)", type="log", exponentformat="power")
     return fig
 
 
@@ -249,12 +250,13 @@ def retention_figure(retained_by_head: np.ndarray, token_labels: Sequence[str], 
             customdata=np.array([labels[t] for t in defined], dtype=object),
             hovertemplate=(f"head {h}<br>read at token %{{x}} %{{customdata}}<br>{agg} retention = %{{y:.4g}}"
                            "<extra></extra>")))
-    fig.update_layout(title=title or f"Retention of token {source} {labels[source]}'s write, layer {layer} "
+    fig.update_layout(title=title or f"Retention of token {source}: {labels[source]}'s write, layer {layer} "
                                      f"({agg} over each head's channels)", hovermode="closest",
                       legend_title_text="head")
     fig.update_xaxes(title_text="reading token t", range=[max(source - 0.5, -0.5), T - 0.5])
     fig.update_yaxes(title_text=f"retention R (i = {source} → t)" + (" (log scale)" if log_y else ""),
-                     type="log" if log_y else "linear", range=None if log_y else [0, 1.02])
+                     type="log" if log_y else "linear", range=None if log_y else [0, 1.02],
+                     exponentformat="power")
     _token_axis(fig, labels, "x")
     return fig
 
@@ -284,7 +286,8 @@ def state_size_figure(values: np.ndarray, token_labels: Sequence[str], *, layer:
     fig.update_layout(title=title or f"State size after each token, layer {layer}: {what}", hovermode="closest",
                       legend_title_text="head")
     fig.update_xaxes(title_text="token")
-    fig.update_yaxes(title_text=what + (" (log scale)" if log_y else ""), type="log" if log_y else "linear")
+    fig.update_yaxes(title_text=what + (" (log scale)" if log_y else ""), type="log" if log_y else "linear",
+                     exponentformat="power")
     _token_axis(fig, labels, "x")
     return fig
 

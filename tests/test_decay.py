@@ -400,3 +400,15 @@ def test_page_runs(key):
         assert not at.exception
         assert at.selectbox(key="decay_sel_token").value == 3
     assert len(at.get("download_button")) >= 3
+
+
+def test_token_head_summary_hand_case():
+    # 1 layer, 3 tokens, 1 head of 2 channels; rates per token and channel
+    rho = np.array([[[1.0, 0.1], [0.5, 0.1], [0.3, 0.1]]])  # [L, T, C]
+    lh = np.log10(np.log(2) / rho)
+    td = D.TokenDecay("6", 1, 2, [0, 1, 2], [0], np.log(rho), -rho, lh)
+    s = D.token_head_summary(td, 0)
+    avg = np.median(np.log10(np.log(2) / np.array([0.6, 0.1])))  # mean rates 0.6 and 0.1
+    np.testing.assert_allclose(s["avg_half_life"], [10 ** avg])
+    assert s["min_at_token"][0] == 0 and s["n_long"][0] == 1  # ln2/0.1 = 6.9 > 3 tokens
+    np.testing.assert_allclose(s["min_half_life"], [10 ** np.median(lh[0, 0])])
