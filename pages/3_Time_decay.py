@@ -1,20 +1,18 @@
 """Time decay page: per-channel decays per layer (the RWKV-4 paper figure), per-token decays of v6/v7, retention
 and the size of the recurrent state.
 
-Choosing the model: the sidebar's "Model" box lists the checkpoints in the shared weights folder
-(`rwkv_core.paths.shared_weights_dir()`); its session-state key is `decay_model` (a file name there or a full path)
-and its default comes from the environment variable `RWKV_DECAY_MODEL` (same forms), else tiny-rwkv-6v0-1m.
-The prompt's key is `decay_prompt`. Tests set `at.session_state["decay_model"] = "tiny-rwkv-4v0-660K-FP32.bin"`
-before `at.run()`. Model and prompt come from `acquire_model_and_prompt()` alone, to be swapped for the shared
-sidebar (`rwkv_inspector_ui`) later.
+Model and prompt come from the shared sidebar (`inspector_ui.frame.page_setup`), all in
+`acquire_model_and_prompt()`: session-state key `model` (a registry name such as
+"shared: tiny-rwkv-4v0-660K-FP32.bin") and `prompt`, both also read from the URL. Opened first, the page
+defaults to tiny-rwkv-6v0-1m (data-dependent decay) with the registry's UTF-16-LE byte tokenizer. Tests pick the
+model with `at.session_state["model"] = "shared: <file>"` before `at.run()`. In compare mode the page shows run A.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 try:
     import rwkv_core  # noqa: F401
@@ -27,16 +25,11 @@ import streamlit as st
 
 from rwkv_core import decay as D
 from rwkv_core import figures_decay as FD
-from rwkv_core.paths import shared_weights_dir
 
-MODEL_KEY = "decay_model"
-PROMPT_KEY = "decay_prompt"
-MODEL_ENV = "RWKV_DECAY_MODEL"
-DEFAULT_MODEL = "tiny-rwkv-6v0-1m-FP32.bin"
-DEFAULT_PROMPT = "The Eiffel Tower is located in the city of Paris. Once upon a time,"
-DIGITS_PROMPT = "31415926535897,79853562951413#"
-DIGITS_VOCAB = "0123456789,#"  # the reverse-digits model: '0'-'9' -> 0-9, ',' -> 10, '#' -> 11 (12 ids)
-MAX_TOKENS = 512
+DEFAULT_MODEL = "shared: tiny-rwkv-6v0-1m-FP32.bin"
+ABOUT = ("How fast every channel forgets: the per-step decay λ of each layer and channel (the RWKV-4 paper's "
+         "figure), for RWKV-6/7 the decay each token sets, how much of a token's write survives, and how big the "
+         "recurrent state grows.")
 
 
 # ------------------------------------------------------------------------------------------------ model and prompt
@@ -44,100 +37,60 @@ MAX_TOKENS = 512
 
 @dataclass
 class Acquired:
-    """What the page needs from the sidebar: a loaded model, its path and the tokenised prompt."""
+    """What the page needs from the sidebar: a loaded model, a cache key for it and the tokenised prompt."""
 
-    model: object  # rwkv_core.model.RWKV
-    path: str
+    model: Any  # rwkv_core.model.RWKV
+    key: tuple  # hashable identity of the loaded model, e.g. (name, device, dtype)
+    name: str
     tokens: list[int]
     token_labels: list[str]
-    prompt: str
     tokenizer_name: str
-
-
-@st.cache_resource(show_spinner="Loading model…")
-def load_cached_model(path: str):
-    from rwkv_core.checkpoint import load_model
-
-    return load_model(path)
+    run_work: Callable[[Callable[[], Any]], Any]  # runs model work (the shared model's FIFO gate)
 
 
 def _short(label: str, width: int = 10) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
-def _tokenize(model, prompt: str, utf16: bool) -> tuple[list[int], list[str], str]:
-    """Token ids, short display labels and the tokenizer's name for `prompt`."""
-    from rwkv_core.tokenizer import tokenizer_for_vocab
-
-    vocab = model.cfg.vocab_size
-    kind = "digits" if vocab == len(DIGITS_VOCAB) else None  # the reverse-digits task model
-    tok = tokenizer_for_vocab(vocab, kind=kind, utf16=utf16 and vocab == 256)
-    ids = tok.encode(prompt).ids
-    return ids, [_short(tok.display(i)) for i in ids], tok.kind
-
-
 def acquire_model_and_prompt() -> Optional[Acquired]:
-    """Sidebar: checkpoint and prompt. The one place to swap for the shared sidebar module later."""
-    weights = shared_weights_dir()
-    files = sorted(p.name for p in weights.glob("*") if p.suffix in (".bin", ".pth", ".safetensors")
-                   and not p.name.startswith("expected-logits")) if weights.is_dir() else []
-    default = os.environ.get(MODEL_ENV, DEFAULT_MODEL)
-    chosen = st.session_state.get(MODEL_KEY, default)
-    options = files + [o for o in (default, chosen) if o and o not in files]
-    if not options:
-        st.error(f"No checkpoints found in {weights}. Set RWKV_WEIGHTS_DIR or {MODEL_ENV}.")
+    """The shared sidebar's model and prompt (run A); None, with a message, when there is no live model."""
+    from inspector_ui.frame import gated, page_setup, qp_get
+
+    if "model" not in st.session_state and qp_get("model") is None:
+        st.session_state["model"] = DEFAULT_MODEL  # only a default: the URL and earlier choices win
+    ctx = page_setup("Time decay", "⏳", ABOUT)
+    run = ctx.run
+    if not run.has_model:
+        st.info("The decay page reads the checkpoint's parameters: choose Source = model in the sidebar.")
         return None
-    if MODEL_KEY not in st.session_state:
-        st.session_state[MODEL_KEY] = default if default in options else options[0]
-    name = st.sidebar.selectbox("Model", options, key=MODEL_KEY,
-                                help=f"Checkpoints in {weights}; or set {MODEL_ENV} to a file name or path.")
-    path = name if os.path.isabs(name) or os.sep in name else str(weights / name)
-    try:
-        model = load_cached_model(path)
-    except Exception as e:  # CheckpointError and friends: one line
-        st.error(f"Could not load {name}: {e}")
-        return None
-    version = model.cfg.version
-    digits = model.cfg.vocab_size == len(DIGITS_VOCAB)
-    utf16 = st.sidebar.checkbox("UTF-16-LE bytes", value=version == "6", key=f"decay_utf16_{version}",
-                                disabled=model.cfg.vocab_size != 256,
-                                help="The tiny v6 models were trained on UTF-16-LE byte streams: each ASCII "
-                                     "character is followed by a zero byte.")
-    prompt_key = f"{PROMPT_KEY}_digits" if digits else PROMPT_KEY
-    prompt = st.sidebar.text_area("Prompt", value=DIGITS_PROMPT if digits else DEFAULT_PROMPT, key=prompt_key,
-                                  height=100)
-    if not prompt:
-        st.warning("Enter a prompt in the sidebar.")
-        return None
-    try:
-        tokens, labels, tok_name = _tokenize(model, prompt, utf16)
-    except Exception as e:
-        st.error(f"Cannot tokenise the prompt: {e}")
-        return None
-    if len(tokens) > MAX_TOKENS:
-        st.warning(f"The prompt has {len(tokens)} tokens; only the first {MAX_TOKENS} are analysed.")
-        tokens, labels = tokens[:MAX_TOKENS], labels[:MAX_TOKENS]
-    return Acquired(model, path, tokens, labels, prompt, tok_name)
+    if ctx.compare:
+        st.caption("Compare mode: this page shows run A.")
+    lm = run.loaded
+    return Acquired(lm.model, tuple(run.model_key), run.model_key[0], list(run.tokens),
+                    [_short(t) for t in run.token_texts], lm.tokenizer.kind,
+                    lambda fn: gated(fn, "Computing decays"))
 
 
 # ------------------------------------------------------------------------------------------------ cached numbers
 
 
+# Cached by the model's key and the tokens; the Acquired object itself (leading underscore) is not hashed.
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
-def static_numbers(path: str) -> tuple[D.StaticDecay, np.ndarray]:
+def static_numbers(model_key: tuple, _acq: Acquired) -> tuple[D.StaticDecay, np.ndarray]:
     """Static decays (raw parameters, float64) and the bonus [L, C]."""
-    model = load_cached_model(path)
-    return D.static_decay(model), D.static_bonus(model)
+    return D.static_decay(_acq.model), D.static_bonus(_acq.model)
 
 
 @st.cache_data(show_spinner="Computing per-token decays…", max_entries=16)
-def token_numbers(path: str, tokens: tuple[int, ...]) -> D.TokenDecay:
-    return D.token_decays(load_cached_model(path), list(tokens))
+def token_numbers(model_key: tuple, tokens: tuple[int, ...], _acq: Acquired) -> D.TokenDecay:
+    return _acq.run_work(lambda: D.token_decays(_acq.model, list(tokens)))
 
 
 @st.cache_data(show_spinner="Measuring the state after every token…", max_entries=16)
-def state_numbers(path: str, tokens: tuple[int, ...]) -> D.StateSizes:
-    return D.state_sizes(load_cached_model(path), list(tokens))
+def state_numbers(model_key: tuple, tokens: tuple[int, ...], _acq: Acquired) -> D.StateSizes:
+    return _acq.run_work(lambda: D.state_sizes(_acq.model, list(tokens)))
 
 
 def csv_bytes(df: pd.DataFrame) -> bytes:
@@ -301,8 +254,6 @@ def state_section(acq: Acquired, ss: D.StateSizes, config: dict) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Time decay · RWKV Inspector", layout="wide")
-    st.title("Time decay")
     acq = acquire_model_and_prompt()
     if acq is None:
         return
@@ -312,18 +263,19 @@ def main() -> None:
     cfg = acq.model.cfg
     H = D.heads_of(cfg)[0]
     heads = "no heads (per channel)" if cfg.version == "4" else f"{H} heads × {cfg.head_size}"
-    st.caption(f"{Path(acq.path).name}: RWKV v{cfg.version}, {cfg.n_layer} layers, {cfg.n_embd} channels, {heads}; "
+    st.caption(f"{acq.name}: RWKV v{cfg.version}, {cfg.n_layer} layers, {cfg.n_embd} channels, {heads}; "
                f"prompt of {len(acq.tokens)} tokens ({acq.tokenizer_name}).")
     with st.expander("Formulas and what the views show"):
         st.markdown(HELP)
     if not D.is_dynamic(cfg.version):
         st.info(f"RWKV v{cfg.version}: the decay does not depend on the input — every token decays the state by "
                 "the same λ. Only the static views (and the state size) are shown.")
-    sd, bonus = static_numbers(acq.path)
+    sd, bonus = static_numbers(acq.key, acq)
     static_section(acq, sd, bonus, config)
+    tokens = tuple(acq.tokens)
     if D.is_dynamic(cfg.version):
-        dynamic_section(acq, sd, token_numbers(acq.path, tuple(acq.tokens)), config)
-    state_section(acq, state_numbers(acq.path, tuple(acq.tokens)), config)
+        dynamic_section(acq, sd, token_numbers(acq.key, tokens, acq), config)
+    state_section(acq, state_numbers(acq.key, tokens, acq), config)
 
 
 main()

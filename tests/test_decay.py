@@ -64,19 +64,16 @@ def formula_decay(sd: dict, version: str, n_layer: int, dtype=torch.float64) -> 
     return np.stack(rows)
 
 
-def hook_w_per_layer(model, tokens) -> np.ndarray:
-    """[L, T, C] w captured through hook_w, one layer per forward.
+def hook_w_all_layers(model, tokens) -> np.ndarray:
+    """[L, T, C] w captured through hook_w in one forward, in serial (RNN-form) WKV.
 
-    One layer at a time because an active hook_w makes the engine round-trip the decay through exp/log; where w
-    underflows to 0 in fp32 (tiny v6, layer 9) that yields -inf and NaN in the layers above. The captured layer's
-    own w is taken before anything it feeds, so it is the w of the unhooked forward.
+    Serial because an active hook_w makes the engine round-trip the decay through exp/log: where w underflows
+    to 0 in fp32 (tiny v6, layer 9) the chunked kernel then meets log 0 = -inf and gives NaN in the layers above;
+    the serial kernel multiplies by w = 0, which is what the unhooked forward does in effect.
     """
-    ws = []
-    for l in range(model.cfg.n_layer):
-        name = f"blocks.{l}.att.hook_w"
-        _, _, cache = model.run_with_cache(tokens, names_filter=name)
-        ws.append(cache[name][0].double().numpy())
-    return np.stack(ws)
+    names = [f"blocks.{l}.att.hook_w" for l in range(model.cfg.n_layer)]
+    _, _, cache = model.run_with_cache(tokens, names_filter=names, chunked=False)
+    return np.stack([cache[n][0].double().numpy() for n in names])
 
 
 # ------------------------------------------------------------------------------------------------ static
@@ -148,7 +145,7 @@ def test_token_decays_random_equal_hook_w(random_ckpt, version):
     model = load_model(path)
     tokens = [5, 200, 17, 99, 3, 3, 250, 42, 7]
     td = D.token_decays(model, tokens)
-    w = hook_w_per_layer(model, tokens)
+    w = hook_w_all_layers(model, tokens)
     assert td.log_decay.shape == w.shape == (2, len(tokens), 64)
     np.testing.assert_allclose(td.decay, w, rtol=2e-5, atol=1e-6)
     spread = np.ptp(td.log_decay, axis=1).max()
@@ -164,7 +161,7 @@ def test_token_decays_tiny_equal_hook_w(key):
     else:
         tokens = list(text.encode("utf-16-le")) if key == "6" else list(text.encode())
     td = D.token_decays(model, tokens)
-    w = hook_w_per_layer(model, tokens)
+    w = hook_w_all_layers(model, tokens)
     tiny = w < 1e-30  # fp32 underflow to 0 (tiny v6, layer 9): compare in absolute terms only
     np.testing.assert_allclose(td.decay[~tiny], w[~tiny], rtol=2e-5, atol=1e-7)
     assert np.all(td.decay[tiny] < 1e-30)
@@ -376,7 +373,7 @@ def _page(model: str):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(PAGE), default_timeout=60)
-    at.session_state["decay_model"] = model
+    at.session_state["model"] = f"shared: {model}"  # a name of the shared sidebar's model registry
     return at
 
 
