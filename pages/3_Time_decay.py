@@ -83,9 +83,10 @@ def static_numbers(model_key: tuple, _acq: Acquired) -> tuple[D.StaticDecay, np.
     return D.static_decay(_acq.model), D.static_bonus(_acq.model)
 
 
-@st.cache_data(show_spinner="Computing per-token decays…", max_entries=16)
-def token_numbers(model_key: tuple, tokens: tuple[int, ...], _acq: Acquired) -> D.TokenDecay:
-    return _acq.run_work(lambda: D.token_decays(_acq.model, list(tokens)))
+@st.cache_data(show_spinner="Computing per-token decays…", max_entries=64)
+def token_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: Acquired) -> D.TokenDecay:
+    """Per-token decays of one layer (one layer at a time: [T, C] float64 stays small for big models)."""
+    return _acq.run_work(lambda: D.token_decays(_acq.model, list(tokens), layers=[layer]))
 
 
 @st.cache_data(show_spinner="Measuring the state after every token…", max_entries=16)
@@ -170,11 +171,13 @@ def static_section(acq: Acquired, sd: D.StaticDecay, bonus: np.ndarray, config: 
         show(FD.bonus_heatmap(bonus, version=sd.version), config, key="decay_bonus_fig")
 
 
-def dynamic_section(acq: Acquired, sd: D.StaticDecay, td: D.TokenDecay, config: dict) -> None:
+def dynamic_section(acq: Acquired, sd: D.StaticDecay, config: dict) -> None:
     st.header("Per-token decay (data-dependent)")
     T, labels = len(acq.tokens), acq.token_labels
+    n_layer = acq.model.cfg.n_layer
+    layer = st.selectbox("Layer", list(range(n_layer)), key="decay_dyn_layer", index=n_layer - 1)
+    td = token_numbers(acq.key, tuple(acq.tokens), layer, acq)
     H, N = td.n_head, td.head_size
-    layer = st.selectbox("Layer", td.layers, key="decay_dyn_layer", index=len(td.layers) - 1)
     token_opts, head_opts = list(range(T)), list(range(H))
     _clamp_state("decay_sel_token", token_opts, 0)
     _clamp_state("decay_sel_head", head_opts, 0)
@@ -274,7 +277,7 @@ def main() -> None:
     static_section(acq, sd, bonus, config)
     tokens = tuple(acq.tokens)
     if D.is_dynamic(cfg.version):
-        dynamic_section(acq, sd, token_numbers(acq.key, tokens, acq), config)
+        dynamic_section(acq, sd, config)
     state_section(acq, state_numbers(acq.key, tokens, acq), config)
 
 

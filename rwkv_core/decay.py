@@ -256,8 +256,9 @@ def static_bonus(source) -> np.ndarray:
 class TokenDecay:
     """Per-token decays of a prompt: what the forward pass multiplied the state by at each token.
 
-    logit, log_decay, log10_half_life: [L, T, C] float64 (v4/v5: the static values repeated over tokens).
-    `layers` lists the model layers the first axis holds.
+    Holds the decay logit d_t, [L, T, C] float64 (v4/v5: the static values repeated over tokens); log lambda and
+    log10 h are derived on access, so only one [L, T, C] array is kept. `layers` lists the model layers the
+    first axis holds (ask `token_decays` for the layers you show: a big model's all-layer array is large).
     """
 
     version: str
@@ -266,8 +267,16 @@ class TokenDecay:
     tokens: list[int]
     layers: list[int]
     logit: np.ndarray  # [L, T, C]
-    log_decay: np.ndarray  # [L, T, C]
-    log10_half_life: np.ndarray  # [L, T, C]
+
+    @property
+    def log_decay(self) -> np.ndarray:
+        """log lambda_t [L, T, C] (<= 0)."""
+        return log_decay_from_logit(self.logit, self.version)
+
+    @property
+    def log10_half_life(self) -> np.ndarray:
+        """[L, T, C], straight from d (no overflow)."""
+        return log10_half_life_from_logit(self.logit, self.version)
 
     @property
     def decay(self) -> np.ndarray:
@@ -283,7 +292,7 @@ class TokenDecay:
 
     def head_median_log10_half_life(self, layer: int) -> np.ndarray:
         """[T, H]: per token and head, the median over the head's channels of log10 h_t."""
-        x = self.log10_half_life[self.index(layer)]  # [T, C]
+        x = log10_half_life_from_logit(self.logit[self.index(layer)], self.version)  # [T, C]
         T = x.shape[0]
         return np.median(x.reshape(T, self.n_head, self.head_size), axis=-1)
 
@@ -352,8 +361,7 @@ def token_decays(model, tokens: Sequence[int], layers: Optional[Iterable[int]] =
             model.forward(tokens, logits="none")
         d = np.stack([decay_logit_from_xw(model.blocks[l].att, xws[l][0], cfg.version).cpu().numpy()
                       for l in layers])  # [L, T, C]
-    return TokenDecay(cfg.version, H, N, tokens, layers, d, log_decay_from_logit(d, cfg.version),
-                      log10_half_life_from_logit(d, cfg.version))
+    return TokenDecay(cfg.version, H, N, tokens, layers, d)
 
 
 # ------------------------------------------------------------------------------------------------ summaries

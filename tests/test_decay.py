@@ -403,7 +403,9 @@ def test_token_head_summary_hand_case():
     # 1 layer, 3 tokens, 1 head of 2 channels; rates per token and channel
     rho = np.array([[[1.0, 0.1], [0.5, 0.1], [0.3, 0.1]]])  # [L, T, C]
     lh = np.log10(np.log(2) / rho)
-    td = D.TokenDecay("6", 1, 2, [0, 1, 2], [0], np.log(rho), -rho, lh)
+    td = D.TokenDecay("6", 1, 2, [0, 1, 2], [0], np.log(rho))  # v6: rho = e^d
+    np.testing.assert_allclose(td.log_decay, -rho, rtol=1e-14)
+    np.testing.assert_allclose(td.log10_half_life, lh, rtol=1e-12)
     s = D.token_head_summary(td, 0)
     avg = np.median(np.log10(np.log(2) / np.array([0.6, 0.1])))  # mean rates 0.6 and 0.1
     np.testing.assert_allclose(s["avg_half_life"], [10 ** avg])
