@@ -1,0 +1,730 @@
+"""Shared page code of the two score pages: Attention (R·W·K scores A) and Influence spans (W·K norm S).
+
+`render_scores_page(ctx, ATTN)` / `render_scores_page(ctx, SPAN)` draw a whole page below `page_setup`: controls
+bound to the URL (layer, head, tok, diag, scale, cb, ov; spans also thr, rel, logy), the token view of every run
+(earlier tokens coloured by the selected token's row, later tokens by its column), the layer x head overview grid
+(click a tile to open that head), the T x T heat map of the open head, span curves and reach (spans page), the
+difference of two runs in compare mode, CSV downloads and the formula.
+
+Numbers come from `rwkv_core.scores`: the inputs of every layer are captured once per (model, prompt) under the
+work gate and kept with `st.cache_resource` (tensors, shared read-only: no copy per rerun); the selected token's
+rows/columns of all (layer, head) and the full matrices of the open head are cached with `st.cache_data`.
+Figures and token colours are built here (`rwkv_core.figures_scores` was not available when this was written).
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from inspector_ui.frame import PLOTLY_CONFIG, PLOTLY_CONFIG_SVG, PageContext, Run, bind, gated, publish, show_error
+from inspector_ui.token_view import prediction_tips, token_view
+from rwkv_core import scores as S
+from rwkv_core.errors import RWKVInspectorError
+
+ATTN, SPAN = "attn", "span"
+MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
+LAYER_REACH_MAX_T = 1024  # the per-layer reach summary (all source tokens) is computed up to this length at once
+SCALE_OPTIONS = ["auto", "-3", "-2", "-1", "0", "1", "2", "3"]
+POS = {False: (214, 39, 40), True: (230, 97, 1)}  # red / orange (colour-blind safe)
+NEG = {False: (44, 160, 44), True: (94, 60, 153)}  # green / purple
+MAX_ALPHA = 0.85  # strongest token background, so the text stays readable
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def run_id(run: Run) -> tuple:
+    """A hashable identity of what a run computed: (model, device, dtype, token digest) or the trace's digest."""
+    tok = hashlib.sha1(np.asarray(run.tokens, dtype=np.int64).tobytes()).hexdigest()
+    if run.model_key is not None:
+        return ("model", *run.model_key, tok)
+    h = hashlib.sha1(tok.encode())
+    h.update(repr(sorted(run.trace.meta.items(), key=lambda kv: kv[0])).encode())
+    for l in run.trace.layers[:1]:
+        for name in ("r", "k", "w"):
+            a = run.trace.arrays.get(f"{name}_l{l}")
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+    return ("trace", h.hexdigest())
+
+
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
+def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreInputs]:
+    """Every layer's score inputs for one prompt: one forward of the shared model, under the work gate."""
+    return gated(lambda: S.capture_score_inputs(_model, list(tokens)), "Capturing r, k, v and the decays")
+
+
+def trace_score_inputs(trace, cfg, layers: Optional[Sequence[int]] = None) -> list[S.ScoreInputs]:
+    """Score inputs from a trace file's arrays (no model): v7 uses the modified key ktilde as k."""
+    out = []
+    for l in (trace.layers if layers is None else layers):
+        g = lambda n: trace.arrays.get(f"{n}_l{l}")  # noqa: E731
+        if g("r") is None or g("w") is None:
+            raise RWKVInspectorError(f"the trace file lacks r/k/v/w of layer {l}: it cannot give scores")
+        w = np.maximum(g("w").astype(np.float32), np.float32(1e-38))  # strong decays underflow to 0 in fp32
+        if cfg.version == "7":
+            if g("ktilde") is None or g("kk") is None or g("a") is None:
+                raise RWKVInspectorError(f"the v7 trace lacks ktilde/kk/a of layer {l}")
+            si = S.ScoreInputs.from_arrays("7", r=g("r"), k=g("ktilde"), v=g("v"), w=w, kk=g("kk"), a=g("a"),
+                                           r_k=g("r_k"), n_head=cfg.n_head, layer=l)
+        else:
+            si = S.ScoreInputs.from_arrays(cfg.version, r=g("r"), k=g("k"), v=g("v"), w=w, u=g("u"),
+                                           n_head=cfg.n_head, layer=l)
+        out.append(si)
+    return out
+
+
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
+def _trace_inputs(rid: tuple, _run: Run) -> list[S.ScoreInputs]:
+    return trace_score_inputs(_run.trace, _run.cfg)
+
+
+def score_inputs(run: Run) -> list[S.ScoreInputs]:
+    """The score inputs of every available layer of a run (cached)."""
+    rid = run_id(run)
+    if run.model_key is not None:
+        return _model_inputs(rid, run.loaded.model, tuple(run.tokens))
+    return _trace_inputs(rid, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) -> dict[str, np.ndarray]:
+    """The selected token's row and column (A, and S with spans) for every (layer, head): [L, H, T] numpy."""
+    rc = gated(lambda: S.row_and_column(_inputs, sel, diagonal=diagonal, spans=spans), "Scoring the selected token")
+    return {k: v.detach().cpu().numpy() for k, v in rc.items() if isinstance(v, torch.Tensor)}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def head_matrix(rid: tuple, layer: int, head: int, what: str, diagonal: bool, _si: S.ScoreInputs) -> np.ndarray:
+    """A (what="attn") or S (what="span") of one head: [T, T] float32, zero above the diagonal."""
+    if what == ATTN:
+        fn = lambda: S.full_scores(_si, head, diagonal=diagonal)  # noqa: E731
+    else:
+        fn = lambda: S.full_spans(_si, head)  # noqa: E731
+    return gated(fn, "Computing the head's matrix").detach().cpu().numpy()
+
+
+def reach_from_spans(Sm: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reach of every source token i from a span matrix S [T(j), T(i)]: the first distance d = j - i at which
+    S[j, i] < threshold * S[i, i]; censored (never fell within the prompt) -> d = T - i, a lower bound."""
+    T = Sm.shape[0]
+    j = np.arange(T)[:, None]
+    i = np.arange(T)[None, :]
+    d0 = np.diagonal(Sm)[None, :]
+    below = (Sm < threshold * d0) & (j >= i)
+    hit = below.any(0)
+    first = np.where(hit, below.argmax(0), T).astype(float)
+    reach = first - np.arange(T)
+    zero0 = np.diagonal(Sm) <= 0
+    reach = np.where(zero0, 0.0, reach)
+    return reach, (~hit) & (~zero0)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def layer_reach(rid: tuple, layer: int, threshold: float, _si: S.ScoreInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Reach of every source token for every head of one layer: (reach [H, T], censored [H, T])."""
+    rs, cs = [], []
+    for h in range(_si.H):
+        r, c = reach_from_spans(head_matrix(rid, layer, h, SPAN, True, _si), threshold)
+        rs.append(r)
+        cs.append(c)
+    return np.stack(rs), np.stack(cs)
+
+
+# ------------------------------------------------------------------------------------------------ colours
+
+
+def _rgb(c: tuple) -> str:
+    return f"rgb({c[0]},{c[1]},{c[2]})"
+
+
+def token_colors(values: Sequence[Optional[float]], factor: float, colorblind: bool = False,
+                 selected: Optional[int] = None) -> list[Optional[str]]:
+    """CSS background per token: red (orange) for positive, green (purple) for negative, alpha = |v| * factor
+    clipped to 1 (times MAX_ALPHA); None for the selected token, missing values and (near) zeros."""
+    out: list[Optional[str]] = []
+    for i, v in enumerate(values):
+        if i == selected or v is None or not math.isfinite(float(v)):
+            out.append(None)
+            continue
+        a = min(1.0, abs(float(v)) * factor)
+        if a < 0.004:
+            out.append(None)
+            continue
+        c = POS[colorblind] if v >= 0 else NEG[colorblind]
+        out.append(f"rgba({c[0]},{c[1]},{c[2]},{a * MAX_ALPHA:.3f})")
+    return out
+
+
+def diverging_scale(colorblind: bool) -> list:
+    return [[0.0, _rgb(NEG[colorblind])], [0.5, "#ffffff"], [1.0, _rgb(POS[colorblind])]]
+
+
+def sequential_scale(colorblind: bool) -> list:
+    return [[0.0, "#ffffff"], [1.0, _rgb(POS[colorblind])]]
+
+
+def scale_factor(choice: str, shown: Sequence[np.ndarray]) -> float:
+    """Multiplier of |score| for the colour intensity: 10^s, or 1 / max |shown values| ("auto")."""
+    if choice != "auto":
+        return float(10.0 ** int(choice))
+    vals = [np.abs(np.asarray(x, dtype=np.float64)) for x in shown if np.size(x)]
+    vals = [v[np.isfinite(v)] for v in vals]
+    m = max((float(v.max()) for v in vals if v.size), default=0.0)
+    return 1.0 / m if m > 0 else 1.0
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _label(texts: Sequence[str], i: int) -> str:
+    t = texts[i].replace("\n", "↵").replace("\t", "⇥") if texts[i] else "∅"
+    return f"{i}·{html.escape(t, quote=False)}"  # plotly renders a few tags in labels: escape them
+
+
+def heat_window(T: int, sel: int, size: int = MAX_HEATMAP) -> tuple[int, int]:
+    """[start, stop) of at most `size` tokens, ending at the selected token where possible (then centred)."""
+    if T <= size:
+        return 0, T
+    start = min(max(0, sel - size // 2), T - size)
+    return start, start + size
+
+
+def heatmap_figure(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float, signed: bool, colorblind: bool,
+                   title: str, value_name: str, window: Optional[tuple[int, int]] = None) -> go.Figure:
+    """T x T heat map (query j down, source i across), blank above the diagonal, the selected token's row and
+    column framed. Hover: both tokens and the value."""
+    T = M.shape[0]
+    a, b = window or (0, T)
+    Z = np.array(M[a:b, a:b], dtype=np.float64)
+    n = b - a
+    Z[np.triu_indices(n, 1)] = np.nan
+    labels = [_label(texts, i) for i in range(a, b)]
+    zmax = float(zmax) if zmax and math.isfinite(zmax) and zmax > 0 else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=Z, x=labels, y=labels, colorscale=diverging_scale(colorblind) if signed else sequential_scale(colorblind),
+        zmin=-zmax if signed else 0.0, zmax=zmax, colorbar=dict(title=value_name, thickness=12),
+        hoverongaps=False,
+        hovertemplate=f"query j = %{{y}}<br>source i = %{{x}}<br>{value_name} = %{{z:.4g}}<extra></extra>"))
+    if a <= sel < b:
+        s = sel - a
+        kw = dict(line=dict(color="#1d4ed8", width=1.5), fillcolor="rgba(0,0,0,0)")
+        fig.add_shape(type="rect", x0=-0.5, x1=s + 0.5, y0=s - 0.5, y1=s + 0.5, **kw)  # its row: what it reads
+        fig.add_shape(type="rect", x0=s - 0.5, x1=s + 0.5, y0=s - 0.5, y1=n - 0.5, **kw)  # its column
+    fig.update_layout(title=title, height=min(760, max(360, 12 * n + 160)), margin=dict(l=10, r=10, t=50, b=10),
+                      plot_bgcolor="#f3f4f6")
+    fig.update_xaxes(title_text="source token i", type="category", tickangle=-60, showgrid=False)
+    fig.update_yaxes(title_text="query token j", type="category", autorange="reversed", showgrid=False)
+    return fig
+
+
+def grid_figure(V: np.ndarray, layers: Sequence[int], *, open_lh: tuple[int, int], zmax: float, signed: bool,
+                colorblind: bool, title: str, value_name: str) -> go.Figure:
+    """Layer x head overview tiles. Heat maps give no click events in Streamlit, so an invisible marker sits on
+    every tile (customdata = [layer, head, value]); a click on it selects that layer and head."""
+    L, H = V.shape
+    zmax = float(zmax) if zmax and math.isfinite(zmax) and zmax > 0 else 1.0
+    Z = np.asarray(V, dtype=np.float64)
+    fig = go.Figure(go.Heatmap(
+        z=Z, x=list(range(H)), y=[str(l) for l in layers], zmin=-zmax if signed else 0.0, zmax=zmax,
+        colorscale=diverging_scale(colorblind) if signed else sequential_scale(colorblind), xgap=2, ygap=2,
+        colorbar=dict(title=value_name, thickness=12), hoverinfo="skip",
+        texttemplate="%{z:.2g}" if L * H <= 160 else None, textfont=dict(size=9)))
+    hh, ll = np.meshgrid(np.arange(H), np.arange(L))
+    custom = np.stack([np.asarray(layers)[ll].reshape(-1), hh.reshape(-1), Z.reshape(-1)], -1)
+    fig.add_trace(go.Scatter(
+        x=hh.reshape(-1), y=[str(layers[i]) for i in ll.reshape(-1)], mode="markers", showlegend=False,
+        customdata=custom, marker=dict(symbol="square", size=18, color="rgba(0,0,0,0)", opacity=0.0),
+        selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
+        hovertemplate=f"layer %{{customdata[0]}}, head %{{customdata[1]}}<br>{value_name} = %{{customdata[2]:.4g}}"
+                      "<extra>click to open</extra>"))
+    if open_lh[0] in layers:
+        y = list(layers).index(open_lh[0])
+        fig.add_shape(type="rect", x0=open_lh[1] - 0.5, x1=open_lh[1] + 0.5, y0=y - 0.5, y1=y + 0.5,
+                      line=dict(color="#1d4ed8", width=3))
+    fig.update_layout(title=title, clickmode="event+select", hovermode="closest", dragmode=False,
+                      height=min(700, max(240, 24 * L + 110)), margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_xaxes(title_text="head", dtick=1 if H <= 32 else None, showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="layer", type="category", autorange="reversed", showgrid=False)
+    return fig
+
+
+def cell_from_selection(state) -> Optional[tuple[int, int]]:
+    """(layer, head) of the clicked tile of `grid_figure`, from a plotly chart's selection state, or None."""
+    try:
+        points = (state or {}).get("selection", {}).get("points") or []
+    except AttributeError:
+        return None
+    for p in points:
+        c = p.get("customdata")
+        if isinstance(c, (list, tuple)) and len(c) >= 2:
+            return int(round(float(c[0]))), int(round(float(c[1])))
+    return None
+
+
+def curves_figure(curves: np.ndarray, *, sel: int, open_head: int, relative: bool, log_y: bool,
+                  title: str) -> go.Figure:
+    """Span of the selected token's key against distance d = j - sel, one line per head (the open head bold)."""
+    H, D = curves.shape
+    fig = go.Figure()
+    d = np.arange(D)
+    for h in range(H):
+        y = curves[h].astype(np.float64)
+        if relative:
+            y = y / y[0] if y[0] > 0 else np.zeros_like(y)
+        if log_y:
+            y = np.where(y > 0, y, np.nan)
+        fig.add_trace(go.Scatter(x=d, y=y, mode="lines", name=f"head {h}",
+                                 line=dict(width=3.5 if h == open_head else 1.3),
+                                 opacity=1.0 if h == open_head else 0.7,
+                                 hovertemplate=f"head {h}<br>d = %{{x}} (token {sel} + d)<br>span = %{{y:.4g}}"
+                                               "<extra></extra>"))
+    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10), legend=dict(font=dict(size=10)))
+    fig.update_xaxes(title_text=f"distance d = j − {sel} (tokens after the selected one)")
+    fig.update_yaxes(title_text="span / span at d = 0" if relative else "span ‖·‖", type="log" if log_y else "linear")
+    return fig
+
+
+def reach_figure(reach: np.ndarray, censored: np.ndarray, *, open_head: int, title: str) -> go.Figure:
+    """Per head: the reach of every source token (box over those that fell below the threshold; the censored ones,
+    whose span never fell within the prompt, as triangles at their lower bound)."""
+    H, T = reach.shape
+    fig = go.Figure()
+    for h in range(H):
+        ok = ~censored[h]
+        fig.add_trace(go.Box(y=reach[h, ok], x=[f"head {h}"] * int(ok.sum()), name=f"head {h}", boxpoints="all",
+                             jitter=0.4, pointpos=0, marker=dict(size=3), showlegend=False,
+                             line=dict(width=2.5 if h == open_head else 1.2),
+                             hovertemplate=f"head {h}: reach %{{y}} tokens<extra></extra>"))
+        if censored[h].any():
+            fig.add_trace(go.Scatter(y=reach[h, ~ok], x=[f"head {h}"] * int((~ok).sum()), mode="markers",
+                                     marker=dict(symbol="triangle-up", size=5, color="rgba(120,120,120,0.6)"),
+                                     showlegend=False,
+                                     hovertemplate=f"head {h}: ≥ %{{y}} tokens (still above the threshold at the "
+                                                   "end of the prompt)<extra></extra>"))
+    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_yaxes(title_text="reach (tokens)", rangemode="tozero")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ help texts
+
+
+ATTN_HELP = r"""
+**Score** $A[h,j,i]$: the coefficient of $v_i$ in head $h$'s WKV output at token $j$ (before `ln_x` and the gate), so
+that $\sum_{i\le j} A[h,j,i]\,v_i = \mathrm{wkv}_j$ exactly. Tokens are numbered from 0; query $j$ reads source
+$i \le j$. Earlier tokens are coloured by $A[h,\mathrm{sel},i]$ (what the selected token reads), later tokens by
+$A[h,j,\mathrm{sel}]$ (who reads it); red positive, green negative (orange / purple in the colour-blind palette).
+
+* **v5 / v6** (R·W·K dot, as web-rwkv-inspector): $A[h,j,i] = \sum_{c\in h} r_j[c]\,\Big(\prod_{t=i+1}^{j-1}
+  w_t[c]\Big)\,k_i[c]$ for $i<j$; the diagonal is the bonus $A[h,j,j] = \sum_{c\in h} r_j[c]\,u[c]\,k_j[c]$.
+* **v7**: $A[h,j,i] = \tilde k_i\,G_{i+1}G_{i+2}\cdots G_j\,r_j^\top$ for $i<j$ and $\tilde k_j\cdot r_j$ for $i=j$,
+  with $\tilde k$ the modified key and $G_t = \mathrm{diag}(w_t) - \hat\kappa_t^\top(\hat\kappa_t\odot a_t)$ (the
+  state is updated before it is read). v7's separate bonus $\sum_c r_j[c]\,\tilde k_j[c]\,r_k[c]$, added after
+  `ln_x`, is not part of $A$.
+* **v4** has no heads: per channel $c$, $A_c[j,i]$ is the normalised weight of token $i$ in token $j$'s wkv (each
+  row sums to 1 per channel). A "head" here is a **group of 64 consecutive channels** and the score shown is the
+  **mean of the per-channel weights over the group** (rows of the mean still sum to 1).
+
+The diagonal toggle drops $A[j,j]$ (the bonus term; v4 keeps its normaliser). Colour intensity is
+$|A|\cdot 10^{s}$ clipped to 1, or with *auto* $|A| / \max|A|$ over the shown row and column (shared by both runs in
+compare mode). Overview tiles: the largest $|A[h,\mathrm{sel},i]|$ over earlier tokens ($i<\mathrm{sel}$), or the
+largest $|A[h,j,\mathrm{sel}]|$ over later ones ($j>\mathrm{sel}$).
+"""
+
+SPAN_HELP = r"""
+**Influence span** $S[h,j,i]$ ($i\le j$, W·K norm): the norm over the head's channels of what is left in the state,
+after token $j$ has been processed, of token $i$'s key; it ignores $r$ and $v$ and is always $\ge 0$.
+
+* **v5 / v6**: $S[h,j,i] = \big\lVert k_i \odot \prod_{t=i+1}^{j} w_t \big\rVert_2$ for $i<j$, and $\lVert k_j\rVert$ at
+  $i=j$. Like **web-rwkv-inspector's code, the product includes $w_j$** (its README picture stops at $j-1$).
+* **v7**: $S[h,j,i] = \lVert \tilde k_i\,G_{i+1}\cdots G_j\rVert$, $\lVert\tilde k_j\rVert$ at $i=j$, with
+  $G_t = \mathrm{diag}(w_t) - \hat\kappa_t^\top(\hat\kappa_t\odot a_t)$ (update, then read).
+* **v4** (no heads; groups of 64 channels): the L2 norm over the group of token $i$'s share of the state's
+  normaliser after token $j$, $e^{k_i+\sum_{t=i+1}^{j}\log w_t} / \sum_{i'\le j} e^{k_{i'}+\sum_{t=i'+1}^{j}\log w_t}$.
+
+Earlier tokens are coloured by $S[h,\mathrm{sel},i]$ (how much of their key is still in the state after the
+selected token), later tokens by $S[h,j,\mathrm{sel}]$ (how long the selected token's key stays). **Reach**: the first
+distance $d = j-i$ at which the span falls below the threshold times its value at $d=0$; when it never does within
+the prompt the reach is censored (a lower bound, drawn as triangles).
+"""
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+@dataclass
+class RunScores:
+    run: Run
+    rid: tuple
+    inputs: list  # ScoreInputs per available layer
+    layers: list[int]
+    rc: Optional[dict] = None
+    sel: int = 0
+    ok: bool = True  # the open layer/head exists in this run
+    values: Optional[np.ndarray] = None  # per token: row (i <= sel) / column (i > sel) of the open head
+    matrix: Optional[np.ndarray] = None
+
+
+def _cast_bool(s: str) -> bool:
+    return str(s).lower() in ("1", "true", "yes", "on")
+
+
+def _clamp(key: str, options: Sequence, fallback) -> None:
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = fallback
+
+
+def _tv_key(P: str, label: str, tok: int) -> str:
+    return f"{P}_tv_{label}_{tok}"
+
+
+def _grid_key(P: str, label: str, layer: int, head: int, ov: str, sel: int) -> str:
+    return f"{P}_grid_{label}_{layer}_{head}_{ov}_{sel}"
+
+
+def _apply_clicks(P: str, labels: Sequence[str]) -> None:
+    """Clicks of the last run move the selection, before any widget of this run is drawn.
+
+    The token views and grids are keyed by the selection they showed, so a click is exactly "a state that
+    differs from what that element was drawn with" (a click on the same token again after choosing another one
+    in the number box still counts: the element is then a new one)."""
+    tok = st.session_state.get("tok")
+    for label in list(labels) + ["diff"]:
+        if isinstance(tok, int):
+            state = st.session_state.get(_tv_key(P, label, tok))
+            sel = None
+            try:
+                sel = state.get("selected") if state is not None else None
+            except AttributeError:
+                sel = None
+            if sel is not None and int(sel) != tok:
+                st.session_state["tok"] = int(sel)
+                break
+    layer, head, ov = st.session_state.get("layer"), st.session_state.get("head"), st.session_state.get("ov")
+    for label in labels:
+        cell = cell_from_selection(st.session_state.get(_grid_key(P, label, layer, head, ov, tok)))
+        if cell is not None and cell != (layer, head):
+            st.session_state["layer"], st.session_state["head"] = cell
+            break
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False, float_format="%.8g").encode()
+
+
+def _tips(run: Run):
+    try:
+        pred = run.predictions()
+    except Exception:  # noqa: BLE001 - no predictions is no reason to lose the page
+        return None
+    if pred is None:
+        return None
+    display = run.loaded.tokenizer.display if run.loaded is not None else (lambda i: str(i))
+    return prediction_tips(pred[0], pred[1], run.tokens, display)
+
+
+def _same_shape(a: RunScores, b: RunScores) -> bool:
+    sa, sb = a.inputs[0], b.inputs[0]
+    return (a.run.cfg.version == b.run.cfg.version and len(a.run.tokens) == len(b.run.tokens)
+            and a.layers == b.layers and (sa.H, sa.N) == (sb.H, sb.N))
+
+
+def render_scores_page(ctx: PageContext, mode: str) -> None:
+    """The Attention (mode=ATTN) or Influence spans (mode=SPAN) page below `page_setup`."""
+    P = "att" if mode == ATTN else "spn"
+    runs = ctx.runs
+    try:
+        scored = []
+        for run in runs:
+            inputs = score_inputs(run)
+            if not inputs:
+                raise RWKVInspectorError("no layers to score")
+            scored.append(RunScores(run, run_id(run), inputs, [si.layer for si in inputs]))
+    except RWKVInspectorError as e:
+        show_error(e)
+        st.stop()
+    A0 = scored[0]
+    layers = A0.layers
+    H = A0.inputs[0].H
+    T_max = max(len(r.run.tokens) for r in scored)
+    version = A0.run.cfg.version
+    value_name = "A" if mode == ATTN else "S"
+
+    # ---- state: URL, clicks of the last run, clamping
+    bind("layer", layers[-1] if mode == ATTN else layers[0], int)
+    bind("head", 0, int)
+    T0 = len(A0.run.tokens)
+    default_tok = T0 - 1 if mode == ATTN else T0 // 4  # spans: an early token, whose key has a prompt to live in
+    bind("tok", default_tok, int)
+    bind("diag", True, _cast_bool)
+    bind("scale", "auto")
+    bind("cb", False, _cast_bool)
+    ov_options = ["row", "col"] if mode == ATTN else ["reach", "end"]
+    bind("ov", ov_options[0])
+    if mode == SPAN:
+        bind("thr", 0.1, float)
+        bind("rel", True, _cast_bool)
+        bind("logy", False, _cast_bool)
+    for k, fb in (("layer", layers[-1]), ("head", 0), ("tok", default_tok)):
+        if not isinstance(st.session_state.get(k), int) or isinstance(st.session_state.get(k), bool):
+            st.session_state[k] = fb
+    _apply_clicks(P, [r.run.label for r in scored])
+    _clamp("layer", layers, layers[-1])
+    _clamp("head", list(range(H)), 0)
+    if not 0 <= st.session_state["tok"] < T_max:
+        st.session_state["tok"] = T_max - 1
+    _clamp("scale", SCALE_OPTIONS, "auto")
+    _clamp("ov", ov_options, ov_options[0])
+    if mode == SPAN and not (isinstance(st.session_state.get("thr"), float) and 0.001 <= st.session_state["thr"] <= 0.9):
+        st.session_state["thr"] = 0.1
+
+    # ---- controls
+    c = st.columns([1, 1, 1.2, 2.2, 1.1, 1.3])
+    heads_word = "group" if version == "4" else "head"
+    c[0].selectbox("Layer", layers, key="layer")
+    c[1].selectbox("Head" if version != "4" else "Head (64-channel group)", list(range(H)), key="head",
+                   help="v4 has no heads: a 'head' is a group of 64 consecutive channels." if version == "4" else None)
+    c[2].number_input("Selected token", min_value=0, max_value=T_max - 1, step=1, key="tok",
+                      help="Or click a token below.")
+    c[3].select_slider("Intensity scale", SCALE_OPTIONS, key="scale",
+                       format_func=lambda s: "auto" if s == "auto" else f"10^{s}",
+                       help="Colour intensity = |value| × 10^s (clipped to 1); auto divides by the largest |value| "
+                            "of the shown row and column (shared by both runs in compare mode).")
+    if mode == ATTN:
+        c[4].toggle("Diagonal (bonus)", key="diag", help="Include A[j, j]: the bonus term u (v4-v6), k̃_j·r_j (v7).")
+    else:
+        c[4].toggle("Relative curves", key="rel", help="Span curves divided by their value at d = 0.")
+    c[5].toggle("Colour-blind palette", key="cb", help="Orange / purple instead of red / green.")
+    layer, head, sel_req = st.session_state["layer"], st.session_state["head"], st.session_state["tok"]
+    diag = bool(st.session_state["diag"]) if mode == ATTN else True
+    cb = bool(st.session_state["cb"])
+    keys = ["layer", "head", "tok", "scale", "cb", "ov"] + (["diag"] if mode == ATTN else ["thr", "rel", "logy"])
+    publish(*keys)
+
+    with st.expander("Formula and how to read this page"):
+        st.markdown(ATTN_HELP if mode == ATTN else SPAN_HELP)
+    if version == "4":
+        st.info("RWKV-4 has no heads: scores are per-channel normalised weights (each row sums to 1 per channel), "
+                "averaged over groups of 64 consecutive channels; each group is shown as a 'head'.")
+    elif version == "7" and mode == ATTN:
+        st.caption("v7: A uses the modified key k̃ and the full transition G (decay and in-context removal); "
+                   "the separate r_k bonus (added after ln_x) is not included.")
+
+    # ---- numbers of every run
+    for rs in scored:
+        T = len(rs.run.tokens)
+        rs.sel = min(sel_req, T - 1)
+        rs.ok = layer in rs.layers and head < rs.inputs[0].H
+        try:
+            rs.rc = row_col(rs.rid, rs.sel, diag, mode == SPAN, rs.inputs)
+        except RWKVInspectorError as e:
+            show_error(e)
+            st.stop()
+        if rs.ok:
+            li = rs.layers.index(layer)
+            row, col = (rs.rc["row"], rs.rc["col"]) if mode == ATTN else (rs.rc["span_row"], rs.rc["span_col"])
+            v = np.where(np.arange(T) <= rs.sel, row[li, head], col[li, head])
+            rs.values = v
+
+    def shown(rs: RunScores) -> np.ndarray:
+        mask = np.arange(len(rs.values)) != rs.sel
+        return rs.values[mask]
+
+    factor = scale_factor(st.session_state["scale"], [shown(rs) for rs in scored if rs.values is not None])
+
+    # ---- token views
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        with col:
+            run = rs.run
+            if len(scored) > 1:
+                st.subheader(run.title)
+            if not rs.ok:
+                st.warning(f"{run.label} has no layer {layer} / {heads_word} {head}: it has layers {rs.layers} and "
+                           f"{rs.inputs[0].H} {heads_word}s.")
+                continue
+            what = "reads" if mode == ATTN else "keeps"
+            st.caption(f"Layer {layer}, {heads_word} {head}, token {run.token_name(rs.sel)} selected (blue): earlier "
+                       f"tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by {value_name}[j, {rs.sel}]"
+                       f" ({'who reads it' if mode == ATTN else 'how long its key stays'}). Hover: top-16 predictions.")
+            token_view(run.token_texts, key=_tv_key(P, run.label, st.session_state["tok"]),
+                       colors=token_colors(rs.values, factor, cb, rs.sel), values=list(map(float, rs.values)),
+                       value_name=value_name, selected=rs.sel, tips=_tips(run))
+            df = pd.DataFrame({"token": np.arange(len(run.tokens)), "text": run.token_texts, "id": run.tokens,
+                               "role": np.where(np.arange(len(run.tokens)) < rs.sel, f"source ({value_name}[sel, i])",
+                                                np.where(np.arange(len(run.tokens)) == rs.sel, "selected",
+                                                         f"query ({value_name}[j, sel])")),
+                               value_name: rs.values})
+            st.download_button(f"Token values (CSV){' ' + run.label if len(scored) > 1 else ''}", _csv(df),
+                               file_name=f"{mode}_tokens_L{layer}_H{head}_sel{rs.sel}_{run.label}.csv",
+                               mime="text/csv", on_click="ignore", key=f"{P}_dl_tok_{run.label}")
+
+    if len(scored) == 2 and all(rs.ok for rs in scored) and _same_shape(*scored):
+        a, b = scored
+        st.subheader(f"Difference B − A ({value_name}, layer {layer}, {heads_word} {head})")
+        dv = b.values - a.values
+        dfac = scale_factor(st.session_state["scale"], [dv[np.arange(len(dv)) != a.sel]])
+        st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
+        token_view(b.run.token_texts, key=_tv_key(P, "diff", st.session_state["tok"]),
+                   colors=token_colors(dv, dfac, cb, a.sel), values=list(map(float, dv)),
+                   value_name=f"{value_name}(B) − {value_name}(A)", selected=a.sel)
+
+    # ---- overview grid
+    st.subheader("Overview: every layer and " + heads_word + " for the selected token")
+    ov_labels = {"row": f"max |A[sel, i]| over earlier tokens (what it reads)",
+                 "col": f"max |A[j, sel]| over later tokens (who reads it)",
+                 "reach": "reach of the selected token's key (tokens until its span < threshold)",
+                 "end": "span left at the last token / span at the selected token"}
+    gc = st.columns([2, 1]) if mode == SPAN else [st.container()]
+    gc[0].radio("Tile value", ov_options, key="ov", format_func=ov_labels.get, horizontal=True)
+    if mode == SPAN:
+        gc[1].slider("Reach threshold", 0.01, 0.5, step=0.01, key="thr",
+                     help="Reach = first distance at which the span falls below this fraction of its start value.")
+    ov = st.session_state["ov"]
+    thr = float(st.session_state.get("thr", 0.1))
+    grids = []
+    for rs in scored:
+        rc_t = {k: torch.from_numpy(v) for k, v in rs.rc.items()}
+        rc_t["sel"] = rs.sel
+        if ov in ("row", "col"):
+            V = S.overview_values(rc_t, "row_max_abs" if ov == "row" else "col_max_abs").numpy()
+        elif ov == "reach":
+            V, _ = S.span_reach(S.span_curves(rc_t["span_col"], rs.sel), thr)
+        else:
+            sc = rs.rc["span_col"]
+            V = np.where(sc[..., rs.sel] > 0, sc[..., -1] / np.where(sc[..., rs.sel] > 0, sc[..., rs.sel], 1), 0.0)
+        grids.append(np.asarray(V, dtype=np.float64))
+    gmax = max(float(np.nanmax(np.abs(g))) if g.size else 0.0 for g in grids)
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    tile_name = {"row": "max|A|", "col": "max|A|", "reach": "reach", "end": "left"}[ov]
+    for col, rs, V in zip(cols, scored, grids):
+        with col:
+            fig = grid_figure(V, rs.layers, open_lh=(layer, head), zmax=gmax, signed=False, colorblind=cb,
+                              title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", value_name=tile_name)
+            st.plotly_chart(fig, config=PLOTLY_CONFIG, on_select="rerun", selection_mode="points",
+                            key=_grid_key(P, rs.run.label, layer, head, ov, st.session_state["tok"]))
+            gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]), heads_word: np.tile(np.arange(V.shape[1]),
+                                len(rs.layers)), ov: V.reshape(-1)})
+            st.download_button(f"Overview (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(gdf),
+                               file_name=f"{mode}_overview_{ov}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
+                               on_click="ignore", key=f"{P}_dl_grid_{rs.run.label}")
+    st.caption("Click a tile to open that layer and " + heads_word + ". The camera button of each chart saves a PNG.")
+
+    # ---- spans: curves and per-layer reach
+    if mode == SPAN:
+        _span_sections(P, scored, layer, head, thr, heads_word)
+
+    # ---- the open head's full matrix
+    st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}")
+    mats = []
+    for rs in scored:
+        if rs.ok:
+            si = rs.inputs[rs.layers.index(layer)]
+            try:
+                rs.matrix = head_matrix(rs.rid, layer, head, mode, diag, si)
+            except RWKVInspectorError as e:
+                show_error(e)
+                continue
+            a_, b_ = heat_window(len(rs.run.tokens), rs.sel)
+            mats.append(rs.matrix[a_:b_, a_:b_])
+    hmax = max((float(np.abs(m).max()) for m in mats if m.size), default=1.0)
+    if st.session_state["scale"] != "auto":
+        hmax = 1.0 / factor
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        if rs.matrix is None:
+            continue
+        with col:
+            T = len(rs.run.tokens)
+            win = heat_window(T, rs.sel)
+            if win != (0, T):
+                st.caption(f"{T} tokens: showing tokens {win[0]}–{win[1] - 1} around the selected one.")
+            fig = heatmap_figure(rs.matrix, rs.run.token_texts, sel=rs.sel, zmax=hmax, signed=mode == ATTN,
+                                 colorblind=cb, window=win, value_name=value_name,
+                                 title=f"{rs.run.label}: {value_name}[j, i], layer {layer}, {heads_word} {head}"
+                                       + ("" if diag else " (no diagonal)"))
+            st.plotly_chart(fig, config=PLOTLY_CONFIG_SVG, key=f"{P}_heat_{rs.run.label}")
+            M = rs.matrix
+            jj, ii = np.tril_indices(T)
+            mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: M[jj, ii]})
+            st.download_button(f"Full matrix (CSV, long){' ' + rs.run.label if len(scored) > 1 else ''}",
+                               data=lambda d=mdf: _csv(d), file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
+                               mime="text/csv", on_click="ignore", key=f"{P}_dl_mat_{rs.run.label}")
+    if len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored):
+        a, b = scored
+        D = b.matrix - a.matrix
+        win = heat_window(D.shape[0], a.sel)
+        dmax = float(np.abs(D[win[0]:win[1], win[0]:win[1]]).max()) or 1.0
+        fig = heatmap_figure(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=cb, window=win,
+                             value_name=f"Δ{value_name}",
+                             title=f"B − A: {value_name}[j, i], layer {layer}, {heads_word} {head}")
+        st.plotly_chart(fig, config=PLOTLY_CONFIG_SVG, key=f"{P}_heat_diff")
+    st.caption("Hover a cell for both tokens and the value; the blue frames are the selected token's row (what it "
+               "reads) and column (who reads it). Camera button: SVG.")
+
+
+def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: float, heads_word: str) -> None:
+    st.subheader(f"Span of the selected token's key against distance, layer {layer}")
+    c = st.columns(3)
+    c[0].toggle("Log y", key="logy")
+    rel, logy = bool(st.session_state["rel"]), bool(st.session_state["logy"])
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        if not rs.ok:
+            continue
+        with col:
+            li = rs.layers.index(layer)
+            curves = np.asarray(S.span_curves(torch.from_numpy(rs.rc["span_col"][li]), rs.sel))  # [H, D]
+            if curves.shape[-1] < 2:
+                st.info("The selected token is the last one: select an earlier token to see how long its key stays.")
+            fig = curves_figure(curves, sel=rs.sel, open_head=head, relative=rel, log_y=logy,
+                                title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}, layer {layer}")
+            st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"{P}_curves_{rs.run.label}")
+            cdf = pd.DataFrame({"distance": np.tile(np.arange(curves.shape[1]), curves.shape[0]),
+                                heads_word: np.repeat(np.arange(curves.shape[0]), curves.shape[1]),
+                                "span": curves.reshape(-1)})
+            st.download_button(f"Span curves (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(cdf),
+                               file_name=f"span_curves_L{layer}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
+                               on_click="ignore", key=f"{P}_dl_curves_{rs.run.label}")
+
+    st.subheader(f"How far each {heads_word}'s influence reaches, layer {layer} (every source token)")
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        if not rs.ok:
+            continue
+        with col:
+            T = len(rs.run.tokens)
+            si = rs.inputs[rs.layers.index(layer)]
+            if T > LAYER_REACH_MAX_T and not st.toggle(f"Compute for all {T} source tokens ({si.H} full matrices)",
+                                                        key=f"{P}_reach_go_{rs.run.label}"):
+                continue
+            reach, cens = layer_reach(rs.rid, layer, thr, si)
+            fig = reach_figure(reach, cens, open_head=head,
+                               title=f"{rs.run.label}: reach to {thr:.0%} of the start span")
+            st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"{P}_reach_{rs.run.label}")
+            rows = []
+            for h in range(reach.shape[0]):
+                ok = ~cens[h]
+                rows.append({heads_word: h, "median reach (fell below)": float(np.median(reach[h, ok])) if ok.any()
+                             else np.nan, "p90 reach": float(np.percentile(reach[h, ok], 90)) if ok.any() else np.nan,
+                             "censored sources": f"{int(cens[h].sum())}/{T}"})
+            summary = pd.DataFrame(rows)
+            st.dataframe(summary, hide_index=True, width="stretch")
+            rdf = pd.DataFrame({heads_word: np.repeat(np.arange(reach.shape[0]), T),
+                                "source": np.tile(np.arange(T), reach.shape[0]), "reach": reach.reshape(-1),
+                                "censored": cens.reshape(-1)})
+            st.download_button(f"Reach per source (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(rdf),
+                               file_name=f"span_reach_L{layer}_{rs.run.label}.csv", mime="text/csv",
+                               on_click="ignore", key=f"{P}_dl_reach_{rs.run.label}")
+    st.caption("Triangles: sources whose span never fell below the threshold before the prompt ended (the reach is "
+               "at least that). Tokens near the end are always censored.")
