@@ -214,7 +214,8 @@ def dynamic_section(acq: Acquired, sd: D.StaticDecay, config: dict) -> None:
     st.subheader("Retention from a source token")
     c1, c2, c3 = st.columns(3)
     _clamp_state("decay_ret_source", token_opts, 0)
-    source = c1.selectbox("Source token i", token_opts, key="decay_ret_source", format_func=lambda i: f"{i}: {labels[i]}")
+    source = c1.selectbox("Source token i", token_opts, key="decay_ret_source",
+                          format_func=lambda i: f"{i}: {labels[i]}")
     agg = c2.radio("Head aggregate", ["median", "mean", "max"], horizontal=True, key="decay_ret_agg")
     log_y = c3.toggle("Log y", value=True, key="decay_ret_log")
     ret = D.retention(td.log_decay[li], source, td.version)  # [T, C]
@@ -249,8 +250,9 @@ def state_section(acq: Acquired, ss: D.StateSizes, config: dict) -> None:
         st.caption("v4 keeps per channel aa, bb, pp (numerator aa·e^pp, denominator bb·e^pp); shown is aa/bb, "
                    "the decay-weighted average of past values, over all channels.")
     T, H = values.shape
-    table = pd.DataFrame({"layer": np.repeat(ss.layers, T * H), "token": np.tile(np.repeat(np.arange(T), H), len(ss.layers)),
-                          "head": np.tile(np.arange(H), T * len(ss.layers)),
+    n = len(ss.layers)
+    table = pd.DataFrame({"layer": np.repeat(ss.layers, T * H), "token": np.tile(np.repeat(np.arange(T), H), n),
+                          "head": np.tile(np.arange(H), T * n),
                           "frobenius": ss.frobenius.reshape(-1), "max_abs": ss.max_abs.reshape(-1)})
     st.download_button("State sizes, all layers (CSV)", csv_bytes(table), file_name="state_size.csv",
                        mime="text/csv", on_click="ignore", key="decay_dl_state")

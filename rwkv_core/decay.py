@@ -202,19 +202,24 @@ def static_logit(state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> np.nd
     return np.stack(rows)  # [L, C]
 
 
-def static_decay(source) -> StaticDecay:
-    """Static decays of a checkpoint: `source` is a `Checkpoint`, a checkpoint path, an `RWKV` model or a
-    (state_dict, ModelConfig) pair. Computed in float64 from the raw parameters."""
+def _params_and_config(source) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Official-name tensors and config of a Checkpoint, a checkpoint path, an RWKV model or a (state_dict, cfg)."""
     from rwkv_core.checkpoint import Checkpoint, load_checkpoint
 
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
     if isinstance(source, Checkpoint):
-        sd, cfg = source.state_dict, source.config
-    elif isinstance(source, tuple):
-        sd, cfg = source
-    else:  # an RWKV module: its parameters carry the official names; vectors are float32
-        sd, cfg = dict(source.named_parameters()), source.cfg
+        return source.state_dict, source.config
+    if isinstance(source, tuple):
+        return source
+    # an RWKV module: its parameters carry the official names; vectors (decays) are float32
+    return dict(source.named_parameters()), source.cfg
+
+
+def static_decay(source) -> StaticDecay:
+    """Static decays of a checkpoint: `source` is a `Checkpoint`, a checkpoint path, an `RWKV` model or a
+    (state_dict, ModelConfig) pair. Computed in float64 from the raw parameters."""
+    sd, cfg = _params_and_config(source)
     H, N = heads_of(cfg)
     d = static_logit(sd, cfg)
     return StaticDecay(cfg.version, H, N, d, log_decay_from_logit(d, cfg.version),
@@ -224,16 +229,7 @@ def static_decay(source) -> StaticDecay:
 def static_bonus(source) -> np.ndarray:
     """The bonus of the current token, [L, C]: v4 `time_first` (log space), v5.1 exp(`time_first`) per head,
     v5.2/v6 `time_faaaa`, v7 `r_k`. Same `source` kinds as `static_decay`."""
-    from rwkv_core.checkpoint import Checkpoint, load_checkpoint
-
-    if isinstance(source, (str, os.PathLike)):
-        source = load_checkpoint(source)
-    if isinstance(source, Checkpoint):
-        sd, cfg = source.state_dict, source.config
-    elif isinstance(source, tuple):
-        sd, cfg = source
-    else:
-        sd, cfg = dict(source.named_parameters()), source.cfg
+    sd, cfg = _params_and_config(source)
     H, N = heads_of(cfg)
     rows = []
     for layer in range(cfg.n_layer):

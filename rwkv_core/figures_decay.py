@@ -86,7 +86,8 @@ def paper_figure(decay: np.ndarray, log10_half_life: np.ndarray, head_size: int,
                            "<br>λ = %{customdata[2]:.10g}<br>half-life = %{customdata[3]:.4g} tokens<extra></extra>")))
     # colour bar for the layer scale (an empty marker trace carries it)
     fig.add_trace(go.Scatter(
-        x=[None], y=[None], mode="markers", name="layer scale", showlegend=False, hovertemplate="layer scale<extra></extra>",
+        x=[None], y=[None], mode="markers", name="layer scale", showlegend=False,
+        hovertemplate="layer scale<extra></extra>",
         marker=dict(colorscale=LAYER_COLORSCALE, cmin=0, cmax=max(L - 1, 1), color=[0], showscale=True,
                     colorbar=dict(title="layer", thickness=12))))
     where = "all channels" if head is None else f"head {head}"

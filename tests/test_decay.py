@@ -361,7 +361,8 @@ def test_token_views():
 
 
 def test_cell_from_selection():
-    assert FD.cell_from_selection({"points": [{"curve_number": 1, "x": 4, "y": 2, "customdata": [4, 2, 3.5]}]}) == (4, 2)
+    point = {"curve_number": 1, "x": 4, "y": 2, "customdata": [4, 2, 3.5]}
+    assert FD.cell_from_selection({"points": [point]}) == (4, 2)
     assert FD.cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}) == (3, 1)
     assert FD.cell_from_selection({"points": []}) is None and FD.cell_from_selection(None) is None
 
