@@ -151,13 +151,20 @@ class TimeMix(nn.Module):
         self.hook_state = HookPoint()  # [B, H, N, N] (v4: [B, 3, C]) WKV state after token `pos`
 
     def _decay_hook(self, logw: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        """Let hook_w see the per-step decay w = exp(logw) as [B, T, C]; return the (possibly patched) log-decay."""
+        """Let hook_w see the per-step decay w = exp(logw) as [B, T, C]; return the log-decay, converted back from
+        w only if a hook replaced it (w can underflow to 0 where the log-decay is still finite)."""
         if not self.hook_w.active:
             return logw
         C = self.cfg.dim_att
         w = torch.exp(logw).expand(B, T, *logw.shape[2:]).reshape(B, T, C)
-        w = self.hook_w(w)
-        return torch.log(w).view(B, T, *logw.shape[2:]) if logw.dim() == 4 else torch.log(w)
+        patched = self.hook_w(w)
+        if patched is w:
+            return logw
+        return torch.log(patched).view(B, T, *logw.shape[2:]) if logw.dim() == 4 else torch.log(patched)
+
+    def use_chunked(self, chunked: bool, positions: Sequence[int], T: int) -> bool:
+        """Chunks pay off only if the state is not stopped at most tokens (a state hook at every token)."""
+        return chunked and not (self.hook_state.active and len(positions) * 8 > T)
 
 
 class TimeMixV4(TimeMix):
@@ -182,11 +189,11 @@ class TimeMixV4(TimeMix):
             logw = self._decay_hook(logw, B, T)
         rho_bt = -logw
         u = self.time_first.float()
-        if self.hook_w.active:  # per-token decays: only the serial form takes them
+        if self.hook_w.active and not torch.equal(rho_bt, rho.expand(B, T, C)):  # patched per-token decays
             kern = lambda k_, v_, rho_, s: _wkv4_per_token(k_, v_, rho_, u, s)
             y, state = run_wkv_segments(kern, (k, v, rho_bt), state, self.hook_state, positions)
         else:
-            kern = wkv.wkv4_chunked if chunked else wkv.wkv4_serial
+            kern = wkv.wkv4_chunked if self.use_chunked(chunked, positions, T) else wkv.wkv4_serial
             y, state = run_wkv_segments(lambda k_, v_, s: kern(k_, v_, rho, u, s), (k, v), state,
                                         self.hook_state, positions)
         y = self.hook_wkv(y)
@@ -253,7 +260,8 @@ class TimeMixV5(TimeMix):
         v = self.hook_v(lin(mix(self.time_mix_v), self.value.weight))
         logw, u = self.decay_and_bonus()
         logw = self._decay_hook(logw.expand(B, T, H, N), B, T)
-        y, state = _wkv5_run(r, k, v, logw, u, state, self.hook_state, positions, chunked, H, N)
+        y, state = _wkv5_run(r, k, v, logw, u, state, self.hook_state, positions,
+                             self.use_chunked(chunked, positions, T), H, N)
         y = group_norm(self.hook_wkv(y), H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps)
         if self.gated:
             y = y * self.hook_g(F.silu(lin(mix(self.time_mix_g), self.gate.weight)))
@@ -300,7 +308,8 @@ class TimeMixV6(TimeMix):
         v = self.hook_v(lin(xv, self.value.weight))
         g = self.hook_g(F.silu(lin(xg, self.gate.weight)))
         logw = self._decay_hook(self.log_decay(xw).view(B, T, H, N), B, T)
-        y, state = _wkv5_run(r, k, v, logw, self.time_faaaa.float(), state, self.hook_state, positions, chunked, H, N)
+        y, state = _wkv5_run(r, k, v, logw, self.time_faaaa.float(), state, self.hook_state, positions,
+                             self.use_chunked(chunked, positions, T), H, N)
         y = group_norm(self.hook_wkv(y), H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps) * g
         return self.hook_out(lin(y, self.output.weight)), shift, state, v_first
 
@@ -354,7 +363,7 @@ class TimeMixV7(TimeMix):
         v = self.hook_v(v)
         if self.layer_id == 0:
             v_first = v
-        kern = wkv.wkv7_chunked if chunked else wkv.wkv7_serial
+        kern = wkv.wkv7_chunked if self.use_chunked(chunked, positions, T) else wkv.wkv7_serial
         heads = lambda t: t.reshape(B, T, H, N)
         y, state = run_wkv_segments(kern, (heads(r), heads(logw), heads(k), heads(v), heads(-kk), heads(kk * a)),
                                     state, self.hook_state, positions)

@@ -116,6 +116,7 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
     """v5.x/v6 WKV over chunks; equal to `wkv5_serial`. Padding tokens carry k = 0 and log-decay 0 (no effect)."""
     B, T, H, N = r.shape
     L = chunk
+    logw = logw.clamp(min=-1e4)  # a decay of exactly 0 (log -inf) would make inf - inf below; e^-1e4 is 0 too
     rc, kc, vc, lw = (_to_chunks(x, L) for x in (r, k, v, logw))  # [B, H, nC, L, N]
     c = torch.cumsum(lw, 3)  # inclusive log-decay within the chunk
     ce = c - lw  # exclusive
@@ -126,20 +127,20 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
     step = max(1, max_elems // max(1, B * H * L * L * N))
     for g in range(0, nC, step):
         sl = slice(g, g + step)
-        diff = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N]
-        diff = diff.masked_fill(~strict[:, :, None], float("-inf"))
-        A = torch.einsum("bhctn,bhcsn,bhctsn->bhcts", rc[:, :, sl], kc[:, :, sl], torch.exp(diff))
+        e = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N], <= 0 where i < t
+        e = torch.exp_(e.masked_fill_(~strict[:, :, None], float("-inf")))
+        A = (e.mul_(kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)  # [B, H, g, L, L]
         y[:, :, sl] = A @ vc[:, :, sl]
     y = y + (rc * u[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc  # bonus (diagonal)
-    # inter-chunk: the state entering each chunk
+    # inter-chunk: the state entering each chunk (a cheap elementwise scan), then one batched read
     c_last = c[:, :, :, -1:, :]  # [B, H, nC, 1, N]
-    k_dec = kc * torch.exp(c_last - c)  # what each write keeps by the chunk's end
-    kv = k_dec.transpose(-1, -2) @ vc  # [B, H, nC, N, N]
-    dec = torch.exp(c_last[:, :, :, 0, :])  # [B, H, nC, N]
-    r_dec = rc * torch.exp(ce)
+    kv = (kc * torch.exp(c_last - c)).transpose(-1, -2) @ vc  # [B, H, nC, N, N]: each chunk's writes at its end
+    dec = torch.exp(c_last[:, :, :, 0, :, None])  # [B, H, nC, N, 1]
+    starts = []
     for j in range(nC):
-        y[:, :, j] += r_dec[:, :, j] @ state
-        state = dec[:, :, j, :, None] * state + kv[:, :, j]
+        starts.append(state)
+        state = dec[:, :, j] * state + kv[:, :, j]
+    y = y + (rc * torch.exp(ce)) @ torch.stack(starts, 2)
     return _from_chunks(y, T), state
 
 
