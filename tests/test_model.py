@@ -196,3 +196,25 @@ def test_bad_tokens_are_rejected():
         model([1, 2, 256])
     with pytest.raises(ValueError, match="non-empty"):
         model([])
+
+
+def test_capturing_decays_leaves_the_forward_unchanged(tiny_models):
+    """Reading hook_w must not round-trip the decay through log: on this model some w underflow to 0 in fp32."""
+    model = tiny_models("tiny-rwkv-6v0-1m-FP32.bin")
+    toks = list("The Eiffel Tower is located in the city of".encode("utf-16-le"))
+    with torch.no_grad():
+        base, _ = model(toks)
+    logits, _, cache = model.run_with_cache(toks, names_filter=r"blocks\.\d+\.att\.hook_w")
+    assert torch.isfinite(logits).all() and torch.equal(logits, base)
+    assert len(cache) == model.cfg.n_layer
+
+
+def test_state_hook_at_every_token_matches_prefix_runs():
+    model = _random_model("7", n_layer=2, n_embd=32, head_size=16, seed=4)
+    toks = list(range(1, 25))
+    _, _, cache = model.run_with_cache(toks, names_filter="blocks.1.att.hook_state", state_positions=range(24))
+    states = cache["blocks.1.att.hook_state"][0]  # [P, H, N, N]
+    for p in (0, 7, 23):
+        with torch.no_grad():
+            _, s = model(toks[:p + 1])
+        assert torch.allclose(states[p], s.wkv[1, 0], atol=1e-5)
