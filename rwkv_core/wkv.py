@@ -128,8 +128,8 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
     for g in range(0, nC, step):
         sl = slice(g, g + step)
         e = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N], <= 0 where i < t
-        e = torch.exp_(e.masked_fill_(~strict[:, :, None], float("-inf")))
-        A = (e.mul_(kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)  # [B, H, g, L, L]
+        e = torch.exp(e.masked_fill(~strict[:, :, None], float("-inf")))  # out of place: autograd (training)
+        A = ((e * kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)  # [B, H, g, L, L]
         y[:, :, sl] = A @ vc[:, :, sl]
     y = y + (rc * u[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc  # bonus (diagonal)
     # inter-chunk: the state entering each chunk (a cheap elementwise scan), then one batched read
