@@ -489,10 +489,10 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         st.session_state["thr"] = 0.1
 
     # ---- controls
-    c = st.columns([1, 1, 1.2, 2.2, 1.1, 1.3])
+    c = st.columns([1, 1, 1.1, 2, 1.7])
     heads_word = "group" if version == "4" else "head"
     c[0].selectbox("Layer", layers, key="layer")
-    c[1].selectbox("Head" if version != "4" else "Head (64-channel group)", list(range(H)), key="head",
+    c[1].selectbox("Head" if version != "4" else "Group", list(range(H)), key="head",
                    help="v4 has no heads: a 'head' is a group of 64 consecutive channels." if version == "4" else None)
     c[2].number_input("Selected token", min_value=0, max_value=T_max - 1, step=1, key="tok",
                       help="Or click a token below.")
@@ -500,11 +500,13 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
                        format_func=lambda s: "auto" if s == "auto" else f"10^{s}",
                        help="Colour intensity = |value| × 10^s (clipped to 1); auto divides by the largest |value| "
                             "of the shown row and column (shared by both runs in compare mode).")
-    if mode == ATTN:
-        c[4].toggle("Diagonal (bonus)", key="diag", help="Include A[j, j]: the bonus term u (v4-v6), k̃_j·r_j (v7).")
-    else:
-        c[4].toggle("Relative curves", key="rel", help="Span curves divided by their value at d = 0.")
-    c[5].toggle("Colour-blind palette", key="cb", help="Orange / purple instead of red / green.")
+    with c[4]:
+        if mode == ATTN:
+            st.toggle("Diagonal (bonus)", key="diag",
+                      help="Include A[j, j]: the bonus term u (v4-v6), k̃_j·r_j (v7).")
+        else:
+            st.toggle("Relative curves", key="rel", help="Span curves divided by their value at d = 0.")
+        st.toggle("Colour-blind palette", key="cb", help="Orange / purple instead of red / green.")
     layer, head, sel_req = st.session_state["layer"], st.session_state["head"], st.session_state["tok"]
     diag = bool(st.session_state["diag"]) if mode == ATTN else True
     cb = bool(st.session_state["cb"])
