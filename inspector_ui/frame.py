@@ -7,6 +7,8 @@ to give its token labels, top-k predictions and per-layer captures, from the sha
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,12 @@ from rwkv_core.config import ModelConfig
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.trace_file import Trace, build_trace, load_trace
 
-MAX_TOKENS = 4096  # longest prompt a page will run
+MAX_TOKENS = int(os.environ.get("RWKV_INSPECTOR_MAX_TOKENS", "4096"))  # longest prompt a page will run
+HOSTED = os.environ.get("RWKV_INSPECTOR_HOSTED", "0") == "1"  # a shared server: uploads and hub downloads off
+ALLOW_UPLOAD = os.environ.get("RWKV_INSPECTOR_ALLOW_UPLOAD", "0" if HOSTED else "1") == "1"
+ALLOW_HUB = os.environ.get("RWKV_INSPECTOR_ALLOW_HUB", "0" if HOSTED else "1") == "1"
+MAX_UPLOAD_MB = int(os.environ.get("RWKV_INSPECTOR_MAX_UPLOAD_MB", "200"))
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "rwkv-inspector-uploads"
 URL_PROMPT_CHARS = 400  # longer prompts travel in the URL as a server-side id
 PROMPT_STORE = Path.home() / ".cache" / "rwkv-inspector" / "prompts"
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -45,6 +52,16 @@ def get_gate() -> WorkGate:
 @st.cache_resource(ttl=60)
 def get_registry() -> dict[str, ModelEntry]:
     return list_models()
+
+
+@st.cache_resource
+def get_extra_models() -> dict[str, ModelEntry]:
+    """Models added at run time (uploads, hub downloads), by a name that carries their content hash."""
+    return {}
+
+
+def all_models() -> dict[str, ModelEntry]:
+    return {**get_registry(), **get_extra_models()}
 
 
 def gated(fn: Callable[[], Any], label: str = "Computing") -> Any:
@@ -74,7 +91,7 @@ def device_choices() -> list[str]:
 
 def _loaded(model_key: tuple[str, str, str]) -> LoadedModel:
     name, device, dtype = model_key
-    entry = get_registry().get(name) or list_models().get(name)
+    entry = all_models().get(name) or list_models().get(name)
     if entry is None:
         raise RWKVInspectorError(f"model {name!r} is not offered by this server")
     return get_pool().get(entry, device, dtype)
@@ -263,6 +280,73 @@ def _model_picker(key: str, models: dict[str, ModelEntry], label: str) -> Option
     return entry
 
 
+def _add_model_box() -> None:
+    """Upload a checkpoint or fetch one from the Hugging Face hub (each can be switched off for a hosted server)."""
+    if not (ALLOW_UPLOAD or ALLOW_HUB):
+        return
+    with st.sidebar.expander("Add a model"):
+        if ALLOW_UPLOAD:
+            up = st.file_uploader(f"Checkpoint (.pth, .bin, .safetensors; at most {MAX_UPLOAD_MB} MB)",
+                                  type=["pth", "bin", "safetensors"], key="ckpt_upload")
+            if up is not None:
+                try:
+                    entry = register_upload(up.name, up.getvalue())
+                    st.session_state.model = entry.name
+                    st.success(f"Loaded {up.name}")
+                except RWKVInspectorError as e:
+                    st.error(str(e))
+        if ALLOW_HUB:
+            repo = st.text_input("Hub repository", placeholder="BlinkDL/rwkv-7-world", key="hub_repo")
+            fname = st.text_input("File in it", placeholder="RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth",
+                                  key="hub_file")
+            if st.button("Download", key="hub_go", disabled=not (repo and fname)):
+                try:
+                    with st.spinner("Downloading..."):
+                        entry = register_hub(repo, fname)
+                    st.session_state.model = entry.name
+                except RWKVInspectorError as e:
+                    st.error(str(e))
+
+
+def register_upload(name: str, data: bytes) -> ModelEntry:
+    """Keep an uploaded checkpoint under a content-hash name, after checking it loads; refuse oversized files."""
+    from rwkv_core.checkpoint import load_checkpoint
+
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise RWKVInspectorError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_UPLOAD_MB} MB upload limit")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".pth", ".bin", ".safetensors"):
+        raise RWKVInspectorError(f"{name}: expected a .pth, .bin or .safetensors checkpoint")
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{digest}{suffix}"
+    path.write_bytes(data)
+    try:
+        load_checkpoint(path)  # CheckpointError (one line) for anything wrong, hostile pickles included
+    except RWKVInspectorError:
+        path.unlink(missing_ok=True)
+        raise
+    entry = ModelEntry(f"upload: {Path(name).name} [{digest[:8]}]", str(path), "auto",
+                       prompts=("The Eiffel Tower is located in the city of",))
+    get_extra_models()[entry.name] = entry
+    return entry
+
+
+def register_hub(repo: str, filename: str) -> ModelEntry:
+    """Fetch an official checkpoint from the Hugging Face hub (cached by huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo_id=repo.strip(), filename=filename.strip())
+    except Exception as e:  # no network, unknown repository or file, ...
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise RWKVInspectorError(f"could not download {repo}/{filename} from the hub ({msg}); "
+                                 "without network, put the file in a configured model folder") from None
+    entry = ModelEntry(f"hub: {repo}/{filename}", path, "auto", prompts=("The Eiffel Tower is located in the city of",))
+    get_extra_models()[entry.name] = entry
+    return entry
+
+
 def _prompt_box(key: str, entry: ModelEntry, label: str) -> str:
     default = entry.prompts[0] if entry.prompts else "Hello"
     _seed_prompt(key, default)
@@ -302,7 +386,7 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
     st.title(title)
     if about:
         st.caption(about)
-    models = get_registry()
+    models = all_models()
     sb = st.sidebar
     sb.header("RWKV Inspector")
     bind("source", "model")
@@ -324,6 +408,8 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
             if not models:
                 st.error("No models are configured: set RWKV_INSPECTOR_MODEL_DIRS or place ../shared beside the repo.")
                 st.stop()
+            _add_model_box()
+            models = all_models()
             entry = _model_picker("model", models, "Model")
             with sb.expander("Device"):
                 if st.session_state.device not in device_choices():
