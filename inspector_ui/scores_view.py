@@ -266,8 +266,15 @@ def cell_from_selection(state) -> Optional[tuple[int, int]]:
         return None
     for p in points:
         c = p.get("customdata")
-        if isinstance(c, (list, tuple)) and len(c) >= 2:
-            return int(round(float(c[0]))), int(round(float(c[1])))
+        if isinstance(c, dict):  # how Streamlit hands over a row of a 2-D customdata array: {"0": .., "1": ..}
+            c = [c.get(str(i), c.get(i)) for i in range(len(c))]
+        try:
+            if isinstance(c, (list, tuple)) and len(c) >= 2:
+                return int(round(float(c[0]))), int(round(float(c[1])))
+            if p.get("x") is not None and p.get("y") is not None:  # the tile's own coordinates: head, layer
+                return int(round(float(p["y"]))), int(round(float(p["x"])))
+        except (TypeError, ValueError):
+            continue
     return None
 
 
