@@ -43,7 +43,9 @@ import torch
 from rwkv_core.errors import InputError
 
 V4_GROUP_SIZE = 64  # v4 channels per display "head"
+LOGW_FLOOR = -1e4  # per-step log-decays below this (decay < e^-10000, i.e. 0 in any float) are clamped to it
 V7_MAX_CHUNK_EXP = 40.0  # v7 chunk length is chosen so that chunk-local decay exponents stay within e^{+-40}
+V7_LOGW_FLOOR = -V7_MAX_CHUNK_EXP  # v7 models have log w >= -e^-0.5; arbitrary v7 inputs are clamped here
 SPAN_VARIANTS = ("state", "read")
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -109,6 +111,13 @@ class ScoreInputs:
             x = getattr(self, name)
             if x is not None and tuple(x.shape) != shape[1:]:
                 raise InputError(f"ScoreInputs.{name} has shape {tuple(x.shape)}, expected {shape[1:]}")
+        # a decay that underflowed to 0 (log = -inf) would turn differences of cumulative sums into NaN; any decay
+        # below the floor is 0 in every float format anyway. (v7: see V7_LOGW_FLOOR.)
+        floor = V7_LOGW_FLOOR if self.version == "7" else LOGW_FLOOR
+        if bool((self.logw < floor).any()):
+            self.logw = self.logw.clamp_min(floor)
+        if bool((self.logw > 0).any()):
+            raise InputError("ScoreInputs.logw must be <= 0 (per-step decays in (0, 1])")
 
     @property
     def T(self) -> int:
@@ -166,7 +175,7 @@ class ScoreInputs:
                 H, N = int(n_head), C // int(n_head)
         else:
             raise InputError(f"r must be [T, C] or [T, H, N], got shape {tuple(r_.shape)}")
-        lw = torch.log(t(w)) if w is not None else t(logw)
+        lw = torch.log(t(w).clamp_min(1e-45)) if w is not None else t(logw)  # w underflowed to 0: see LOGW_FLOOR
 
         def heads(x, per_token=True):
             if x is None:
@@ -298,6 +307,38 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
 def capture_score_inputs(model, tokens, layers: Optional[Sequence[int]] = None) -> list[ScoreInputs]:
     """`ScoreInputs` of each requested layer (default all) for one prompt; see `capture_with_logits`."""
     return capture_with_logits(model, tokens, layers)[1]
+
+
+def inputs_from_trace(arrays: dict, cfg, layers: Optional[Sequence[int]] = None) -> list[ScoreInputs]:
+    """`ScoreInputs` of the given layers from a trace file's arrays (`rwkv_core.trace_file`: r_l{l}, k_l{l},
+    v_l{l}, w_l{l} [T, C], u_l{l}; v7 ktilde_l{l}, kk_l{l}, a_l{l}, r_k_l{l}), without a model. cfg: ModelConfig."""
+    if layers is None:
+        layers = sorted({int(k.split("_l")[-1]) for k in arrays if k.startswith("r_l")})
+    out = []
+    for l in layers:
+        g = lambda n: arrays.get(f"{n}_l{l}")  # noqa: E731
+        if any(g(n) is None for n in ("r", "k", "v", "w")):
+            raise InputError(f"the trace lacks r/k/v/w of layer {l}: it cannot give scores")
+        if cfg.version == "7":
+            if any(g(n) is None for n in ("ktilde", "kk", "a")):
+                raise InputError(f"the v7 trace lacks ktilde/kk/a of layer {l}")
+            out.append(ScoreInputs.from_arrays("7", r=g("r"), k=g("ktilde"), v=g("v"), w=g("w"), kk=g("kk"),
+                                               a=g("a"), r_k=g("r_k"), n_head=cfg.n_head, layer=l))
+        else:
+            out.append(ScoreInputs.from_arrays(cfg.version, r=g("r"), k=g("k"), v=g("v"), w=g("w"), u=g("u"),
+                                               n_head=cfg.n_head, layer=l))
+    return out
+
+
+def trace_scores(arrays: dict, cfg, layers: Optional[Sequence[int]] = None, *, diagonal: bool = True,
+                 span_variant: str = "state") -> dict[str, np.ndarray]:
+    """What `export --scores` adds to a trace: attn_l{l} and span_l{l}, each [H, T, T] float32 (numpy), zero above
+    the diagonal, for every layer (v4: H = channel groups, A = group mean)."""
+    out = {}
+    for si in inputs_from_trace(arrays, cfg, layers):
+        out[f"attn_l{si.layer}"] = full_scores_all(si, diagonal=diagonal).cpu().numpy()
+        out[f"span_l{si.layer}"] = full_spans_all(si, variant=span_variant).cpu().numpy()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ shared kernels

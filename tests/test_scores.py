@@ -519,3 +519,117 @@ def test_capture_follows_a_patched_decay():
     (plain,) = S.capture_score_inputs(model, tokens, layers=[1])
     assert identity_error(si) < IDENTITY_TOL
     assert torch.allclose(si.logw, plain.logw + math.log(0.5), atol=1e-5)
+
+
+def test_trace_scores_from_trace_arrays():
+    """`export --scores` path: scores from a trace's arrays (no model) equal those of the live capture."""
+    from rwkv_core.trace_file import build_trace
+
+    for version in ("4", "6", "7"):
+        model = model_for(version)
+        tokens = list(range(50, 80))
+        arrays = build_trace(model, tokens, layers=[1])
+        sc = S.trace_scores(arrays, model.cfg)
+        (si,) = S.capture_score_inputs(model, tokens, layers=[1])
+        assert set(sc) == {"attn_l1", "span_l1"} and sc["attn_l1"].shape == (si.H, 30, 30)
+        for h in range(si.H):
+            assert close(torch.from_numpy(sc["attn_l1"][h]), S.full_scores(si, h), 1e-4)
+            assert close(torch.from_numpy(sc["span_l1"][h]), S.full_spans(si, h), 1e-4)
+        assert np.all(np.triu(sc["attn_l1"], 1) == 0)
+
+
+def test_zero_decay_and_positive_log_decay():
+    si = rand_inputs("6", T=10, H=1, N=4)
+    logw = si.logw.clone()
+    logw[4] = float("-inf")  # a decay that underflowed to 0: token 4 wipes the state
+    si0 = ScoreInputs("6", si.r, si.k, si.v, logw, u=si.u)
+    A = S.full_scores(si0, 0)
+    assert torch.isfinite(A).all()
+    assert torch.all(A[5:, :4] == 0) and torch.all(A[4, :4] != 0)  # w_4 acts from token 5 on
+    with pytest.raises(InputError):
+        ScoreInputs("6", si.r, si.k, si.v, -logw.clamp_max(-1.0), u=si.u)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _all_strings(fig) -> list[str]:
+    """Every string Plotly would render as text: titles, tick texts, hover customdata, trace names."""
+    out = [fig.layout.title.text or ""]
+    for ax in (fig.layout.xaxis, fig.layout.yaxis):
+        out += [ax.title.text or ""] + list(ax.ticktext or [])
+    for tr in fig.data:
+        out.append(tr.name or "")
+        if tr.customdata is not None:
+            out += [x for x in np.asarray(tr.customdata, dtype=object).reshape(-1) if isinstance(x, str)]
+    return out
+
+
+def test_heatmap_figure():
+    from rwkv_core import figures_scores as F
+
+    si = rand_inputs("6", T=9, H=1, N=4)
+    A = S.full_scores(si, 0)
+    texts = ["<script>alert(1)</script>", "<b>", "a&b", "\n", "", " x", "é", "<b>", "z"]
+    fig = F.heatmap_figure(A, texts, "layer 0 <head> 0", sel=4)
+    hm = fig.data[0]
+    assert hm.type == "heatmap" and np.asarray(hm.z).shape == (9, 9)
+    assert np.isnan(np.asarray(hm.z, dtype=float)[0, 5]) and np.asarray(hm.z)[5, 0] == pytest.approx(float(A[5, 0]))
+    assert fig.layout.xaxis.title.text == "key (source) token i" and fig.layout.yaxis.title.text == "query token j"
+    assert all(tr.hovertemplate for tr in fig.data)
+    assert "customdata[0]" in hm.hovertemplate and "%{z" in hm.hovertemplate
+    assert hm.zmin == -hm.zmax and hm.zmax == pytest.approx(float(A.abs().max()))
+    strings = _all_strings(fig)
+    assert not any("<" in s or ">" in s for s in strings)  # no markup survives anywhere it is rendered
+    cd = np.asarray(hm.customdata, dtype=object)
+    assert cd[0, 1, 0] == "&lt;script&gt;alert(1)&lt;/script&gt;" and cd[0, 1, 1] == "&lt;b&gt;"
+    assert cd[2, 3, 0] == "a&amp;b" and cd[3, 4, 0] == "↩" and cd[4, 0, 0] == "∅"
+    assert fig.layout.title.text == "layer 0 &lt;head&gt; 0"
+    assert len(fig.layout.shapes) == 2  # the selected token's row and column
+    # spans: sequential scale from 0, colour-blind palette
+    Sp = S.full_spans(si, 0)
+    f2 = F.heatmap_figure(Sp, ["t"] * 9, "spans", diverging=False, colorblind=True, value_name="span")
+    assert f2.data[0].zmin == 0.0 and f2.data[0].colorscale[-1][1] == "rgb(230,97,1)"
+    with pytest.raises(ValueError):
+        F.heatmap_figure(A, texts[:3], "bad")
+    big = F.heatmap_figure(np.zeros((500, 500)), ["x"] * 500, "big")
+    assert big.data[0].customdata is None and big.data[0].hovertemplate  # hover by index only
+
+
+def test_overview_and_span_figures():
+    from rwkv_core import figures_scores as F
+
+    layers = [rand_inputs("6", T=30, H=3, N=4, seed=s, layer=s) for s in range(4)]
+    rc = S.row_and_column(layers, 10)
+    V = S.overview_values(rc, "row_max_abs")
+    g = F.overview_grid_figure(V, "max |A| <over> sources", layers=rc["layers"], selected=(2, 1),
+                               value_name="max |A|")
+    assert np.asarray(g.data[0].z).shape == (4, 3)
+    assert g.layout.xaxis.title.text == "head" and g.layout.yaxis.title.text == "layer"
+    assert all(tr.hovertemplate for tr in g.data) and len(g.layout.shapes) == 1
+    assert np.asarray(g.data[1].customdata).shape == (12, 3)
+    assert not any("<" in s or ">" in s for s in _all_strings(g))
+
+    curves = S.span_curves(rc["span_col"][1], 10)  # [H, T - sel]
+    c = F.span_curves_figure(curves, "layer 1", sel=10, open_head=2, relative=True, log_y=True)
+    assert len(c.data) == 3 and all(tr.hovertemplate for tr in c.data)
+    assert np.asarray(c.data[0].x).shape == (20,) and np.nanmax(np.asarray(c.data[0].y, dtype=float)) <= 1.0 + 1e-6
+    assert c.layout.yaxis.type == "log" and "distance" in c.layout.xaxis.title.text
+
+    reach, cens = S.span_reach(S.span_curves(rc["span_col"], 10), 0.1)  # [L, H]
+    assert reach.shape == (4, 3)
+    r = F.span_reach_figure(reach, "reach", censored=cens, layers=rc["layers"])
+    assert all(tr.hovertemplate for tr in r.data)
+    assert r.layout.xaxis.title.text == "layer" and "reach" in r.layout.yaxis.title.text
+    n_points = sum(len(tr.y) for tr in r.data if tr.mode == "markers")
+    assert n_points == 12
+
+
+def test_token_colors():
+    from rwkv_core import figures_scores as F
+
+    cols = F.token_colors(torch.tensor([0.5, -2.0, 0.0, float("nan"), 0.05]), 1.0)
+    assert cols[0] == "rgba(214,39,40,0.500)" and cols[1] == "rgba(44,160,44,1.000)"  # clipped to 1
+    assert cols[2] == cols[3] == "rgba(0,0,0,0)" and cols[4].endswith("0.050)")
+    cb = F.token_colors(np.array([1.0, -1.0]), 0.1, colorblind=True)
+    assert cb == ["rgba(230,97,1,0.100)", "rgba(94,60,153,0.100)"]
