@@ -211,9 +211,14 @@ def qp_get(key: str, default: Any = None, cast: Callable = str) -> Any:
 
 
 def bind(key: str, default: Any, cast: Callable = str) -> None:
-    """Seed a widget's session-state value from the URL, once per session (so links restore the view)."""
+    """Seed a widget's session-state value from the URL, once per session (so links restore the view).
+
+    Later runs write the value back: a widget with the same key on another page is another widget to Streamlit,
+    which would otherwise forget the value on a page switch (the prompt came back empty, the model as default)."""
     if key not in st.session_state:
         st.session_state[key] = qp_get(key, default, cast)
+    else:
+        st.session_state[key] = st.session_state[key]
 
 
 def publish(*keys: str) -> None:
@@ -256,6 +261,7 @@ def _publish_prompt(key: str) -> None:
 
 def _seed_prompt(key: str, default: str) -> None:
     if key in st.session_state:
+        st.session_state[key] = st.session_state[key]  # keep it across a page switch (see bind)
         return
     pid = qp_get(f"{key}_id")
     text = load_prompt(pid) if pid else None
