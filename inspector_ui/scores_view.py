@@ -228,7 +228,7 @@ def heatmap_figure(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float
 
 
 def grid_figure(V: np.ndarray, layers: Sequence[int], *, open_lh: tuple[int, int], zmax: float, signed: bool,
-                colorblind: bool, title: str, value_name: str) -> go.Figure:
+                colorblind: bool, title: str, value_name: str, head_word: str = "head") -> go.Figure:
     """Layer x head overview tiles. Heat maps give no click events in Streamlit, so an invisible marker sits on
     every tile (customdata = [layer, head, value]); a click on it selects that layer and head."""
     L, H = V.shape
@@ -238,14 +238,14 @@ def grid_figure(V: np.ndarray, layers: Sequence[int], *, open_lh: tuple[int, int
         z=Z, x=list(range(H)), y=[str(l) for l in layers], zmin=-zmax if signed else 0.0, zmax=zmax,
         colorscale=diverging_scale(colorblind) if signed else sequential_scale(colorblind), xgap=2, ygap=2,
         colorbar=dict(title=value_name, thickness=12), hoverinfo="skip",
-        texttemplate="%{z:.2g}" if L * H <= 160 else None, textfont=dict(size=9)))
+        texttemplate="%{z:.3~g}" if L * H <= 160 else None, textfont=dict(size=9)))
     hh, ll = np.meshgrid(np.arange(H), np.arange(L))
     custom = np.stack([np.asarray(layers)[ll].reshape(-1), hh.reshape(-1), Z.reshape(-1)], -1)
     fig.add_trace(go.Scatter(
         x=hh.reshape(-1), y=[str(layers[i]) for i in ll.reshape(-1)], mode="markers", showlegend=False,
         customdata=custom, marker=dict(symbol="square", size=18, color="rgba(0,0,0,0)", opacity=0.0),
         selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-        hovertemplate=f"layer %{{customdata[0]}}, head %{{customdata[1]}}<br>{value_name} = %{{customdata[2]:.4g}}"
+        hovertemplate=f"layer %{{customdata[0]}}, {head_word} %{{customdata[1]}}<br>{value_name} = %{{customdata[2]:.4g}}"
                       "<extra>click to open</extra>"))
     if open_lh[0] in layers:
         y = list(layers).index(open_lh[0])
@@ -253,7 +253,7 @@ def grid_figure(V: np.ndarray, layers: Sequence[int], *, open_lh: tuple[int, int
                       line=dict(color="#1d4ed8", width=3))
     fig.update_layout(title=title, clickmode="event+select", hovermode="closest", dragmode=False,
                       height=min(700, max(240, 24 * L + 110)), margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(title_text="head", dtick=1 if H <= 32 else None, showgrid=False, zeroline=False)
+    fig.update_xaxes(title_text=head_word, dtick=1 if H <= 32 else None, showgrid=False, zeroline=False)
     fig.update_yaxes(title_text="layer", type="category", autorange="reversed", showgrid=False)
     return fig
 
@@ -314,7 +314,7 @@ def reach_figure(reach: np.ndarray, censored: np.ndarray, *, open_head: int, tit
                              hovertemplate=f"head {h}: reach %{{y}} tokens<extra></extra>"))
         if censored[h].any():
             fig.add_trace(go.Scatter(y=reach[h, ~ok], x=[f"head {h}"] * int((~ok).sum()), mode="markers",
-                                     marker=dict(symbol="triangle-up", size=5, color="rgba(120,120,120,0.6)"),
+                                     marker=dict(symbol="triangle-up", size=4, color="rgba(120,120,120,0.35)"),
                                      showlegend=False,
                                      hovertemplate=f"head {h}: ≥ %{{y}} tokens (still above the threshold at the "
                                                    "end of the prompt)<extra></extra>"))
@@ -391,30 +391,32 @@ def _clamp(key: str, options: Sequence, fallback) -> None:
         st.session_state[key] = fallback
 
 
-def _tv_key(P: str, label: str, tok: int) -> str:
-    return f"{P}_tv_{label}_{tok}"
+def _tv_key(P: str, label: str, tok: int, sel: int) -> str:
+    return f"{P}_tv_{label}_{tok}_{sel}"
 
 
 def _grid_key(P: str, label: str, layer: int, head: int, ov: str, sel: int) -> str:
     return f"{P}_grid_{label}_{layer}_{head}_{ov}_{sel}"
 
 
-def _apply_clicks(P: str, labels: Sequence[str]) -> None:
+def _apply_clicks(P: str, lengths: dict[str, int]) -> None:
     """Clicks of the last run move the selection, before any widget of this run is drawn.
 
     The token views and grids are keyed by the selection they showed, so a click is exactly "a state that
     differs from what that element was drawn with" (a click on the same token again after choosing another one
-    in the number box still counts: the element is then a new one)."""
+    in the number box still counts: the element is then a new one). `lengths`: token count per run label (a run
+    shorter than the selection shows its last token)."""
     tok = st.session_state.get("tok")
-    for label in list(labels) + ["diff"]:
-        if isinstance(tok, int):
-            state = st.session_state.get(_tv_key(P, label, tok))
-            sel = None
+    labels = list(lengths)
+    if isinstance(tok, int) and labels:
+        for label in labels + ["diff"]:
+            drawn = min(tok, lengths.get(label, lengths[labels[0]]) - 1)
+            state = st.session_state.get(_tv_key(P, label, tok, drawn))
             try:
                 sel = state.get("selected") if state is not None else None
             except AttributeError:
                 sel = None
-            if sel is not None and int(sel) != tok:
+            if sel is not None and int(sel) != drawn:
                 st.session_state["tok"] = int(sel)
                 break
     layer, head, ov = st.session_state.get("layer"), st.session_state.get("head"), st.session_state.get("ov")
@@ -485,7 +487,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
     for k, fb in (("layer", layers[-1]), ("head", 0), ("tok", default_tok)):
         if not isinstance(st.session_state.get(k), int) or isinstance(st.session_state.get(k), bool):
             st.session_state[k] = fb
-    _apply_clicks(P, [r.run.label for r in scored])
+    _apply_clicks(P, {r.run.label: len(r.run.tokens) for r in scored})
     _clamp("layer", layers, layers[-1])
     _clamp("head", list(range(H)), 0)
     if not 0 <= st.session_state["tok"] < T_max:
@@ -514,10 +516,16 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         else:
             st.toggle("Relative curves", key="rel", help="Span curves divided by their value at d = 0.")
         st.toggle("Colour-blind palette", key="cb", help="Orange / purple instead of red / green.")
+    bind("img", "png")
+    _clamp("img", ["png", "svg"], "png")
+    st.sidebar.radio("Chart camera button saves", ["png", "svg"], key="img", horizontal=True,
+                     help="Format of the image that the camera button of every chart on this page downloads.")
+    config = dict(PLOTLY_CONFIG if st.session_state["img"] == "png" else PLOTLY_CONFIG_SVG)
+    config["toImageButtonOptions"] = {**config["toImageButtonOptions"], "filename": f"rwkv-{mode}"}
     layer, head, sel_req = st.session_state["layer"], st.session_state["head"], st.session_state["tok"]
     diag = bool(st.session_state["diag"]) if mode == ATTN else True
     cb = bool(st.session_state["cb"])
-    keys = ["layer", "head", "tok", "scale", "cb", "ov"] + (["diag"] if mode == ATTN else ["thr", "rel", "logy"])
+    keys = ["layer", "head", "tok", "scale", "cb", "ov", "img"] + (["diag"] if mode == ATTN else ["thr", "rel", "logy"])
     publish(*keys)
 
     with st.expander("Formula and how to read this page"):
@@ -566,7 +574,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
             st.caption(f"Layer {layer}, {heads_word} {head}, token {run.token_name(rs.sel)} selected (blue): earlier "
                        f"tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by {value_name}[j, {rs.sel}]"
                        f" ({'who reads it' if mode == ATTN else 'how long its key stays'}). Hover: top-16 predictions.")
-            token_view(run.token_texts, key=_tv_key(P, run.label, st.session_state["tok"]),
+            token_view(run.token_texts, key=_tv_key(P, run.label, st.session_state["tok"], rs.sel),
                        colors=token_colors(rs.values, factor, cb, rs.sel), values=list(map(float, rs.values)),
                        value_name=value_name, selected=rs.sel, tips=_tips(run))
             df = pd.DataFrame({"token": np.arange(len(run.tokens)), "text": run.token_texts, "id": run.tokens,
@@ -584,7 +592,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         dv = b.values - a.values
         dfac = scale_factor(st.session_state["scale"], [dv[np.arange(len(dv)) != a.sel]])
         st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
-        token_view(b.run.token_texts, key=_tv_key(P, "diff", st.session_state["tok"]),
+        token_view(b.run.token_texts, key=_tv_key(P, "diff", st.session_state["tok"], a.sel),
                    colors=token_colors(dv, dfac, cb, a.sel), values=list(map(float, dv)),
                    value_name=f"{value_name}(B) − {value_name}(A)", selected=a.sel)
 
@@ -619,19 +627,24 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
     for col, rs, V in zip(cols, scored, grids):
         with col:
             fig = grid_figure(V, rs.layers, open_lh=(layer, head), zmax=gmax, signed=False, colorblind=cb,
-                              title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", value_name=tile_name)
-            st.plotly_chart(fig, config=PLOTLY_CONFIG, on_select="rerun", selection_mode="points",
+                              title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", value_name=tile_name,
+                              head_word=heads_word)
+            st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
                             key=_grid_key(P, rs.run.label, layer, head, ov, st.session_state["tok"]))
             gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]), heads_word: np.tile(np.arange(V.shape[1]),
                                 len(rs.layers)), ov: V.reshape(-1)})
             st.download_button(f"Overview (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(gdf),
                                file_name=f"{mode}_overview_{ov}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_grid_{rs.run.label}")
-    st.caption("Click a tile to open that layer and " + heads_word + ". The camera button of each chart saves a PNG.")
+    note = (f" A reach equal to the tokens left after the selected one is a lower bound (the span never fell below "
+            f"the threshold within the prompt)." if ov == "reach" else "")
+    st.caption("Click a tile to open that layer and " + heads_word + f". The camera button of each chart saves a "
+               f"{st.session_state['img'].upper()} (sidebar: format)."
+               + note)
 
     # ---- spans: curves and per-layer reach
     if mode == SPAN:
-        _span_sections(P, scored, layer, head, thr, heads_word)
+        _span_sections(P, scored, layer, head, thr, heads_word, config)
 
     # ---- the open head's full matrix
     st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}")
@@ -662,11 +675,13 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
                                  colorblind=cb, window=win, value_name=value_name,
                                  title=f"{rs.run.label}: {value_name}[j, i], layer {layer}, {heads_word} {head}"
                                        + ("" if diag else " (no diagonal)"))
-            st.plotly_chart(fig, config=PLOTLY_CONFIG_SVG, key=f"{P}_heat_{rs.run.label}")
+            st.plotly_chart(fig, config=config, key=f"{P}_heat_{rs.run.label}")
             M = rs.matrix
-            jj, ii = np.tril_indices(T)
+            jj, ii = np.tril_indices(win[1] - win[0])
+            jj, ii = jj + win[0], ii + win[0]
             mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: M[jj, ii]})
-            st.download_button(f"Full matrix (CSV, long){' ' + rs.run.label if len(scored) > 1 else ''}",
+            what = "Matrix" if win == (0, T) else f"Shown window {win[0]}–{win[1] - 1}"
+            st.download_button(f"{what} (CSV, i ≤ j){' ' + rs.run.label if len(scored) > 1 else ''}",
                                data=lambda d=mdf: _csv(d), file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_mat_{rs.run.label}")
     if len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored):
@@ -677,12 +692,13 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         fig = heatmap_figure(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=cb, window=win,
                              value_name=f"Δ{value_name}",
                              title=f"B − A: {value_name}[j, i], layer {layer}, {heads_word} {head}")
-        st.plotly_chart(fig, config=PLOTLY_CONFIG_SVG, key=f"{P}_heat_diff")
+        st.plotly_chart(fig, config=config, key=f"{P}_heat_diff")
     st.caption("Hover a cell for both tokens and the value; the blue frames are the selected token's row (what it "
-               "reads) and column (who reads it). Camera button: SVG.")
+               "reads) and column (who reads it).")
 
 
-def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: float, heads_word: str) -> None:
+def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: float, heads_word: str,
+                   config: dict) -> None:
     st.subheader(f"Span of the selected token's key against distance, layer {layer}")
     c = st.columns(3)
     c[0].toggle("Log y", key="logy")
@@ -698,7 +714,7 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
                 st.info("The selected token is the last one: select an earlier token to see how long its key stays.")
             fig = curves_figure(curves, sel=rs.sel, open_head=head, relative=rel, log_y=logy,
                                 title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}, layer {layer}")
-            st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"{P}_curves_{rs.run.label}")
+            st.plotly_chart(fig, config=config, key=f"{P}_curves_{rs.run.label}")
             cdf = pd.DataFrame({"distance": np.tile(np.arange(curves.shape[1]), curves.shape[0]),
                                 heads_word: np.repeat(np.arange(curves.shape[0]), curves.shape[1]),
                                 "span": curves.reshape(-1)})
@@ -720,7 +736,7 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
             reach, cens = layer_reach(rs.rid, layer, thr, si)
             fig = reach_figure(reach, cens, open_head=head,
                                title=f"{rs.run.label}: reach to {thr:.0%} of the start span")
-            st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"{P}_reach_{rs.run.label}")
+            st.plotly_chart(fig, config=config, key=f"{P}_reach_{rs.run.label}")
             rows = []
             for h in range(reach.shape[0]):
                 ok = ~cens[h]
@@ -728,7 +744,9 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
                              else np.nan, "p90 reach": float(np.percentile(reach[h, ok], 90)) if ok.any() else np.nan,
                              "censored sources": f"{int(cens[h].sum())}/{T}"})
             summary = pd.DataFrame(rows)
-            st.dataframe(summary, hide_index=True, width="stretch")
+            st.dataframe(summary, hide_index=True, width="stretch", column_config={
+                "median reach (fell below)": st.column_config.NumberColumn(format="%.0f"),
+                "p90 reach": st.column_config.NumberColumn(format="%.0f")})
             rdf = pd.DataFrame({heads_word: np.repeat(np.arange(reach.shape[0]), T),
                                 "source": np.tile(np.arange(T), reach.shape[0]), "reach": reach.reshape(-1),
                                 "censored": cens.reshape(-1)})

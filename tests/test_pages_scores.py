@@ -130,9 +130,12 @@ def test_attention_page_select_layer_head_options():
     cb = _token_views(at)[0]["colors"]
     assert any(c and c.startswith("rgba(230,97,1") for c in cb) and not any(c and "214,39,40" in c for c in cb)
     assert _heatmaps(at)[0]["data"][0]["zmax"] == pytest.approx(100.0)  # 10^-(-2): the colour scale follows
-    # the overview shows what reads the selected token instead
+    # the overview shows what reads the selected token instead; the camera button saves SVG
     at.session_state["ov"] = "col"
+    at.session_state["img"] = "svg"
     _run(at)
+    configs = [json.loads(c.proto.config) for c in at.get("plotly_chart")]
+    assert configs and all(c["toImageButtonOptions"]["format"] == "svg" for c in configs)
     qp = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
     assert (qp["layer"], qp["head"], qp["tok"], qp["diag"], qp["ov"]) == ("3", "5", "20", "False", "col")  # shareable
 
@@ -175,6 +178,10 @@ def test_attention_compare_two_prompts_shared_scale_and_difference():
     _run(at)
     assert len(_token_views(at)) == 2 and len(_heatmaps(at)) == 2
     assert _token_views(at)[1]["selected"] == len("Hello there.") - 1  # B clamps the selection to its length
+    T_a = len(prompt)
+    assert at.session_state["tok"] == T_a - 1
+    _run(at)  # ... and that clamped view does not count as a click that moves the shared selection
+    assert at.session_state["tok"] == T_a - 1 and _token_views(at)[0]["selected"] == T_a - 1
 
 
 def test_attention_v4_groups_and_digits_reversal():
