@@ -370,7 +370,7 @@ def _cum_log_decay(logw: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _pair_sum(q: Optional[torch.Tensor], key: Optional[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor,
-              chunk: int = 32, max_elems: int = 1 << 22) -> torch.Tensor:
+              chunk: Optional[int] = None, max_elems: int = 1 << 22) -> torch.Tensor:
     """M[j, i] = sum_c q_j[c] key_i[c] exp(alpha_i[c] + beta_j[c]) for i < j, 0 elsewhere: [T, T] float32.
 
     q, key [T, N] float32 (None = ones); alpha, beta [T, N] float64 with alpha_i + beta_j <= 0 whenever i < j
@@ -382,6 +382,8 @@ def _pair_sum(q: Optional[torch.Tensor], key: Optional[torch.Tensor], alpha: tor
     """
     T, N = alpha.shape
     dev = alpha.device
+    if chunk is None:  # ~sqrt(T)/2: balances the pairwise work inside chunks against the per-pair factors
+        chunk = 8 if T <= 512 else (16 if T <= 2048 else 32)
     L = max(1, min(int(chunk), T))
     nC = -(-T // L)
     pad = nC * L - T
@@ -468,9 +470,9 @@ def full_scores(si: ScoreInputs, head: int, *, diagonal: bool = True, per_channe
             if diagonal:
                 A = A + torch.diag_embed(dg.T)
             return A
-        A = _pair_sum(None, None, a, beta) / N
+        A = _pair_sum(None, None, a, beta).div_(N)
         if diagonal:
-            A = A + torch.diag(dg.mean(-1))
+            A.diagonal().add_(dg.mean(-1))
         return A
     if per_channel:
         raise InputError("per_channel scores exist for v4 only (v5-v7 heads mix their channels)")
@@ -482,7 +484,7 @@ def full_scores(si: ScoreInputs, head: int, *, diagonal: bool = True, per_channe
     lam, lam_ex = _cum_log_decay(lw, 0)
     A = _pair_sum(r, k, -lam, lam_ex)
     if diagonal:
-        A = A + torch.diag((r * si.u[h] * k).sum(-1))
+        A.diagonal().add_((r * si.u[h] * k).sum(-1))
     return A
 
 
@@ -501,15 +503,15 @@ def full_spans(si: ScoreInputs, head: int, *, variant: str = "state") -> torch.T
         a, _, _, lcse = _v4_logs(k, lw, si.u[h])
         ref = lcse if variant == "state" else torch.cat([lcse[:1], lcse[:-1]], 0)  # state after j (or j-1)
         S2 = _pair_sum(None, None, 2 * a, -2 * ref)
-        S2 = S2 + torch.diag(_exp(2 * (a - lcse)).sum(-1))
-        return S2.clamp_min(0).sqrt()
+        S2.diagonal().add_(_exp(2 * (a - lcse)).sum(-1))
+        return S2.clamp_min_(0).sqrt_()
     if si.version == "7":
         _, S = _v7_full(si.r[:, h], k, lw, si.kk[:, h], si.a[:, h], scores=False, spans=True)
         return S
     lam, lam_ex = _cum_log_decay(lw, 0)
     S2 = _pair_sum(None, k * k, -2 * lam, 2 * (lam if variant == "state" else lam_ex))
-    S2 = S2 + torch.diag((k * k).sum(-1))
-    return S2.clamp_min(0).sqrt()
+    S2.diagonal().add_((k * k).sum(-1))
+    return S2.clamp_min_(0).sqrt_()
 
 
 def full_scores_all(si: ScoreInputs, *, diagonal: bool = True) -> torch.Tensor:

@@ -25,10 +25,22 @@ from rwkv_core.model import RWKV
 from rwkv_core.scores import ScoreInputs
 from tests.conftest import shared_file
 
-torch.set_grad_enabled(False)
 VERSIONS = ("4", "5.1", "5.2", "6", "7")
 IDENTITY_TOL = 1e-4  # relative error allowed by the identity tests (fp32 gives ~1e-6)
 WRONG_MIN = 10 * IDENTITY_TOL  # a wrong indexing must miss the identity by at least ten times that
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_no_grad():
+    """Single-threaded and without autograd for these tests (restored afterwards): the ops here are many and
+    mid-sized, and on a busy 2-core machine two spinning OpenMP threads cost several times the CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -244,17 +256,18 @@ def test_span_includes_w_j_for_v6():
 def test_row_and_column_equal_full_matrix(version):
     T, H = 37, 3
     layers = [rand_inputs(version, T=T, H=H, N=8, seed=s, layer=5 + s) for s in range(2)]
-    for sel in (0, 1, 16, 17, 36):
-        for diagonal in (True, False):
-            for variant in ("state", "read") if version != "7" else ("state",):
+    for diagonal in (True, False):
+        for variant in ("state", "read") if version != "7" else ("state",):
+            A = [[S.full_scores(si, h, diagonal=diagonal) for h in range(H)] for si in layers]
+            Sp = [[S.full_spans(si, h, variant=variant) for h in range(H)] for si in layers]
+            for sel in (0, 1, 16, 17, 36):
                 rc = S.row_and_column(layers, sel, diagonal=diagonal, span_variant=variant)
                 assert rc["row"].shape == (2, H, T) and rc["layers"] == [5, 6] and rc["sel"] == sel
-                for l, si in enumerate(layers):
+                for l in range(2):
                     for h in range(H):
-                        A = S.full_scores(si, h, diagonal=diagonal)
-                        Sp = S.full_spans(si, h, variant=variant)
-                        assert close(rc["row"][l, h], A[sel]) and close(rc["col"][l, h], A[:, sel])
-                        assert close(rc["span_row"][l, h], Sp[sel]) and close(rc["span_col"][l, h], Sp[:, sel])
+                        assert close(rc["row"][l, h], A[l][h][sel]) and close(rc["col"][l, h], A[l][h][:, sel])
+                        assert close(rc["span_row"][l, h], Sp[l][h][sel])
+                        assert close(rc["span_col"][l, h], Sp[l][h][:, sel])
     rc = S.row_and_column(layers, 10, spans="col")
     assert "span_col" in rc and "span_row" not in rc
     rc = S.row_and_column(layers[0], 10, spans=False)
@@ -309,7 +322,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. In a hole in the ground the
 ])
 def test_identity_on_tiny_trained_models(fname, encoding):
     model = load_model(shared_file(fname))
-    tokens = list(TEXT.encode(encoding))[:160]
+    tokens = list(TEXT.encode(encoding))[:100]
     sis = S.capture_score_inputs(model, tokens)
     assert len(sis) == model.cfg.n_layer
     errs = [identity_error(si) for si in sis]
@@ -375,7 +388,7 @@ def test_stability_v6_T4096_strong_and_weak_decays():
     Sp = S.full_spans(si, 0)
     assert torch.isfinite(A).all() and torch.isfinite(Sp).all()
     r, k, lw = f64(si.r[:, 0]), f64(si.k[:, 0]), f64(si.logw[:, 0])
-    for j, i in _pairs(T, 200, 1):
+    for j, i in _pairs(T, 60, 1):
         ref = float((r[j] * k[i] * torch.exp(lw[i + 1:j].sum(0))).sum())
         assert abs(float(A[j, i]) - ref) <= 1e-5 * (abs(ref) + float((r[j].abs() * k[i].abs()).sum()) * 1e-2)
         ref_s = float(torch.linalg.vector_norm(k[i] * torch.exp(lw[i + 1:j + 1].sum(0))))
@@ -392,22 +405,23 @@ def test_stability_v7_T4096():
     si = rand_inputs("7", T=T, H=1, N=N, seed=5)
     A = S.full_scores(si, 0)
     assert torch.isfinite(A).all()
-    # independent float64 forward pushes of three sources over the whole prompt
-    w, kk, a = torch.exp(f64(si.logw[:, 0])), f64(si.kk[:, 0]), f64(si.a[:, 0])
-    r, k = f64(si.r[:, 0]), f64(si.k[:, 0])
+    # independent float64 forward pushes (NumPy) of three sources over the whole prompt
+    w, kk, a = (np.exp(si.logw[:, 0].double().numpy()), si.kk[:, 0].double().numpy(), si.a[:, 0].double().numpy())
+    r, k = si.r[:, 0].double().numpy(), si.k[:, 0].double().numpy()
+    ka = kk * a
     rc = S.row_and_column(si, 4000, spans="col")
     assert torch.isfinite(rc["row"]).all() and torch.isfinite(rc["span_col"]).all()
     for i in (0, 1000, 4000):
-        p = k[i].clone()
-        col = torch.zeros(T, dtype=torch.float64)
-        span = torch.zeros(T, dtype=torch.float64)
-        col[i], span[i] = p @ r[i], p.norm()
+        p = k[i].copy()
+        col, span = np.zeros(T), np.zeros(T)
+        col[i], span[i] = p @ r[i], np.linalg.norm(p)
         for j in range(i + 1, T):
-            p = w[j] * p - (p @ kk[j]) * (kk[j] * a[j])
-            col[j], span[j] = p @ r[j], p.norm()
-        assert close(A[:, i], col, 1e-4)
+            p = w[j] * p - (p @ kk[j]) * ka[j]
+            col[j], span[j] = p @ r[j], np.sqrt(p @ p)
+        assert close(A[:, i], torch.from_numpy(col), 1e-4)
         if i == 4000:
-            assert close(rc["col"][0, 0], col, 1e-4) and close(rc["span_col"][0, 0], span, 1e-4)
+            assert close(rc["col"][0, 0], torch.from_numpy(col), 1e-4)
+            assert close(rc["span_col"][0, 0], torch.from_numpy(span), 1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ inputs, extras
