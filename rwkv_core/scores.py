@@ -23,15 +23,24 @@ diagonal):
              exp(k_i + sum_{t=i+1}^{j} log w_t) / sum_{i' <= j} exp(k_i' + sum_{t=i'+1}^{j} log w_t)  (in [0, 1];
              `variant="read"` uses the state after token j-1 for i < j).
 
-Numerics: all in float32 on the inputs' device; decay products are exp of differences of float64 cumulative
-log-decays between two tokens, split at a chunk boundary so that every exponent is <= 0 (no exp of an unbounded
-cumulative sum, no division of cumulative products). v7 uses the chunked delta-rule form of `rwkv_core.wkv`
-(per-chunk exponents bounded by 40). Memory: O(T^2) for the one head asked (`full_scores`, `full_spans`),
-O(T N) per (layer, head) for the selected token (`row_and_column`).
+API: `capture_score_inputs` / `capture_with_logits` (one forward, hook points) or `ScoreInputs.from_arrays` /
+`inputs_from_trace` (a trace file, no model) give a `ScoreInputs` per layer; `full_scores`, `full_spans` give one
+head's T x T matrix; `row_and_column` gives the selected token's row and column for every (layer, head);
+`trace_scores` is `export --scores`; `wkv_from_scores` checks the identity; `topk_predictions`, `auto_scale`,
+`span_curves`, `span_reach`, `overview_values`, `v7_rk_bonus` serve the pages. Figures: `rwkv_core.figures_scores`.
+
+Numerics: float32 results on the inputs' device. v4-v6 decay products are exp of differences of float64 cumulative
+log-decays; between a query chunk and an earlier source chunk the factor is split in three at the chunk borders,
+each exponent <= 0 (no exp of an unbounded cumulative sum, no division of cumulative products), and the cross
+blocks are matmuls. v7 uses the chunked delta-rule form of `rwkv_core.wkv` (chunk-local exponents within e^{+-40}).
+Exponents below -87 give exact zeros, and subnormal floats are flushed to zero while computing (both would
+otherwise put the CPU on paths ~100x slower; such values are 0 for any score). Memory: O(T^2) for the one head
+asked (`full_scores`, `full_spans`), O(T N) per (layer, head) for the selected token (`row_and_column`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from dataclasses import dataclass, fields, replace
@@ -116,8 +125,8 @@ class ScoreInputs:
         floor = V7_LOGW_FLOOR if self.version == "7" else LOGW_FLOOR
         if bool((self.logw < floor).any()):
             self.logw = self.logw.clamp_min(floor)
-        if bool((self.logw > 0).any()):
-            raise InputError("ScoreInputs.logw must be <= 0 (per-step decays in (0, 1])")
+        if bool((self.logw > 0).any()) or bool(torch.isnan(self.logw).any()):
+            raise InputError("ScoreInputs.logw must be <= 0 (per-step decays in (0, 1]) and not NaN")
 
     @property
     def T(self) -> int:
@@ -357,6 +366,33 @@ def _exp(x: torch.Tensor) -> torch.Tensor:
     return y.masked_fill_(x < EXP_FLOOR, 0.0)
 
 
+@contextlib.contextmanager
+def _flush_subnormals():
+    """Flush subnormal floats (< 1.2e-38) to zero on the CPU for the duration, then restore the previous mode.
+
+    Pushed keys and decayed products drift into the subnormal range, where every CPU multiply (and BLAS) is tens
+    of times slower; values that small are zero for any score. The mode is per thread (the calling one).
+    """
+    before = (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
+    changed = not before and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
+def _fast(fn):
+    """Decorator: run with subnormals flushed (see `_flush_subnormals`) and without autograd."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _flush_subnormals(), torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _cumsum64(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Cumulative sum along `dim` in float64 (summing along the last, contiguous dim: much faster on CPU)."""
     y = x.movedim(dim, -1).contiguous().double()
@@ -450,6 +486,7 @@ def _v4_logs(k: torch.Tensor, logw: torch.Tensor, u: torch.Tensor) -> tuple[torc
 # ------------------------------------------------------------------------------------------------ full matrices
 
 
+@_fast
 def full_scores(si: ScoreInputs, head: int, *, diagonal: bool = True, per_channel: bool = False) -> torch.Tensor:
     """A[head, j, i] for all query j and source i: [T, T] float32, zero above the diagonal.
 
@@ -488,6 +525,7 @@ def full_scores(si: ScoreInputs, head: int, *, diagonal: bool = True, per_channe
     return A
 
 
+@_fast
 def full_spans(si: ScoreInputs, head: int, *, variant: str = "state") -> torch.Tensor:
     """S[head, j, i] for all j >= i: [T, T] float32 (>= 0), zero above the diagonal.
 
@@ -527,6 +565,7 @@ def full_spans_all(si: ScoreInputs, *, variant: str = "state") -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ selected token
 
 
+@_fast
 def row_and_column(si_list: Union[ScoreInputs, Sequence[ScoreInputs]], sel: int, *, diagonal: bool = True,
                    spans: Union[bool, str] = True, span_variant: str = "state") -> dict:
     """For the selected token, every (layer, head): what it reads and who reads it, in O(T N) each.
@@ -680,7 +719,8 @@ def _v7_full(r, k, logw, kk, a, *, scores: bool, spans: bool, chunk: Optional[in
     The state with one-hot values is the matrix P [sources, N] of every source's key pushed through the
     transitions so far: A[j, i] = P_i(j) . r_j, S[j, i] = ||P_i(j)||. Inside a chunk (see `_v7_prep`) the
     sources before it cost two matmuls (their removals Z = W_a P^T, then the reads), so A costs O(T^2 N) in
-    T / chunk Python steps; spans need every P_i(t) (O(T^2 N) elementwise work).
+    T / chunk Python steps; spans need every P_i(t) = P_i(b-1) K_t, one [b, N] x [N, chunk N] matmul per chunk
+    (O(T^2 N^2) flops, but in BLAS).
     """
     T, N = r.shape
     dev = r.device
@@ -699,6 +739,7 @@ def _v7_full(r, k, logw, kk, a, *, scores: bool, spans: bool, chunk: Optional[in
         intra_s = torch.linalg.vector_norm(X * pp["ec"][:, :, None, :], dim=-1).masked_fill(~incl, 0.0)
         del X
     P = torch.zeros(Tp, N, dtype=torch.float32, device=dev)
+    eye = torch.eye(N, dtype=torch.float32, device=dev)
     for ci in range(nC):
         b0 = ci * L
         rows = slice(b0, b0 + L)
@@ -712,8 +753,11 @@ def _v7_full(r, k, logw, kk, a, *, scores: bool, spans: bool, chunk: Optional[in
             if scores:
                 A[rows, :b0] = pp["r_t"][ci] @ P_old.T + pp["Q_b"][ci] @ Z
             if spans:
-                Xo = P_old[None] + torch.cumsum(Z[:, :, None] * pp["b_i"][ci][:, None, :], 0)  # [L, b0, N]
-                S[rows, :b0] = torch.linalg.vector_norm(Xo.mul_(pp["ec"][ci][:, None, :]), dim=-1)
+                # P_i(t) = P_old[i] K_t with K_t = (I + sum_{s <= t} W_a[s]^T b_s) diag(e^{c_t}): one matmul
+                K = torch.cumsum(pp["W_a"][ci][:, :, None] * pp["b_i"][ci][:, None, :], 0)  # [L, N, N]
+                K = (K + eye) * pp["ec"][ci][:, None, :]
+                Y = P_old @ K.permute(1, 0, 2).reshape(N, L * N)  # [b0, L * N]
+                S[rows, :b0] = torch.linalg.vector_norm(Y.view(b0, L, N), dim=-1).T
             P[:b0] = P_old * pp["dec"][ci] + Z.T @ pp["b_end"][ci]
         P[rows] = pp["P_in"][ci]
     return (A[:T, :T] if scores else None), (S[:T, :T] if spans else None)
