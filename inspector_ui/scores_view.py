@@ -9,12 +9,12 @@ difference of two runs in compare mode, CSV downloads and the formula.
 Numbers come from `rwkv_core.scores`: the inputs of every layer are captured once per (model, prompt) under the
 work gate and kept with `st.cache_resource` (tensors, shared read-only: no copy per rerun); the selected token's
 rows/columns of all (layer, head) and the full matrices of the open head are cached with `st.cache_data`.
-Figures and token colours are built here (`rwkv_core.figures_scores` was not available when this was written).
+Figures and token colours come from `rwkv_core.figures_scores`; the reach of every source token of a layer is drawn
+here (`reach_figure`).
 """
 from __future__ import annotations
 
 import hashlib
-import html
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -27,6 +27,7 @@ import torch
 
 from inspector_ui.frame import PLOTLY_CONFIG, PLOTLY_CONFIG_SVG, PageContext, Run, bind, gated, publish, show_error
 from inspector_ui.token_view import prediction_tips, token_view
+from rwkv_core import figures_scores as FS
 from rwkv_core import scores as S
 from rwkv_core.errors import RWKVInspectorError
 
@@ -34,9 +35,6 @@ ATTN, SPAN = "attn", "span"
 MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
 LAYER_REACH_MAX_T = 1024  # the per-layer reach summary (all source tokens) is computed up to this length at once
 SCALE_OPTIONS = ["auto", "-3", "-2", "-1", "0", "1", "2", "3"]
-POS = {False: (214, 39, 40), True: (230, 97, 1)}  # red / orange (colour-blind safe)
-NEG = {False: (44, 160, 44), True: (94, 60, 153)}  # green / purple
-MAX_ALPHA = 0.85  # strongest token background, so the text stays readable
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -63,29 +61,10 @@ def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreIn
     return gated(lambda: S.capture_score_inputs(_model, list(tokens)), "Capturing r, k, v and the decays")
 
 
-def trace_score_inputs(trace, cfg, layers: Optional[Sequence[int]] = None) -> list[S.ScoreInputs]:
-    """Score inputs from a trace file's arrays (no model): v7 uses the modified key ktilde as k."""
-    out = []
-    for l in (trace.layers if layers is None else layers):
-        g = lambda n: trace.arrays.get(f"{n}_l{l}")  # noqa: E731
-        if g("r") is None or g("w") is None:
-            raise RWKVInspectorError(f"the trace file lacks r/k/v/w of layer {l}: it cannot give scores")
-        w = np.maximum(g("w").astype(np.float32), np.float32(1e-38))  # strong decays underflow to 0 in fp32
-        if cfg.version == "7":
-            if g("ktilde") is None or g("kk") is None or g("a") is None:
-                raise RWKVInspectorError(f"the v7 trace lacks ktilde/kk/a of layer {l}")
-            si = S.ScoreInputs.from_arrays("7", r=g("r"), k=g("ktilde"), v=g("v"), w=w, kk=g("kk"), a=g("a"),
-                                           r_k=g("r_k"), n_head=cfg.n_head, layer=l)
-        else:
-            si = S.ScoreInputs.from_arrays(cfg.version, r=g("r"), k=g("k"), v=g("v"), w=w, u=g("u"),
-                                           n_head=cfg.n_head, layer=l)
-        out.append(si)
-    return out
-
-
 @st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
 def _trace_inputs(rid: tuple, _run: Run) -> list[S.ScoreInputs]:
-    return trace_score_inputs(_run.trace, _run.cfg)
+    """From a trace file's arrays, no model (v7: the modified key ktilde; underflowed decays are floored)."""
+    return S.inputs_from_trace(_run.trace.arrays, _run.cfg, _run.trace.layers)
 
 
 def score_inputs(run: Run) -> list[S.ScoreInputs]:
@@ -143,34 +122,14 @@ def layer_reach(rid: tuple, layer: int, threshold: float, _si: S.ScoreInputs) ->
 # ------------------------------------------------------------------------------------------------ colours
 
 
-def _rgb(c: tuple) -> str:
-    return f"rgb({c[0]},{c[1]},{c[2]})"
-
-
-def token_colors(values: Sequence[Optional[float]], factor: float, colorblind: bool = False,
-                 selected: Optional[int] = None) -> list[Optional[str]]:
-    """CSS background per token: red (orange) for positive, green (purple) for negative, alpha = |v| * factor
-    clipped to 1 (times MAX_ALPHA); None for the selected token, missing values and (near) zeros."""
-    out: list[Optional[str]] = []
-    for i, v in enumerate(values):
-        if i == selected or v is None or not math.isfinite(float(v)):
-            out.append(None)
-            continue
-        a = min(1.0, abs(float(v)) * factor)
-        if a < 0.004:
-            out.append(None)
-            continue
-        c = POS[colorblind] if v >= 0 else NEG[colorblind]
-        out.append(f"rgba({c[0]},{c[1]},{c[2]},{a * MAX_ALPHA:.3f})")
-    return out
-
-
-def diverging_scale(colorblind: bool) -> list:
-    return [[0.0, _rgb(NEG[colorblind])], [0.5, "#ffffff"], [1.0, _rgb(POS[colorblind])]]
-
-
-def sequential_scale(colorblind: bool) -> list:
-    return [[0.0, "#ffffff"], [1.0, _rgb(POS[colorblind])]]
+def token_css(values: Sequence[float], factor: float, colorblind: bool = False,
+              selected: Optional[int] = None) -> list[Optional[str]]:
+    """Token backgrounds (`figures_scores.token_colors`: red/green, or orange/purple, alpha = |v| x factor); the
+    selected token gets none (the view draws it blue)."""
+    cols: list[Optional[str]] = list(FS.token_colors(np.asarray(values, dtype=np.float64), factor, colorblind))
+    if selected is not None and 0 <= selected < len(cols):
+        cols[selected] = None
+    return cols
 
 
 def scale_factor(choice: str, shown: Sequence[np.ndarray]) -> float:
@@ -186,11 +145,6 @@ def scale_factor(choice: str, shown: Sequence[np.ndarray]) -> float:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def _label(texts: Sequence[str], i: int) -> str:
-    t = texts[i].replace("\n", "↵").replace("\t", "⇥") if texts[i] else "∅"
-    return f"{i}·{html.escape(t, quote=False)}"  # plotly renders a few tags in labels: escape them
-
-
 def heat_window(T: int, sel: int, size: int = MAX_HEATMAP) -> tuple[int, int]:
     """[start, stop) of at most `size` tokens, ending at the selected token where possible (then centred)."""
     if T <= size:
@@ -199,67 +153,16 @@ def heat_window(T: int, sel: int, size: int = MAX_HEATMAP) -> tuple[int, int]:
     return start, start + size
 
 
-def heatmap_figure(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float, signed: bool, colorblind: bool,
-                   title: str, value_name: str, window: Optional[tuple[int, int]] = None) -> go.Figure:
-    """T x T heat map (query j down, source i across), blank above the diagonal, the selected token's row and
-    column framed. Hover: both tokens and the value."""
-    T = M.shape[0]
-    a, b = window or (0, T)
-    Z = np.array(M[a:b, a:b], dtype=np.float64)
-    n = b - a
-    Z[np.triu_indices(n, 1)] = np.nan
-    labels = [_label(texts, i) for i in range(a, b)]
-    zmax = float(zmax) if zmax and math.isfinite(zmax) and zmax > 0 else 1.0
-    fig = go.Figure(go.Heatmap(
-        z=Z, x=labels, y=labels, colorscale=diverging_scale(colorblind) if signed else sequential_scale(colorblind),
-        zmin=-zmax if signed else 0.0, zmax=zmax, colorbar=dict(title=value_name, thickness=12),
-        hoverongaps=False,
-        hovertemplate=f"query j = %{{y}}<br>source i = %{{x}}<br>{value_name} = %{{z:.4g}}<extra></extra>"))
-    if a <= sel < b:
-        s = sel - a
-        kw = dict(line=dict(color="#1d4ed8", width=1.5), fillcolor="rgba(0,0,0,0)")
-        fig.add_shape(type="rect", x0=-0.5, x1=s + 0.5, y0=s - 0.5, y1=s + 0.5, **kw)  # its row: what it reads
-        fig.add_shape(type="rect", x0=s - 0.5, x1=s + 0.5, y0=s - 0.5, y1=n - 0.5, **kw)  # its column
-    fig.update_layout(title=title, height=min(760, max(360, 12 * n + 160)), margin=dict(l=10, r=10, t=50, b=10),
-                      plot_bgcolor="#f3f4f6")
-    fig.update_xaxes(title_text="source token i", type="category", tickangle=-60, showgrid=False)
-    fig.update_yaxes(title_text="query token j", type="category", autorange="reversed", showgrid=False)
-    return fig
-
-
-def grid_figure(V: np.ndarray, layers: Sequence[int], *, open_lh: tuple[int, int], zmax: float, signed: bool,
-                colorblind: bool, title: str, value_name: str, head_word: str = "head") -> go.Figure:
-    """Layer x head overview tiles. Heat maps give no click events in Streamlit, so an invisible marker sits on
-    every tile (customdata = [layer, head, value]); a click on it selects that layer and head."""
-    L, H = V.shape
-    zmax = float(zmax) if zmax and math.isfinite(zmax) and zmax > 0 else 1.0
-    Z = np.asarray(V, dtype=np.float64)
-    fig = go.Figure(go.Heatmap(
-        z=Z, x=list(range(H)), y=[str(l) for l in layers], zmin=-zmax if signed else 0.0, zmax=zmax,
-        colorscale=diverging_scale(colorblind) if signed else sequential_scale(colorblind), xgap=2, ygap=2,
-        colorbar=dict(title=value_name, thickness=12), hoverinfo="skip",
-        texttemplate="%{z:.3~g}" if L * H <= 160 else None, textfont=dict(size=9)))
-    hh, ll = np.meshgrid(np.arange(H), np.arange(L))
-    custom = np.stack([np.asarray(layers)[ll].reshape(-1), hh.reshape(-1), Z.reshape(-1)], -1)
-    fig.add_trace(go.Scatter(
-        x=hh.reshape(-1), y=[str(layers[i]) for i in ll.reshape(-1)], mode="markers", showlegend=False,
-        customdata=custom, marker=dict(symbol="square", size=18, color="rgba(0,0,0,0)", opacity=0.0),
-        selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-        hovertemplate=f"layer %{{customdata[0]}}, {head_word} %{{customdata[1]}}<br>{value_name} = %{{customdata[2]:.4g}}"
-                      "<extra>click to open</extra>"))
-    if open_lh[0] in layers:
-        y = list(layers).index(open_lh[0])
-        fig.add_shape(type="rect", x0=open_lh[1] - 0.5, x1=open_lh[1] + 0.5, y0=y - 0.5, y1=y + 0.5,
-                      line=dict(color="#1d4ed8", width=3))
-    fig.update_layout(title=title, clickmode="event+select", hovermode="closest", dragmode=False,
-                      height=min(700, max(240, 24 * L + 110)), margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(title_text=head_word, dtick=1 if H <= 32 else None, showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text="layer", type="category", autorange="reversed", showgrid=False)
-    return fig
+def window_heatmap(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float, signed: bool, colorblind: bool,
+                   window: tuple[int, int], value_name: str, title: str) -> go.Figure:
+    """`figures_scores.heatmap_figure` of the tokens [a, b) of a T x T matrix (token indices kept)."""
+    a, b = window
+    return FS.heatmap_figure(M[a:b, a:b], list(texts[a:b]), title, diverging=signed, colorblind=colorblind,
+                             zmax=zmax, sel=sel, value_name=value_name, offset=a)
 
 
 def cell_from_selection(state) -> Optional[tuple[int, int]]:
-    """(layer, head) of the clicked tile of `grid_figure`, from a plotly chart's selection state, or None."""
+    """(layer, head) of the clicked tile of `figures_scores.overview_grid_figure`, from a plotly chart's selection state, or None."""
     try:
         points = (state or {}).get("selection", {}).get("points") or []
     except AttributeError:
@@ -276,29 +179,6 @@ def cell_from_selection(state) -> Optional[tuple[int, int]]:
         except (TypeError, ValueError):
             continue
     return None
-
-
-def curves_figure(curves: np.ndarray, *, sel: int, open_head: int, relative: bool, log_y: bool,
-                  title: str) -> go.Figure:
-    """Span of the selected token's key against distance d = j - sel, one line per head (the open head bold)."""
-    H, D = curves.shape
-    fig = go.Figure()
-    d = np.arange(D)
-    for h in range(H):
-        y = curves[h].astype(np.float64)
-        if relative:
-            y = y / y[0] if y[0] > 0 else np.zeros_like(y)
-        if log_y:
-            y = np.where(y > 0, y, np.nan)
-        fig.add_trace(go.Scatter(x=d, y=y, mode="lines", name=f"head {h}",
-                                 line=dict(width=3.5 if h == open_head else 1.3),
-                                 opacity=1.0 if h == open_head else 0.7,
-                                 hovertemplate=f"head {h}<br>d = %{{x}} (token {sel} + d)<br>span = %{{y:.4g}}"
-                                               "<extra></extra>"))
-    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10), legend=dict(font=dict(size=10)))
-    fig.update_xaxes(title_text=f"distance d = j − {sel} (tokens after the selected one)")
-    fig.update_yaxes(title_text="span / span at d = 0" if relative else "span ‖·‖", type="log" if log_y else "linear")
-    return fig
 
 
 def reach_figure(reach: np.ndarray, censored: np.ndarray, *, open_head: int, title: str) -> go.Figure:
@@ -575,7 +455,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
                        f"tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by {value_name}[j, {rs.sel}]"
                        f" ({'who reads it' if mode == ATTN else 'how long its key stays'}). Hover: top-16 predictions.")
             token_view(run.token_texts, key=_tv_key(P, run.label, st.session_state["tok"], rs.sel),
-                       colors=token_colors(rs.values, factor, cb, rs.sel), values=list(map(float, rs.values)),
+                       colors=token_css(rs.values, factor, cb, rs.sel), values=list(map(float, rs.values)),
                        value_name=value_name, selected=rs.sel, tips=_tips(run))
             df = pd.DataFrame({"token": np.arange(len(run.tokens)), "text": run.token_texts, "id": run.tokens,
                                "role": np.where(np.arange(len(run.tokens)) < rs.sel, f"source ({value_name}[sel, i])",
@@ -593,7 +473,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         dfac = scale_factor(st.session_state["scale"], [dv[np.arange(len(dv)) != a.sel]])
         st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
         token_view(b.run.token_texts, key=_tv_key(P, "diff", st.session_state["tok"], a.sel),
-                   colors=token_colors(dv, dfac, cb, a.sel), values=list(map(float, dv)),
+                   colors=token_css(dv, dfac, cb, a.sel), values=list(map(float, dv)),
                    value_name=f"{value_name}(B) − {value_name}(A)", selected=a.sel)
 
     # ---- overview grid
@@ -626,9 +506,10 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
     tile_name = {"row": "max|A|", "col": "max|A|", "reach": "reach", "end": "left"}[ov]
     for col, rs, V in zip(cols, scored, grids):
         with col:
-            fig = grid_figure(V, rs.layers, open_lh=(layer, head), zmax=gmax, signed=False, colorblind=cb,
-                              title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", value_name=tile_name,
-                              head_word=heads_word)
+            fig = FS.overview_grid_figure(V, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", diverging=False,
+                                          colorblind=cb, layers=rs.layers, value_name=tile_name,
+                                          selected=(layer, head), zmax=gmax)
+            fig.update_yaxes(range=[max(rs.layers) + 0.5, min(rs.layers) - 0.5], autorange=False)  # no padding rows
             st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
                             key=_grid_key(P, rs.run.label, layer, head, ov, st.session_state["tok"]))
             gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]), heads_word: np.tile(np.arange(V.shape[1]),
@@ -671,7 +552,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
             win = heat_window(T, rs.sel)
             if win != (0, T):
                 st.caption(f"{T} tokens: showing tokens {win[0]}–{win[1] - 1} around the selected one.")
-            fig = heatmap_figure(rs.matrix, rs.run.token_texts, sel=rs.sel, zmax=hmax, signed=mode == ATTN,
+            fig = window_heatmap(rs.matrix, rs.run.token_texts, sel=rs.sel, zmax=hmax, signed=mode == ATTN,
                                  colorblind=cb, window=win, value_name=value_name,
                                  title=f"{rs.run.label}: {value_name}[j, i], layer {layer}, {heads_word} {head}"
                                        + ("" if diag else " (no diagonal)"))
@@ -689,7 +570,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         D = b.matrix - a.matrix
         win = heat_window(D.shape[0], a.sel)
         dmax = float(np.abs(D[win[0]:win[1], win[0]:win[1]]).max()) or 1.0
-        fig = heatmap_figure(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=cb, window=win,
+        fig = window_heatmap(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=cb, window=win,
                              value_name=f"Δ{value_name}",
                              title=f"B − A: {value_name}[j, i], layer {layer}, {heads_word} {head}")
         st.plotly_chart(fig, config=config, key=f"{P}_heat_diff")
@@ -712,8 +593,9 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
             curves = np.asarray(S.span_curves(torch.from_numpy(rs.rc["span_col"][li]), rs.sel))  # [H, D]
             if curves.shape[-1] < 2:
                 st.info("The selected token is the last one: select an earlier token to see how long its key stays.")
-            fig = curves_figure(curves, sel=rs.sel, open_head=head, relative=rel, log_y=logy,
-                                title=f"{rs.run.label}: token {rs.run.token_name(rs.sel)}, layer {layer}")
+            fig = FS.span_curves_figure(curves, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}, layer {layer}",
+                                        sel=rs.sel, open_head=head, relative=rel, log_y=logy,
+                                        head_labels=[f"{heads_word} {h}" for h in range(curves.shape[0])])
             st.plotly_chart(fig, config=config, key=f"{P}_curves_{rs.run.label}")
             cdf = pd.DataFrame({"distance": np.tile(np.arange(curves.shape[1]), curves.shape[0]),
                                 heads_word: np.repeat(np.arange(curves.shape[0]), curves.shape[1]),
@@ -722,7 +604,18 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
                                file_name=f"span_curves_L{layer}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_curves_{rs.run.label}")
 
-    st.subheader(f"How far each {heads_word}'s influence reaches, layer {layer} (every source token)")
+    st.subheader(f"How far each {heads_word}'s influence reaches")
+    st.caption(f"Reach: tokens until the span of a key falls below {thr:g} × its value at the token itself "
+               "(threshold: above the overview). Triangles are lower bounds: the span had not fallen by the end of the "
+               "prompt.")
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        with col:
+            reach, cens = S.span_reach(S.span_curves(torch.from_numpy(rs.rc["span_col"]), rs.sel), thr)  # [L, H]
+            fig = FS.span_reach_figure(reach, f"{rs.run.label}: the key of token {rs.run.token_name(rs.sel)}, every "
+                                              "layer", censored=cens, layers=rs.layers, threshold=thr)
+            st.plotly_chart(fig, config=config, key=f"{P}_reach_layers_{rs.run.label}")
+    st.markdown(f"**Every source token of layer {layer}**, per {heads_word}")
     cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
     for col, rs in zip(cols, scored):
         if not rs.ok:
@@ -754,4 +647,4 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
                                file_name=f"span_reach_L{layer}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_reach_{rs.run.label}")
     st.caption("Triangles: sources whose span never fell below the threshold before the prompt ended (the reach is "
-               "at least that). Tokens near the end are always censored.")
+               "at least that); tokens near the end are always censored. The table's medians leave them out.")

@@ -81,12 +81,13 @@ def test_attention_page_select_layer_head_options():
     tv = _token_views(at)[0]
     T = len(tv["tokens"])
     assert tv["selected"] == T - 1 == at.session_state["tok"]  # something real at once: the last token
-    assert sum(c is not None for c in tv["colors"]) > 0
+    assert sum(c not in (None, "rgba(0,0,0,0)") for c in tv["colors"]) > 0
     heat = _heatmaps(at)[0]
     z0 = _z(heat)
     assert z0.shape == (T, T) and np.isnan(z0[np.triu_indices(T, 1)]).all()
     assert "layer 11, head 0" in heat["layout"]["title"]["text"]
     grid = [c for c in _charts(at) if c["layout"]["title"]["text"].startswith("A: token")][0]
+    assert grid["layout"]["clickmode"] == "event+select"
     assert _z(grid).shape == (12, 8)  # layers x heads of the 5v2 model
 
     # select a token through session state: colours, values and the heat map's frames move
@@ -248,7 +249,6 @@ def test_spans_page_compare_models():
 
 def test_trace_inputs_equal_live_capture():
     """Scores from a trace file's arrays (no model) equal those from the live capture, v5.2 and v7."""
-    from inspector_ui.scores_view import trace_score_inputs
     from rwkv_core import scores as S
     from rwkv_core.checkpoint import load_model
     from rwkv_core.trace_file import Trace, build_trace
@@ -259,7 +259,7 @@ def test_trace_inputs_equal_live_capture():
         arrays = build_trace(model, tokens, layers=[1])
         meta = json.loads(str(arrays["meta"]))
         trace = Trace({k: v for k, v in arrays.items() if k != "meta"}, meta)
-        si_t = trace_score_inputs(trace, model.cfg)[0]
+        si_t = S.inputs_from_trace(trace.arrays, model.cfg, trace.layers)[0]  # what the pages use for a trace
         si_m = S.capture_score_inputs(model, tokens, layers=[1])[0]
         for h in range(si_m.H):
             a_t, a_m = S.full_scores(si_t, h), S.full_scores(si_m, h)
@@ -284,13 +284,13 @@ def test_reach_from_spans_matches_span_reach():
 
 
 def test_token_colors_and_scale():
-    from inspector_ui.scores_view import scale_factor, token_colors
+    from inspector_ui.scores_view import scale_factor, token_css
 
     vals = [0.5, -1.0, 0.0, 2.0, float("nan")]
     f = scale_factor("auto", [np.array([0.5, -1.0, 0.0])])  # the selected token (3) left out by the page
     assert f == 1.0
-    cols = token_colors(vals, f, selected=3)
+    cols = token_css(vals, f, selected=3)
     assert cols[0].startswith("rgba(214,39,40") and cols[1].startswith("rgba(44,160,44")
-    assert cols[2] is None and cols[3] is None and cols[4] is None
-    assert token_colors([1.0, -1.0], 1.0, colorblind=True)[0].startswith("rgba(230,97,1")
+    assert cols[2] == cols[4] == "rgba(0,0,0,0)" and cols[3] is None  # the selected one: blue from the view
+    assert token_css([1.0, -1.0], 1.0, colorblind=True)[0].startswith("rgba(230,97,1")
     assert scale_factor("-2", []) == pytest.approx(0.01)  # |A| x 10^s: saturates at |A| = 100
