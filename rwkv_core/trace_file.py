@@ -74,39 +74,14 @@ def build_trace(model, tokens: Sequence[int], *, layers: Optional[Iterable[int]]
         bname, bval = bonus_of(model, l)
         out[f"{bname}_l{l}"] = bval
     if scores:
+        from rwkv_core.scores import trace_scores
+
         out.update(trace_scores(out, cfg, layers))
     meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "checkpoint": checkpoint_name,
             "tokenizer": tokenizer_kind, "token_texts": list(token_texts) if token_texts is not None else None,
             "layers": layers, "conventions": {"w": "per-step decay in (0,1)", "span": "includes w_j",
                                                "resid": "after block l", "k_v7": "k before the a-modification"}}
     out["meta"] = np.array(json.dumps(meta))
-    return out
-
-
-def score_inputs_from_trace(arrays: dict[str, np.ndarray], cfg, layer: int):
-    """ScoreInputs of one layer from trace arrays (v7 uses the written key k~; w floored so log w stays finite)."""
-    from rwkv_core.scores import ScoreInputs
-
-    get = arrays.get
-    l = layer
-    w = np.maximum(arrays[f"w_l{l}"], np.float32(1e-38))
-    if cfg.version == "7":
-        return ScoreInputs.from_arrays("7", r=arrays[f"r_l{l}"], k=arrays[f"ktilde_l{l}"], v=arrays[f"v_l{l}"],
-                                       n_head=cfg.n_head, w=w, kk=arrays[f"kk_l{l}"], a=arrays[f"a_l{l}"],
-                                       r_k=get(f"r_k_l{l}"), layer=l)
-    return ScoreInputs.from_arrays(cfg.version, r=arrays[f"r_l{l}"], k=arrays[f"k_l{l}"], v=arrays[f"v_l{l}"],
-                                   n_head=cfg.n_head, w=w, u=get(f"u_l{l}"), layer=l)
-
-
-def trace_scores(arrays: dict[str, np.ndarray], cfg, layers: Iterable[int]) -> dict[str, np.ndarray]:
-    """attn_l{l} and span_l{l} [H, T, T] for the trace (`export --scores`)."""
-    from rwkv_core.scores import full_scores_all, full_spans_all
-
-    out = {}
-    for l in layers:
-        si = score_inputs_from_trace(arrays, cfg, l)
-        out[f"attn_l{l}"] = full_scores_all(si).numpy().astype(np.float32)
-        out[f"span_l{l}"] = full_spans_all(si).numpy().astype(np.float32)
     return out
 
 
