@@ -21,8 +21,8 @@ import torch
 from inspector_ui.registry import ModelEntry, default_model_name, list_models
 from inspector_ui.runtime import LoadedModel, ModelPool, WorkGate, default_budget_bytes
 from rwkv_core.config import ModelConfig
-from rwkv_core.errors import RWKVInspectorError
-from rwkv_core.trace_file import Trace, build_trace, load_trace
+from rwkv_core.errors import CheckpointError, RWKVInspectorError
+from rwkv_core.trace_file import Trace, TraceFileError, build_trace, load_trace
 
 MAX_TOKENS = int(os.environ.get("RWKV_INSPECTOR_MAX_TOKENS", "4096"))  # longest prompt a page will run
 HOSTED = os.environ.get("RWKV_INSPECTOR_HOSTED", "0") == "1"  # a shared server: uploads and hub downloads off
@@ -329,9 +329,16 @@ def register_upload(name: str, data: bytes) -> ModelEntry:
     path.write_bytes(data)
     try:
         load_checkpoint(path)  # CheckpointError (one line) for anything wrong, hostile pickles included
+    except CheckpointError as e:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(name, e.problem) from None  # named as the user knows it, not by its digest
     except RWKVInspectorError:
         path.unlink(missing_ok=True)
         raise
+    except Exception as e:  # a loader error that slipped through (torch.load reads *.safetensors by name, ...)
+        path.unlink(missing_ok=True)
+        detail = str(e).splitlines()[0][:120] if str(e) else ""
+        raise CheckpointError(name, f"not a usable checkpoint ({type(e).__name__}: {detail})") from None
     entry = ModelEntry(f"upload: {Path(name).name} [{digest[:8]}]", str(path), "auto",
                        prompts=("The Eiffel Tower is located in the city of",))
     get_extra_models()[entry.name] = entry
@@ -377,12 +384,48 @@ def _load_run(label: str, entry: ModelEntry, prompt: str, device: str, dtype: st
     return Run(label, lm.model.cfg, enc.ids, texts, prompt, lm.key, lm, spans=enc.spans)
 
 
+def _trace_config(raw: dict) -> ModelConfig:
+    """The model config of a trace's meta, checked field by field: the meta comes from the file, and a hostile or
+    hand-edited one must give a message, not a traceback."""
+    import dataclasses
+
+    try:
+        cfg = ModelConfig(**raw)
+        for f in dataclasses.fields(ModelConfig):
+            v = getattr(cfg, f.name)
+            if f.type in (int, "int"):
+                ok = type(v) is int and (v > 0 if f.name in ("n_layer", "n_embd", "vocab_size", "n_head") else v >= 0)
+            elif f.type in (float, "float"):
+                ok = type(v) in (int, float) and v >= 0
+            elif f.type in (bool, "bool"):
+                ok = type(v) is bool
+            elif f.name == "lora":
+                ok = isinstance(v, dict) and all(isinstance(k, str) and type(n) is int for k, n in v.items())
+            else:
+                ok = isinstance(v, str)
+            if not ok:
+                raise ValueError(f"{f.name} = {v!r}")
+    except (TypeError, ValueError) as e:
+        raise TraceFileError(f"the trace's model config is not usable ({str(e).splitlines()[0][:120]})") from None
+    return cfg
+
+
 def _trace_run(label: str, upload) -> Run:
-    trace = load_trace(upload)
-    cfg = ModelConfig(**trace.meta["config"])
+    try:
+        trace = load_trace(upload)
+    except RWKVInspectorError:
+        raise
+    except Exception as e:  # slipped through load_trace (a forged .npy header: TokenError, MemoryError, ...)
+        raise TraceFileError(f"not a usable trace file ({type(e).__name__})") from None
+    cfg = _trace_config(trace.meta["config"])
+    layers = trace.meta.get("layers")
+    if not (isinstance(layers, list) and all(type(l) is int and 0 <= l < cfg.n_layer for l in layers)):
+        raise TraceFileError(f"the trace's 'layers' must be a list of layer numbers 0..{cfg.n_layer - 1}")
     tokens = [int(t) for t in trace.tokens]
-    texts = trace.meta.get("token_texts") or [str(t) for t in tokens]
-    return Run(label, cfg, tokens, [str(t) for t in texts], trace=trace)
+    texts = trace.meta.get("token_texts")
+    if not (isinstance(texts, list) and len(texts) == len(tokens) and all(isinstance(t, str) for t in texts)):
+        texts = [str(t) for t in tokens]  # no (usable) token texts: show the ids
+    return Run(label, cfg, tokens, texts, trace=trace)
 
 
 def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
