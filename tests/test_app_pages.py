@@ -19,6 +19,18 @@ APP = REPO / "app.py"
 PAGES = [APP] + sorted((REPO / "pages").glob("[0-9]*_*.py"))
 PAGE_IDS = [p.stem for p in PAGES]
 
+
+def uses_frame(page: Path) -> bool:
+    """Whether the page builds the shared sidebar (inspector_ui.frame.page_setup)."""
+    return "page_setup(" in page.read_text(encoding="utf-8")
+
+
+def _frame_page(page: Path) -> Path:
+    """Skip a page that does not build the shared sidebar yet: test_page_builds_the_shared_sidebar fails for it."""
+    if not uses_frame(page):
+        pytest.skip(f"{page.name} does not call inspector_ui.frame.page_setup yet")
+    return page
+
 TINY = "shared: tiny-rwkv-5v2-730K-FP32.bin"  # RWKV-5.2, 12 layers, byte tokenizer
 DIGITS = "shared: 260123_reverse_L2_only_rwkv7.pth"  # RWKV-7, 2 layers, digits tokenizer: the fastest model
 PROMPT_A = "31415926,"
@@ -90,12 +102,29 @@ def test_pages_are_discovered():
     assert len(PAGES) == 1 + len(list((REPO / "pages").glob("*.py")))  # every page file has the N_Name.py form
 
 
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_page_builds_the_shared_sidebar(page):
+    """Issue 8: every page builds the shared sidebar (model by registry name, prompt, compare toggle, URL state) by
+    calling the one helper module, so it works when opened first from a link."""
+    assert uses_frame(page), (f"{page.relative_to(REPO)} does not call inspector_ui.frame.page_setup: no shared "
+                              "model/prompt/compare sidebar, no URL state, no compare mode")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_page_runs_opened_first(page):
+    """Whatever else: a deep link to the page runs without an exception."""
+    at = _app(page)
+    at.run()
+    assert not at.exception, f"{page.name}: {[e.value for e in at.exception]}"
+
+
 # ------------------------------------------------------------------------------------------------ opened first
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_opened_first_single(page):
     """A deep link with no parameters: the default model and its first example prompt, no error."""
+    _frame_page(page)
     at = _ok(_app(page), f"{page.name} opened first")
     sb = _sidebar(at)
     assert sb["source"] == "model" and sb["compare"] == "off"
@@ -115,6 +144,7 @@ def test_opened_first_single(page):
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_from_url_compare_prompt(page):
     """compare=prompt with both prompts and the model in the URL: the widgets take those values, both runs show."""
+    _frame_page(page)
     at = _ok(_app(page, model=DIGITS, prompt=PROMPT_A, compare="prompt", prompt_b=PROMPT_B),
              f"{page.name} compare=prompt")
     sb = _sidebar(at)
@@ -141,6 +171,7 @@ def test_from_url_compare_prompt(page):
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_from_url_compare_model(page):
     """compare=model: model A and model B (another version, another tokenizer) on the same prompt."""
+    _frame_page(page)
     at = _ok(_app(page, model=DIGITS, model_b=TINY, prompt=PROMPT_A, compare="model"), f"{page.name} compare=model")
     sb = _sidebar(at)
     assert (sb["model"], sb["model_b"], sb["prompt"], sb["compare"]) == (DIGITS, TINY, PROMPT_A, "model")
@@ -154,6 +185,7 @@ def test_from_url_compare_model(page):
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_from_url_single_and_long_prompt_id(page, tmp_path, monkeypatch):
     """model and prompt from the URL; a long prompt travels as prompt_id and comes back from the server's store."""
+    _frame_page(page)
     import inspector_ui.frame as frame
 
     at = _ok(_app(page, model=DIGITS, prompt="2718,"), f"{page.name} single from URL")
@@ -178,7 +210,8 @@ def test_from_url_single_and_long_prompt_id(page, tmp_path, monkeypatch):
 def test_opened_after_another_page(page):
     """Choices made on one page (model, prompt, compare mode) are still there on the next, with no error; the URL
     of the new page is not needed (a page switch in the browser drops the query string)."""
-    first = PAGES[1] if page == APP else APP
+    _frame_page(page)
+    first = next(p for p in PAGES[1:] if uses_frame(p)) if page == APP else APP
     at = _ok(_app(first, model=DIGITS, prompt=PROMPT_A), f"{first.name} first")
     at.text_area(key="prompt").set_value(PROMPT_B)
     at = _ok(at, f"{first.name} new prompt")
@@ -200,13 +233,14 @@ def test_opened_after_another_page(page):
 def test_tour_of_every_page_in_one_session():
     """One session visits every page in turn, twice (single, then compare=model), and comes back to the first."""
     at = _ok(_app(APP, model=DIGITS, prompt=PROMPT_A), "home")
+    pages = [p for p in PAGES[1:] if uses_frame(p)] + [APP]
     for mode in ("off", "model"):
         if mode == "model":
             at.radio(key="compare").set_value("model")
             at = _ok(at, "compare=model")
             at.selectbox(key="model_b").set_value(TINY)
             at = _ok(at, "model B")
-        for page in PAGES[1:] + [APP]:
+        for page in pages:
             at.switch_page(_rel(page))
             at = _ok(at, f"{page.name} in the tour (compare={mode})")
             sb = _sidebar(at)
