@@ -15,9 +15,8 @@ here (`reach_figure`).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -162,7 +161,8 @@ def window_heatmap(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float
 
 
 def cell_from_selection(state) -> Optional[tuple[int, int]]:
-    """(layer, head) of the clicked tile of `figures_scores.overview_grid_figure`, from a plotly chart's selection state, or None."""
+    """(layer, head) of the clicked tile of `figures_scores.overview_grid_figure`, from a plotly chart's selection
+    state, or None."""
     try:
         points = (state or {}).get("selection", {}).get("points") or []
     except AttributeError:
@@ -374,7 +374,8 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
         st.session_state["tok"] = T_max - 1
     _clamp("scale", SCALE_OPTIONS, "auto")
     _clamp("ov", ov_options, ov_options[0])
-    if mode == SPAN and not (isinstance(st.session_state.get("thr"), float) and 0.001 <= st.session_state["thr"] <= 0.9):
+    thr0 = st.session_state.get("thr")
+    if mode == SPAN and not (isinstance(thr0, float) and 0.01 <= thr0 <= 0.5):  # the slider's range
         st.session_state["thr"] = 0.1
 
     # ---- controls
@@ -510,6 +511,7 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
                                           colorblind=cb, layers=rs.layers, value_name=tile_name,
                                           selected=(layer, head), zmax=gmax)
             fig.update_yaxes(range=[max(rs.layers) + 0.5, min(rs.layers) - 0.5], autorange=False)  # no padding rows
+            fig.update_xaxes(range=[-0.5, V.shape[1] - 0.5], autorange=False)
             st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
                             key=_grid_key(P, rs.run.label, layer, head, ov, st.session_state["tok"]))
             gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]), heads_word: np.tile(np.arange(V.shape[1]),
@@ -563,7 +565,8 @@ def render_scores_page(ctx: PageContext, mode: str) -> None:
             mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: M[jj, ii]})
             what = "Matrix" if win == (0, T) else f"Shown window {win[0]}–{win[1] - 1}"
             st.download_button(f"{what} (CSV, i ≤ j){' ' + rs.run.label if len(scored) > 1 else ''}",
-                               data=lambda d=mdf: _csv(d), file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
+                               data=lambda d=mdf: _csv(d),
+                               file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_mat_{rs.run.label}")
     if len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored):
         a, b = scored
@@ -633,13 +636,10 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
             rows = []
             for h in range(reach.shape[0]):
                 ok = ~cens[h]
-                rows.append({heads_word: h, "median reach (fell below)": float(np.median(reach[h, ok])) if ok.any()
-                             else np.nan, "p90 reach": float(np.percentile(reach[h, ok], 90)) if ok.any() else np.nan,
+                fmt = lambda q: f"{np.percentile(reach[h, ok], q):.0f}" if ok.any() else "—"  # noqa: E731
+                rows.append({heads_word: h, "median reach (fell below)": fmt(50), "p90 reach": fmt(90),
                              "censored sources": f"{int(cens[h].sum())}/{T}"})
-            summary = pd.DataFrame(rows)
-            st.dataframe(summary, hide_index=True, width="stretch", column_config={
-                "median reach (fell below)": st.column_config.NumberColumn(format="%.0f"),
-                "p90 reach": st.column_config.NumberColumn(format="%.0f")})
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
             rdf = pd.DataFrame({heads_word: np.repeat(np.arange(reach.shape[0]), T),
                                 "source": np.tile(np.arange(T), reach.shape[0]), "reach": reach.reshape(-1),
                                 "censored": cens.reshape(-1)})
