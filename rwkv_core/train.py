@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from rwkv_core import wkv
 from rwkv_core.checkpoint import detect_config
 from rwkv_core.demo_corpus import SEPARATOR, training_stream
 from rwkv_core.model import RWKV
@@ -188,6 +189,49 @@ def save_official(model: RWKV, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------------------------------- kernel
+
+
+def wkv7_chunked_train(r, logw, k, v, alpha, beta, state, chunk: int = 16):
+    """`rwkv_core.wkv.wkv7_chunked` with the chunk loop written for autograd: chunks are taken with `unbind` and
+    the outputs joined with `stack` (indexing and slice assignment inside the loop make every backward step
+    allocate and add full-size gradient tensors). Same operations, same values."""
+    B, T, H, N = r.shape
+    L = chunk
+    if T <= 1 or float(-logw.detach().min()) * L > 40.0:
+        return wkv.wkv7_serial(r, logw, k, v, alpha, beta, state)
+    rc, kc, vc, ac, bc, lw = (wkv._to_chunks(x, L) for x in (r, k, v, alpha, beta, logw))  # [B, H, nC, L, N]
+    c = torch.cumsum(lw, 3)
+    ce = c - lw
+    a_t = ac * torch.exp(ce)
+    r_t = rc * torch.exp(c)
+    inv = torch.exp(-c)
+    b_i, k_i = bc * inv, kc * inv
+    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+    incl = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(0)
+    M_b = (a_t @ b_i.transpose(-1, -2)).masked_fill(~strict, 0.0)  # [B, H, nC, L(t), L(i)]
+    M_k = (a_t @ k_i.transpose(-1, -2)).masked_fill(~strict, 0.0)
+    Q_b = (r_t @ b_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
+    Q_k = (r_t @ k_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
+    eye = torch.eye(L, dtype=r.dtype, device=r.device)
+    sys_ = eye - M_b
+    W_a = torch.linalg.solve_triangular(sys_, a_t, upper=False, unitriangular=True)  # [B, H, nC, L, N(key)]
+    U = torch.linalg.solve_triangular(sys_, M_k @ vc, upper=False, unitriangular=True)  # [B, H, nC, L, N(value)]
+    y_local = Q_k @ vc
+    c_last = c[:, :, :, -1:, :]
+    keep = torch.exp(c_last - c)
+    b_end, k_end = bc * keep, kc * keep
+    dec = torch.exp(c_last[:, :, :, 0, :])  # [B, H, nC, N]
+    ys = []
+    for W_j, U_j, r_j, Qb_j, yl_j, dec_j, be_j, ke_j, v_j in zip(
+            *(x.unbind(2) for x in (W_a, U, r_t, Q_b, y_local, dec, b_end, k_end, vc))):
+        S_T = state.transpose(-1, -2)  # [B, H, key, value]
+        Z = W_j @ S_T + U_j  # [B, H, L, value]
+        ys.append(r_j @ S_T + Qb_j @ Z + yl_j)
+        state = state * dec_j[:, :, None, :] + Z.transpose(-1, -2) @ be_j + v_j.transpose(-1, -2) @ ke_j
+    return wkv._from_chunks(torch.stack(ys, 2), T), state
+
+
 # ---------------------------------------------------------------------------------------------------- data
 
 
@@ -245,15 +289,21 @@ def train(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build_model(args.version, args.n_layer, args.n_embd, args.head_size, args.seed, args.dim_ffn)
+    wkv.wkv7_chunked = wkv7_chunked_train  # training only: the same kernel, cheaper backward (this process)
+    if args.init_from:  # a second phase: continue from a saved checkpoint (fresh optimizer and schedule)
+        sd = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        model = RWKV.from_state_dict(detect_config(sd), sd).requires_grad_(True).train()
+        print(f"init from {args.init_from}", flush=True)
+    else:
+        model = build_model(args.version, args.n_layer, args.n_embd, args.head_size, args.seed, args.dim_ffn)
     model.to(device)
     n_params = count_parameters(model)
     cfg = model.cfg
     print(f"RWKV v{cfg.version}: L={cfg.n_layer} C={cfg.n_embd} H={cfg.n_head} N={cfg.head_size} "
           f"F={cfg.dim_ffn} lora={cfg.lora} params={n_params:,}", flush=True)
     mix = json.loads(args.mix) if args.mix else None
-    data = training_stream(args.seed, args.data_bytes, mix)
-    windows = Windows(data, args.ctx_len, args.seed, args.doc_start_share)
+    data = training_stream(args.seed + args.data_offset, args.data_bytes, mix)
+    windows = Windows(data, args.ctx_len, args.seed + args.data_offset, args.doc_start_share)
     opt = make_optimizer(model, args.lr, args.weight_decay)
     tokens_per_step = args.batch * args.ctx_len
 
@@ -351,6 +401,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--data-bytes", type=int, default=8_000_000)
     ap.add_argument("--mix", default=DEMO_MIX_JSON, help="byte shares per corpus kind, JSON ('' = corpus default)")
     ap.add_argument("--doc-start-share", type=float, default=0.5)
+    ap.add_argument("--init-from", default=None, help="start from this .pth (a further training phase)")
+    ap.add_argument("--data-offset", type=int, default=0,
+                    help="corpus / window seed = seed + offset (a second phase sees fresh documents)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--log", default=None, help="append JSON lines of the loss here")

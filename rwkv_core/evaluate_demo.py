@@ -1,0 +1,196 @@
+"""Metrics of the demo models (issue 7): fact recall on held-out phrasings, retrieval accuracy and the copying head,
+causal tracing on a fact prompt.
+
+`python -m rwkv_core.evaluate_demo models/demo-v7.pth [--probes 200] [--probe-seed 1000]` prints them as JSON.
+The functions are what tests/test_demo_models.py and the model cards use. Byte-level models only (token = byte).
+No Streamlit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import torch
+
+from rwkv_core.demo_corpus import eval_fact_prompts, retrieval_probes, tracing_examples, train_fact_prompts
+
+PROBE_SEED = 1000  # fresh probes: training episodes come from the corpus stream, probes from their own rng
+
+
+def encode(text: str) -> list[int]:
+    """Byte-level tokens (the demo models' vocabulary is the 256 bytes)."""
+    return list(text.encode("utf-8"))
+
+
+@torch.no_grad()
+def greedy_batch(model, prompts: Sequence[str], n_new: int, batch_size: int = 64) -> list[str]:
+    """Greedy continuation of `n_new` bytes for every prompt, from the zero state.
+
+    Prompts of equal byte length share a batch (no padding, so the result equals one prompt at a time).
+    """
+    out: list[Optional[str]] = [None] * len(prompts)
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_len[len(encode(p))].append(i)
+    for _, idxs in sorted(by_len.items()):
+        for b0 in range(0, len(idxs), batch_size):
+            sel = idxs[b0:b0 + batch_size]
+            toks = torch.tensor([encode(prompts[i]) for i in sel], dtype=torch.long)  # [B, T]
+            logits, state = model(toks, logits="last")  # [B, 1, V]
+            gen = []
+            for step in range(n_new):
+                nxt = logits[:, -1].argmax(-1)  # [B]
+                gen.append(nxt)
+                if step + 1 < n_new:
+                    logits, state = model(nxt[:, None], state, logits="last")
+            g = torch.stack(gen, 1)  # [B, n_new]
+            for j, i in enumerate(sel):
+                out[i] = bytes(g[j].tolist()).decode("latin-1")
+    return out  # type: ignore[return-value]
+
+
+def fact_recall(model, prompts=None) -> dict:
+    """Greedy completion of fact prompts (default: the held-out phrasings); right when the continuation starts
+    with " object". Returns the accuracy over prompts, over facts (both held-out phrasings right) and examples."""
+    prompts = eval_fact_prompts() if prompts is None else prompts
+    n_new = max(len(p.answer) for p in prompts)
+    gens = greedy_batch(model, [p.prompt for p in prompts], n_new)
+    ok = [g.startswith(p.answer) for g, p in zip(gens, prompts)]
+    per_fact: dict[tuple, list[bool]] = defaultdict(list)
+    for p, o in zip(prompts, ok):
+        per_fact[(p.fact.relation, p.fact.subject)].append(o)
+    by_rel: dict[str, list[bool]] = defaultdict(list)
+    for p, o in zip(prompts, ok):
+        by_rel[p.fact.relation].append(o)
+    wrong = [{"prompt": p.prompt, "expected": p.answer, "got": g} for p, g, o in zip(prompts, gens, ok) if not o]
+    return {"accuracy": sum(ok) / len(ok), "n_prompts": len(ok),
+            "facts_all_right": sum(all(v) for v in per_fact.values()) / len(per_fact),
+            "facts_any_right": sum(any(v) for v in per_fact.values()) / len(per_fact),
+            "by_relation": {r: round(sum(v) / len(v), 4) for r, v in by_rel.items()},
+            "wrong_examples": wrong[:5]}
+
+
+def retrieval_accuracy(model, probes) -> dict:
+    """Greedy answer of retrieval probes (right when the continuation starts with the answer)."""
+    n_new = max(len(p.answer) for p in probes)
+    gens = greedy_batch(model, [p.prompt for p in probes], n_new)
+    ok = [g.startswith(p.answer) for g, p in zip(gens, probes)]
+    return {"accuracy": sum(ok) / len(ok), "n": len(ok),
+            "wrong_examples": [{"prompt": p.prompt[-40:], "expected": p.answer, "got": g}
+                               for p, g, o in zip(probes, gens, ok) if not o][:3]}
+
+
+@torch.no_grad()
+def copying_heads(model, probes) -> dict:
+    """For every (layer, head): the share of probes where the largest R·W·K score A[sel, :] of the answer position
+    (the prompt's last token, which predicts the answer's first byte) is on the source token (the answer's first
+    byte in the list). Uses `rwkv_core.scores` (diagonal included, signed scores)."""
+    from rwkv_core.scores import capture_score_inputs, row_and_column
+
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    hits = torch.zeros(L, H)
+    for p in probes:
+        toks = encode(p.prompt)
+        si = capture_score_inputs(model, toks)
+        rc = row_and_column(si, len(toks) - 1, spans=False)
+        arg = rc["row"].argmax(-1)  # [L, H]
+        hits += (arg == p.source_char_index).float()
+    share = hits / len(probes)
+    best = int(share.argmax())
+    bl, bh = divmod(best, H)
+    return {"best_layer": bl, "best_head": bh, "best_share": float(share[bl, bh]),
+            "share": [[round(float(x), 4) for x in row] for row in share]}
+
+
+def tracing_effect(model, example: Optional[dict] = None, samples: int = 10, noise: float = 3.0) -> dict:
+    """Causal tracing (kind block, mode both, metric prob) on a fact prompt (default the Eiffel Tower).
+
+    Returns clean and corrupted answer probability, and at the last subject token the largest restored
+    probability over layers and its share of the effect, (max - corrupt) / (clean - corrupt); the same at the
+    prompt's last token for comparison.
+    """
+    from rwkv_core.tracing import tokenizer_for_model, trace
+
+    ex = example or tracing_examples()[0]
+    res = trace(model, tokenizer_for_model(model), ex["prompt"], ex["subject"], ex["answer"], kind="block",
+                mode="both", metric="prob", samples=samples, noise=noise)
+    clean, corrupt = res.clean["prob"], res.corrupt["prob"]
+    g = res.grids["prob"]  # [T, L]
+    s0, s1 = res.subject
+    effect = clean - corrupt
+    last_subj = float(g[s1 - 1].max())
+    last_tok = float(g[-1].max())
+    return {"prompt": ex["prompt"], "answer": ex["answer"], "clean_prob": clean, "corrupt_prob": corrupt,
+            "effect": effect, "last_subject_max_prob": last_subj,
+            "last_subject_share": (last_subj - corrupt) / effect if effect > 0 else float("nan"),
+            "last_subject_best_layer": int(g[s1 - 1].argmax()),
+            "last_token_share": (last_tok - corrupt) / effect if effect > 0 else float("nan")}
+
+
+def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_head_probes: int = 100,
+             with_train_phrasings: bool = False) -> dict:
+    """Every metric of a demo checkpoint, as a JSON-able dict."""
+    from rwkv_core.checkpoint import load_model
+
+    t0 = time.time()
+    model = load_model(path)
+    cfg = model.cfg
+    out: dict = {"path": str(path), "probe_seed": probe_seed, "probes": n_probes, "head_probes": n_head_probes,
+                 "version": cfg.version, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
+                 "head_size": cfg.head_size, "params": sum(p.numel() for p in model.parameters())}
+    out["fact_recall_heldout"] = fact_recall(model)
+    if with_train_phrasings:
+        out["fact_recall_train_phrasings"] = {k: v for k, v in fact_recall(model, train_fact_prompts()).items()
+                                              if k in ("accuracy", "n_prompts")}
+    probes = retrieval_probes(probe_seed, n_probes, "kv")
+    out["retrieval_kv"] = retrieval_accuracy(model, probes)
+    out["retrieval_repeat"] = retrieval_accuracy(model, retrieval_probes(probe_seed, n_probes, "repeat"))
+    out["copying_head"] = copying_heads(model, probes[:n_head_probes])
+    out["tracing"] = tracing_effect(model)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def card_metrics(result: dict) -> dict:
+    """The summary of `evaluate` that a model card stores under "metrics" (what the tests compare with)."""
+    ch, tr = result["copying_head"], result["tracing"]
+    out = {"fact_recall_heldout": round(result["fact_recall_heldout"]["accuracy"], 4),
+           "fact_recall_heldout_facts_all_right": round(result["fact_recall_heldout"]["facts_all_right"], 4),
+           "retrieval_kv": round(result["retrieval_kv"]["accuracy"], 4),
+           "retrieval_repeat": round(result["retrieval_repeat"]["accuracy"], 4),
+           "copying_head": {"layer": ch["best_layer"], "head": ch["best_head"], "share": round(ch["best_share"], 4)},
+           "tracing": {k: round(tr[k], 4) for k in ("clean_prob", "corrupt_prob", "last_subject_share",
+                                                   "last_token_share")},
+           "probe_seed": result["probe_seed"], "probes": result["probes"], "head_probes": result["head_probes"]}
+    if "fact_recall_train_phrasings" in result:
+        out["fact_recall_train_phrasings"] = round(result["fact_recall_train_phrasings"]["accuracy"], 4)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description="Metrics of a byte-level demo model (issue 7), as JSON.")
+    ap.add_argument("path")
+    ap.add_argument("--probes", type=int, default=200)
+    ap.add_argument("--probe-seed", type=int, default=PROBE_SEED)
+    ap.add_argument("--head-probes", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--train-phrasings", action="store_true", help="also the accuracy on the training phrasings")
+    ap.add_argument("--card", default=None, help="write the summary into this model card's \"metrics\"")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = evaluate(args.path, args.probes, args.probe_seed, args.head_probes, args.train_phrasings)
+    print(json.dumps(result, indent=1))
+    if args.card:
+        from pathlib import Path
+        p = Path(args.card)
+        c = json.loads(p.read_text()) if p.exists() else {}
+        c["metrics"] = card_metrics(result)
+        p.write_text(json.dumps(c, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
