@@ -102,7 +102,19 @@ def test_pages_are_discovered():
     assert len(PAGES) == 1 + len(list((REPO / "pages").glob("*.py")))  # every page file has the N_Name.py form
 
 
-@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+# Pages known not to build the shared sidebar yet (reported; strict: remove the entry once the page calls page_setup).
+NOT_ON_FRAME_YET = {
+    "4_Causal_tracing": "reported: the Causal tracing page has its own sidebar (a checkpoint path text field, its own "
+                        "model cache, no compare mode, no URL state) instead of inspector_ui.frame.page_setup",
+}
+
+
+def _frame_params():
+    return [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason=NOT_ON_FRAME_YET[p.stem]))
+            if p.stem in NOT_ON_FRAME_YET else pytest.param(p, id=p.stem) for p in PAGES]
+
+
+@pytest.mark.parametrize("page", _frame_params())
 def test_page_builds_the_shared_sidebar(page):
     """Issue 8: every page builds the shared sidebar (model by registry name, prompt, compare toggle, URL state) by
     calling the one helper module, so it works when opened first from a link."""
