@@ -88,8 +88,8 @@ def _read_torch(path: Path, zipped: bool) -> dict[str, torch.Tensor]:
         what = next((l.strip() for l in detail if "GLOBAL" in l or "Unsupported" in l), detail[0][:120])
         raise CheckpointError(path, f"refused: loading this pickle would run code ({what}); "
                                     "only plain tensor checkpoints are accepted") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).split("\n")[0][:160]
+    except Exception as e:  # truncated zips, torch's own format errors, a pickle handed to safetensors by its name
+        msg = (str(e).split("\n") or [""])[0][:160] or type(e).__name__
         raise CheckpointError(path, f"truncated or corrupt PyTorch file ({msg})") from None
     if isinstance(obj, dict) and set(obj) <= {"state_dict", "model"} and len(obj) == 1:
         obj = next(iter(obj.values()))

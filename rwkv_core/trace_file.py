@@ -108,6 +108,24 @@ class Trace:
         return self.arrays[f"{name}_l{l}"]
 
 
+def _check_npy_header(zf: zipfile.ZipFile, name: str, label: str) -> None:
+    """Read only the member's .npy header (a Python literal, parsed safely) and refuse absurd declared sizes."""
+    from numpy.lib import format as npy_format
+
+    with zf.open(name) as f:
+        try:
+            major, _ = npy_format.read_magic(f)
+            read = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=10_000)
+        except Exception as e:
+            what = type(e).__name__
+            raise TraceFileError(f"{label}: not a usable trace: {name} has a malformed header ({what})") from None
+    n_bytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if n_bytes > MAX_TRACE_BYTES:
+        raise TraceFileError(f"{label}: not a usable trace: {name} declares {n_bytes / 2**30:.0f} GiB, "
+                             "over the 2 GiB limit")
+
+
 def load_trace(path_or_file) -> Trace:
     """Open a trace `.npz` (path or file-like) safely: no pickles, bounded size, keys and shapes checked."""
     label = os.path.basename(str(path_or_file)) if isinstance(path_or_file, (str, os.PathLike)) else "upload"
@@ -116,14 +134,18 @@ def load_trace(path_or_file) -> Trace:
             total = sum(i.file_size for i in zf.infolist())
             if total > MAX_TRACE_BYTES:
                 raise TraceFileError(f"{label}: unpacks to {total / 2**30:.1f} GiB, more than the 2 GiB limit")
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    _check_npy_header(zf, info.filename, label)
         if hasattr(path_or_file, "seek"):
             path_or_file.seek(0)
         with np.load(path_or_file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except TraceFileError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise TraceFileError(f"{label}: not a trace file (.npz) or corrupt: {str(e).splitlines()[0][:120]}") from None
+    except Exception as e:  # numpy lets many kinds out of forged headers (MemoryError, SyntaxError, TokenError...)
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise TraceFileError(f"{label}: not a trace file (.npz) or corrupt: {detail}") from None
     for k in ("tokens", "meta"):
         if k not in arrays:
             raise TraceFileError(f"{label}: missing '{k}': not an RWKV Inspector trace")

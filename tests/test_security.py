@@ -573,7 +573,6 @@ FORGED_NPY = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG in rwkv_core.trace_file.load_trace (reported): numpy's exception escapes")
 @pytest.mark.parametrize("case", list(FORGED_NPY))
 def test_trace_with_a_forged_npy_header_is_refused_by_load_trace(case):
     from rwkv_core.trace_file import TraceFileError, load_trace

@@ -31,7 +31,9 @@ def _selected(page) -> list[int]:
 
 
 def test_click_token_recolours_and_tile_opens_head(base_url, page, streamlit_server):
-    open_app(page, f"{base_url}/Attention?prompt={quote('The cat sat on the mat. The cat ran.')}&layer=2&head=1")
+    model = quote("shared: tiny-rwkv-5v2-730K-FP32.bin")  # 12 layers x 8 heads: tile (5, 3) exists
+    open_app(page, f"{base_url}/Attention?model={model}&prompt={quote('The cat sat on the mat. The cat ran.')}"
+                   "&layer=2&head=1")
     tokens = page.locator(TOKEN)
     expect(tokens.first).to_be_visible(timeout=30_000)  # the component draws after the run
     n = tokens.count()
