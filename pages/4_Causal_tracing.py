@@ -72,7 +72,7 @@ def acquire_model():
 # ------------------------------------------------------------------------------------------------ page
 
 st.set_page_config(page_title="Causal tracing", page_icon="🔬", layout="wide")
-st.title("🔬 Causal tracing and layer ablation")
+st.title("Causal tracing and layer ablation")
 st.caption("Where does the subject of a prompt reach the answer: up the layers at one token, or forward in time "
            "through the recurrent state? ROME's causal trace (Meng et al. 2022) as in the RWKV paper's "
            "information-propagation figure, with the RWKV-specific restore modes.")
@@ -163,7 +163,8 @@ def _request_stop() -> None:
 def run_trace() -> Optional[dict]:
     """Prepare and trace every spec with a progress bar; the Stop button's flag is checked between batches."""
     st.session_state["ct_stop"] = False
-    st.button("Stop", key="ct_stop_button", on_click=_request_stop)
+    stop_slot = st.empty()
+    stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
     bar = st.progress(0.0, text="Waiting for the model…")
     with model_lock:
         start = time.perf_counter()
@@ -181,9 +182,11 @@ def run_trace() -> Optional[dict]:
                                      should_stop=lambda: bool(st.session_state.get("ct_stop")))
         except RWKVInspectorError as e:
             bar.empty()
+            stop_slot.empty()
             st.error(str(e))
             return None
     bar.empty()
+    stop_slot.empty()
     entry = {"results": results, "setup": setup, "ablations": {}}
     results_store.clear()  # one traced prompt per session: the setup holds the cached runs
     results_store[trace_key] = entry

@@ -412,7 +412,8 @@ def _cache_names(model, states: bool) -> list[str]:
     names = []
     for l in range(L):
         b = f"blocks.{l}."
-        names += [b + "hook_resid_pre", b + "hook_resid_post", b + "att.hook_out", b + "ffn.hook_out"]
+        names += [b + "hook_resid_pre", b + "hook_resid_mid", b + "hook_resid_post", b + "att.hook_out",
+                  b + "ffn.hook_out"]
         if states:
             names += [b + "att.hook_shift", b + "att.hook_state", b + "ffn.hook_shift"]
     if model.cfg.version == "7":
@@ -421,12 +422,12 @@ def _cache_names(model, states: bool) -> list[str]:
 
 
 def _stack_cache(model, cache, states: bool) -> dict[str, torch.Tensor]:
-    """Hook caches stacked over layers: resid_pre/post, att/ffn out [L, B, S, C], v_first [B, S, C];
+    """Hook caches stacked over layers: resid_pre/mid/post, att/ffn out [L, B, S, C], v_first [B, S, C];
     states after every token att_shift/ffn_shift [L, B, P, C], wkv [L, B, P, ...]."""
     L = model.cfg.n_layer
     out = {}
-    for key, name in (("resid_pre", "hook_resid_pre"), ("resid_post", "hook_resid_post"), ("att_out", "att.hook_out"),
-                      ("ffn_out", "ffn.hook_out")):
+    for key, name in (("resid_pre", "hook_resid_pre"), ("resid_mid", "hook_resid_mid"),
+                      ("resid_post", "hook_resid_post"), ("att_out", "att.hook_out"), ("ffn_out", "ffn.hook_out")):
         out[key] = torch.stack([cache[f"blocks.{l}.{name}"] for l in range(L)])
     if states:
         for key, name in (("att_shift", "att.hook_shift"), ("wkv", "att.hook_state"), ("ffn_shift", "ffn.hook_shift")):
@@ -693,8 +694,14 @@ class _FastTracer:
             if spec.mode == "state":
                 return t + 1, [_Cell(l, l, None) for l in range(L)]
             return t, [_Cell(l, l + 1, None) for l in range(L)]
-        return t, [_Cell(l, window_layers(l, L, spec.window)[0], None,
-                         patch=frozenset(window_layers(l, L, spec.window))) for l in range(L)]
+        cells = []
+        for l in range(L):
+            win = window_layers(l, L, spec.window)
+            if spec.kind == "ffn":  # layer win[0] differs from the corrupted run only in its output at token t
+                cells.append(_Cell(l, win[0] + 1, None, patch=frozenset(win[1:])))
+            else:
+                cells.append(_Cell(l, win[0], None, patch=frozenset(win)))
+        return t, cells
 
     def _materialise(self, spec: TraceSpec, t: int, seg0: int, cell: _Cell) -> None:
         s, n, l = self.s, self.n, cell.layer
@@ -724,10 +731,18 @@ class _FastTracer:
             return
         a = cell.join
         cell.x = self.xin[a][:, t:]
+        if spec.kind == "ffn":  # the layer below: corrupted until its channel-mix output at t, then the clean one
+            cell.x = cell.x.clone()
+            cell.x[:, 0] = cc["resid_mid"][a - 1][:, t] + clc["ffn_out"][a - 1, t]
         cell.vf = vfc[:, t:] if (self.v7 and a > 0) else None
 
     def run_cells(self, spec: TraceSpec, t: int, seg0: int, cells: list[_Cell], base: list[tuple]) -> torch.Tensor:
-        """Stream the cells' rows up the layers; returns logits at the answer positions [len(cells) * n, K, V]."""
+        """Stream the cells' rows up the layers; returns logits at the answer positions [len(cells) * n, K, V].
+
+        Rows come in groups of n (one per noise sample). Window cells that join at the same layer have the same
+        input and share one group until their windows differ (a group forks, rows copied, at the first layer
+        where some of its cells restore and others do not); every block cell has its own group.
+        """
         s, n, L = self.s, self.n, self.L
         Tseg = s.S - seg0
         ans_pos = s.answer_positions
@@ -735,30 +750,42 @@ class _FastTracer:
         for c in cells:
             by_join.setdefault(c.join, []).append(c)
         x = vf = None
-        layout: list[_Cell] = []
+        groups: list[list[_Cell]] = []
         if Tseg > 0:
             for i in range(L + 1):
                 joining = by_join.get(i, [])
                 if joining:
-                    for c in joining:
-                        self._materialise(spec, t, seg0, c)
-                    x = torch.cat(([x] if x is not None else []) + [c.x for c in joining], 0)
+                    new = [[c] for c in joining] if spec.kind == "block" else [joining]
+                    for g in new:
+                        self._materialise(spec, t, seg0, g[0])
+                    x = torch.cat(([x] if x is not None else []) + [g[0].x for g in new], 0)
                     if self.v7 and i > 0:
-                        vf = torch.cat(([vf] if vf is not None else []) + [c.vf for c in joining], 0)
-                    layout += joining
-                    for c in joining:
-                        c.x = c.vf = None
+                        vf = torch.cat(([vf] if vf is not None else []) + [g[0].vf for g in new], 0)
+                    for g in new:
+                        g[0].x = g[0].vf = None
+                    groups += new
                 if i == L or x is None:
                     continue
-                k = len(layout)
-                st = [_rep(part, k) for part in base[i]]
-                for j, c in enumerate(layout):
+                split, src = [], []
+                for j, g in enumerate(groups):
+                    for part in ([c for c in g if i not in c.patch], [c for c in g if i in c.patch]):
+                        if part:
+                            split.append(part)
+                            src.append(j)
+                if len(split) != len(groups):  # fork: copy the shared rows
+                    idx = torch.tensor([j * n + r for j in src for r in range(n)], device=x.device)
+                    x = x[idx]
+                    vf = vf[idx] if vf is not None else None
+                groups = split
+                st = [_rep(part, len(groups)) for part in base[i]]
+                for j, g in enumerate(groups):
+                    c = g[0]
                     if c.join == i and c.state is not None:
                         for part, val in zip(st, c.state):
                             part[j * n:(j + 1) * n] = val
                         c.state = None
                 patch = None
-                rows = [r for j, c in enumerate(layout) if i in c.patch for r in range(j * n, (j + 1) * n)]
+                rows = [j * n + r for j, g in enumerate(groups) if i in g[0].patch for r in range(n)]
                 if rows:
                     name = f"blocks.{i}.{spec.kind}.hook_out"
                     clean_out = s.clean_cache[f"{spec.kind}_out"][i, t]
@@ -772,12 +799,11 @@ class _FastTracer:
                     patch = (name, restore_out)
                 x, _, vf = self._block(i, x, st, vf, patch)
         # logits at the answer positions: computed ones from the segment, earlier ones from the corrupted run
-        order = {id(c): j for j, c in enumerate(layout)}
+        order = {id(c): j for j, g in enumerate(groups) for c in g}
         rel = [p - seg0 for p in ans_pos if p >= seg0]
         pre = [q for q, p in enumerate(ans_pos) if p < seg0]
         out = torch.empty(len(cells) * n, len(ans_pos), self.model.cfg.vocab_size, device=self.model.device)
-        if rel:
-            lg = self.model.unembed(x[:, rel]) if x is not None else None
+        lg = self.model.unembed(x[:, rel]) if (rel and x is not None) else None
         for ci, c in enumerate(cells):
             dst = slice(ci * n, (ci + 1) * n)
             if pre:
@@ -979,19 +1005,38 @@ class AblationResult:
 
 
 @torch.no_grad()
-def reference_means(model, reference_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Mean over the tokens of a reference text (run from the zero state) of att/ffn outputs, the whole block's
-    contribution (resid_post - resid_pre) [L, C], and of the states after every token."""
+def reference_means(model, reference_tokens: Sequence[int], states: bool = False) -> dict[str, torch.Tensor]:
+    """Means over the tokens of a reference text (run from the zero state), accumulated on the fly: att/ffn outputs
+    and the whole block's contribution (resid_post - resid_pre), [L, C]; with `states`, also of the states after
+    every token (att_shift, wkv, ffn_shift per layer)."""
     ids = [int(i) for i in reference_tokens]
     if not ids:
         raise InputError("the reference text for mean ablation has no tokens")
-    _, _, cache = model.run_with_cache(ids, _cache_names(model, True), device=None, state_positions=range(len(ids)),
-                                       logits="none")
-    c = _stack_cache(model, cache, True)
-    return {"att": c["att_out"][:, 0].mean(1), "ffn": c["ffn_out"][:, 0].mean(1),
-            "block": (c["resid_post"] - c["resid_pre"])[:, 0].mean(1),
-            "att_shift": c["att_shift"][:, 0].mean(1), "wkv": c["wkv"][:, 0].mean(1),
-            "ffn_shift": c["ffn_shift"][:, 0].mean(1)}
+    L = model.cfg.n_layer
+    sums: dict[tuple[str, int], torch.Tensor] = {}
+
+    def add(key: str, l: int, value: torch.Tensor) -> None:
+        sums[(key, l)] = sums[(key, l)] + value if (key, l) in sums else value.clone()
+
+    hooks = []
+    for l in range(L):
+        b = f"blocks.{l}."
+        hooks += [(b + "att.hook_out", lambda x, h, l=l: add("att", l, x[0].sum(0))),
+                  (b + "ffn.hook_out", lambda x, h, l=l: add("ffn", l, x[0].sum(0))),
+                  (b + "hook_resid_pre", lambda x, h, l=l: add("pre", l, x[0].sum(0))),
+                  (b + "hook_resid_post", lambda x, h, l=l: add("post", l, x[0].sum(0)))]
+        if states:
+            hooks += [(b + "att.hook_shift", lambda x, h, l=l: add("att_shift", l, x[0])),
+                      (b + "att.hook_state", lambda x, h, l=l: add("wkv", l, x[0])),
+                      (b + "ffn.hook_shift", lambda x, h, l=l: add("ffn_shift", l, x[0]))]
+    with _attached(model, hooks):
+        model(ids, state_positions=range(len(ids)) if states else (), logits="none")
+    n = len(ids)
+    mean = lambda key: torch.stack([sums[(key, l)] for l in range(L)]) / n
+    out = {"att": mean("att"), "ffn": mean("ffn"), "block": mean("post") - mean("pre")}
+    if states:
+        out.update({k: mean(k) for k in ("att_shift", "wkv", "ffn_shift")})
+    return out
 
 
 @torch.no_grad()
@@ -1022,7 +1067,7 @@ def ablate_layers(setup: TraceSetup, target: str = "block", replacement: str = "
     if replacement == "mean":
         if reference_tokens is None:
             raise InputError("mean ablation needs a reference text (its token ids)")
-        means = reference_means(model, reference_tokens)
+        means = reference_means(model, reference_tokens, states=target == "state")
     pos = list(range(S)) if positions is None else sorted({int(p) for p in positions})
     if not pos or pos[0] < 0 or pos[-1] >= S:
         raise InputError(f"ablation positions must lie in 0..{S - 1}")
@@ -1032,6 +1077,8 @@ def ablate_layers(setup: TraceSetup, target: str = "block", replacement: str = "
     g = setup.n if replacement == "corrupt" else 1  # rows per layer
     cc, clc = setup.corrupt_cache, setup.clean_cache
     pidx = torch.tensor(pos, device=model.device)
+    corrupt_states = (_FastTracer(setup, memory_budget).corrupt_states_after(rt)
+                      if target == "state" and replacement == "corrupt" else None)
 
     def seq_value(l: int) -> torch.Tensor:
         """Replacement of the sequence target at layer l: [g, len(pos), C] or broadcastable."""
@@ -1054,8 +1101,7 @@ def ablate_layers(setup: TraceSetup, target: str = "block", replacement: str = "
             return means["att_shift"][l][None], means["wkv"][l][None], means["ffn_shift"][l][None]
         if replacement == "clean":
             return tuple(clc[k][l, rt][None] for k in ("att_shift", "wkv", "ffn_shift"))
-        st = _FastTracer(setup, memory_budget).corrupt_states_after(rt)[l]
-        return st
+        return corrupt_states[l]
 
     def run(layers: list[int]) -> list[dict[str, float]]:
         k = len(layers)
