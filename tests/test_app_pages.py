@@ -103,10 +103,7 @@ def test_pages_are_discovered():
 
 
 # Pages known not to build the shared sidebar yet (reported; strict: remove the entry once the page calls page_setup).
-NOT_ON_FRAME_YET = {
-    "4_Causal_tracing": "reported: the Causal tracing page has its own sidebar (a checkpoint path text field, its own "
-                        "model cache, no compare mode, no URL state) instead of inspector_ui.frame.page_setup",
-}
+NOT_ON_FRAME_YET = {}  # page stem -> reason
 
 
 def _frame_params():

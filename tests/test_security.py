@@ -158,10 +158,7 @@ def test_no_parameter_opens_a_path(query, opened):
 
 
 # Known offenders (reported; strict: remove the entry once fixed).
-TAKES_A_PATH_YET = {
-    "4_Causal_tracing": "reported: the Causal tracing page loads a checkpoint from a path typed into a sidebar text "
-                        "field (any file the server can read), not by registry name through inspector_ui.frame",
-}
+TAKES_A_PATH_YET = {}  # page stem -> reason
 
 
 @pytest.mark.parametrize("page", [
