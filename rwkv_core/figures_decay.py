@@ -159,10 +159,12 @@ def bonus_heatmap(bonus: np.ndarray, *, version: str, title: Optional[str] = Non
 
 
 def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequence[str], *, layer: int,
-                       selected: Optional[tuple[int, int]] = None, title: Optional[str] = None) -> go.Figure:
+                       selected: Optional[tuple[int, int]] = None, title: Optional[str] = None,
+                       zmin: Optional[float] = None, zmax: Optional[float] = None) -> go.Figure:
     """Tokens x heads heat map of the per-head median log10 half-life at one layer (v6/v7).
 
     median_log10_half_life [T, H]; x = token, y = head. Small values (dark) are tokens that make a head forget.
+    zmin / zmax fix the colour range (compare mode: the same scale for both runs); None = the data's range.
     Heat maps give no click events in Streamlit, so an invisible marker sits on every cell (trace 1, customdata
     = [token, head]); a click selects it. `selected` = (token, head) draws a frame around that cell.
     """
@@ -176,7 +178,7 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
     custom = np.stack([lab, np.power(10.0, zt).astype(object)], axis=-1)  # [H, T, 2]
     fig = go.Figure(go.Heatmap(
         z=zt, x=np.arange(T), y=np.arange(H), customdata=custom, colorscale=HALF_LIFE_COLORSCALE,
-        colorbar=dict(title="median<br>log10 half-life"),
+        zmin=zmin, zmax=zmax, colorbar=dict(title="median<br>log10 half-life"),
         hovertemplate=("token %{x} %{customdata[0]}<br>head %{y}<br>median half-life = %{customdata[1]:.4g} tokens"
                        "<br>log10 = %{z:.3f}<extra></extra>")))
     tt, hh = np.meshgrid(np.arange(T), np.arange(H))  # [H, T]
@@ -199,21 +201,50 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
     return fig
 
 
-def channel_spectrum_figure(token_decay: np.ndarray, token_log10_half_life: np.ndarray, static_decay: np.ndarray,
-                            static_log10_half_life: np.ndarray, *, channels: Sequence[int], token_label: str,
+def token_head_difference_heatmap(difference: np.ndarray, token_labels: Sequence[str], *, layer: int,
+                                  title: Optional[str] = None) -> go.Figure:
+    """Tokens x heads heat map of B - A of the per-head median log10 half-life (compare mode, same architecture
+    and token count). difference [T, H]; diverging colours centred on 0 (blue: B forgets faster)."""
+    z = np.asarray(difference, dtype=np.float64)
+    T, H = z.shape
+    labels = [str(s) for s in token_labels]
+    if len(labels) != T:
+        raise ValueError(f"{len(labels)} token labels for {T} tokens")
+    finite = np.abs(z[np.isfinite(z)])
+    lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    zt = z.T  # [H, T]
+    lab = np.broadcast_to(np.array(labels, dtype=object), (H, T))
+    fig = go.Figure(go.Heatmap(
+        z=zt, x=np.arange(T), y=np.arange(H), customdata=lab, colorscale="RdBu", zmid=0.0, zmin=-lim, zmax=lim,
+        colorbar=dict(title="B − A<br>log10 half-life"),
+        hovertemplate=("token %{x} %{customdata}<br>head %{y}<br>B − A = %{z:.3f} (log10 half-life)"
+                       "<extra></extra>")))
+    fig.update_layout(title=title or f"Difference B − A of the median log10 half-life, layer {layer} "
+                                     "(blue: B forgets faster)", hovermode="closest")
+    fig.update_xaxes(title_text="token", range=[-0.5, T - 0.5])
+    fig.update_yaxes(title_text="head", autorange="reversed", dtick=1 if H <= 32 else None)
+    _token_axis(fig, labels, "x")
+    return fig
+
+
+def channel_spectrum_figure(token_decay: np.ndarray, token_log10_half_life: np.ndarray,
+                            static_decay: Optional[np.ndarray], static_log10_half_life: Optional[np.ndarray], *, channels: Sequence[int], token_label: str,
                             layer: int, head: int, y: str = "decay", sort: bool = False,
                             title: Optional[str] = None) -> go.Figure:
     """One (token, head): the decay of each of the head's channels at that token against the static
     (data-independent) decay. All inputs [N]; `channels` are their global channel numbers.
-    sort=True draws each curve as a spectrum (sorted descending) instead of in channel order.
+    sort=True draws each curve as a spectrum (sorted descending) instead of in channel order. static_decay None
+    (a trace file: no parameters) draws the token's curve alone.
     """
     if y not in ("decay", "half_life"):
         raise ValueError("y must be 'decay' or 'half_life'")
     channels = np.asarray(channels)
     fig = go.Figure()
-    for name, lam, lh, color, dash in (("static (data-independent)", static_decay, static_log10_half_life,
-                                        STATIC_COLOR, "dash"),
-                                       (f"token {token_label}", token_decay, token_log10_half_life, "#d62728", None)):
+    curves = [("static (data-independent)", static_decay, static_log10_half_life, STATIC_COLOR, "dash"),
+              (f"token {token_label}", token_decay, token_log10_half_life, "#d62728", None)]
+    if static_decay is None:
+        curves = curves[1:]
+    for name, lam, lh, color, dash in curves:
         lam, lh = np.asarray(lam, dtype=np.float64), np.asarray(lh, dtype=np.float64)
         order = np.argsort(-lh, kind="stable") if sort else np.arange(len(lam))
         hl = np.power(10.0, lh[order])
@@ -223,7 +254,8 @@ def channel_spectrum_figure(token_decay: np.ndarray, token_log10_half_life: np.n
             customdata=np.stack([channels[order], lam[order], hl], -1),
             hovertemplate=(f"{name}<br>channel %{{customdata[0]}}<br>λ = %{{customdata[1]:.10g}}"
                            "<br>half-life = %{customdata[2]:.4g} tokens<extra></extra>")))
-    fig.update_layout(title=title or f"Channel decays of head {head}, layer {layer}: token {token_label} vs static",
+    vs = "" if static_decay is None else " vs static"
+    fig.update_layout(title=title or f"Channel decays of head {head}, layer {layer}: token {token_label}{vs}",
                       hovermode="closest")
     fig.update_xaxes(title_text="channel rank (sorted)" if sort else "channel")
     if y == "decay":
