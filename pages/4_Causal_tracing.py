@@ -231,7 +231,7 @@ def ablate_one(setup: TR.TraceSetup, run: Run, abl_key: tuple) -> Any:
 # ------------------------------------------------------------------------------------------------ drawing
 
 
-def show_trace(entry: dict, P: str, metric: str, img_format: str) -> None:
+def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool = False) -> None:
     """Metrics, heat maps and downloads of one run (in the current container)."""
     results: list[TR.TraceResult] = entry["results"]
     setup: TR.TraceSetup = entry["setup"]
@@ -239,7 +239,11 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str) -> None:
         st.warning(w)
     if not results[0].complete:
         st.warning("Stopped early: the grids are incomplete (blank cells were not computed).")
-    m1, m2, m3, m4 = st.columns(4)
+    if narrow:  # half a page: two rows of two, so small numbers (6.15e-17) are not cut
+        m1, m2 = st.columns(2)
+        m3, m4 = st.columns(2)
+    else:
+        m1, m2, m3, m4 = st.columns(4)
     lbl = {"prob": f"p({setup.answer_text!r})", "logprob": f"log p({setup.answer_text!r})",
            "first_prob": "p(first answer token)", "logit_diff": "logit difference", "recovery": "recovery"}[metric]
     m1.metric(f"clean {lbl}", f"{setup.clean.get(metric, 1.0):.4g}" if metric != "recovery" else "1")
@@ -260,7 +264,7 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str) -> None:
         st.plotly_chart(FT.trace_heatmap(shown), key=f"ct_fig_{P}_{i}", config=FT.image_config(fname, img_format))
         npz = io.BytesIO()
         shown.to_npz(npz)
-        b1, b2, _ = st.columns([1, 1, 2])
+        b1, b2, _ = st.columns([1, 1, 2] if narrow else [1, 1, 5])
         b1.download_button("Grid (CSV)", shown.to_csv(), file_name=fname + ".csv", mime="text/csv",
                            key=f"ct_csv_{P}_{i}", on_click="ignore")
         b2.download_button("Grid (npz)", npz.getvalue(), file_name=fname + ".npz",
@@ -388,7 +392,7 @@ for col, entry in zip(cols, entries):
 for col, run, entry in zip(cols, runs, entries):
     if entry is not None and "results" in entry:
         with col:
-            show_trace(entry, run.label, metric, img_format)
+            show_trace(entry, run.label, metric, img_format, ctx.compare)
 
 traced = [(col, run, e) for col, run, e in zip(cols, runs, entries) if e is not None and "results" in e]
 if traced:
@@ -409,8 +413,9 @@ if traced:
                                        "-1: the subject's last token.")
     reference = a4.text_input("Reference text (mean ablation)", key="ct_abl_ref", disabled=replacement != "mean")
     abl_key = (target, replacement, int(reset_token), reference if replacement == "mean" else None)
-    for col, run, entry in traced:
-        with col:
+    abl_cols = st.columns(2) if ctx.compare else [st.container()]
+    for run, entry in [(r, e) for _, r, e in traced]:
+        with abl_cols[runs.index(run)]:
             if ctx.compare:
                 st.caption(run.title)
             abl = entry["ablations"].get(abl_key)
