@@ -34,12 +34,16 @@ Method (ROME's causal tracing, Meng et al. 2022, adapted to a recurrent model; .
 Two implementations give the same numbers:
 - the reference path (`method="reference"`): one ordinary forward pass per cell over the whole sequence, ROME style:
   batch row 0 is the clean run, rows 1..n the corrupted ones, hooks copy row 0 into the other rows;
-- the fast path (`method="fast"`, default): clean and corrupted runs are computed once and cached (every layer's
-  input, the states after every token). A restore at token t changes nothing before t and nothing in the layers
-  below the restored one, so each cell starts from the corrupted state after token t-1 and runs only the layers
-  that change (from l+1 for "resid", from l for "state"/"both", from the window's first layer for att/ffn) over
-  tokens t..end; cells join a batch layer by layer (samples x cells along the batch axis, within a memory budget).
-  Cells at tokens before the subject are exactly the corrupted run (nothing differs there) and are not recomputed.
+- the fast path (`method="fast"`, default): the clean and corrupted runs are computed once and cached (every layer's
+  input, output and module outputs; the clean run's states after every prompt token; the corrupted run's states
+  advanced token by token). A restore at token t changes nothing before t and nothing in the layers below the
+  restored one, so each cell starts from the corrupted state after token t-1 and runs only the layers that change
+  (from l+1 for "resid" and "both" (plus layer l itself over tokens t+1.. from its clean state), from l for "state"
+  over tokens t+1..; from the window's first layer for "att", from the layer after it for "ffn", whose first window
+  layer changes only its output at t) over tokens t..end. Cells join one batch layer by layer (samples x cells
+  along the batch axis, within `memory_budget` bytes); window cells with the same first layer share rows until their
+  windows differ. Cells at tokens before the subject are exactly the corrupted run (nothing differs there) and are
+  filled without a forward pass (`skip_unaffected`). Agreement with the reference: float32 rounding (~1e-6).
 
 Stopping: `should_stop` (a callable returning True, or a `threading.Event`) is checked between batches; when it
 fires the result comes back with `complete=False` and NaN in the cells not computed (no exception).
