@@ -847,6 +847,24 @@ def _finish(setup: TraceSetup, spec: TraceSpec, grids, metric: str, complete: bo
                        list(setup.warnings), seconds)
 
 
+def _run_cells_splitting(tracer: _FastTracer, setup: TraceSetup, spec: TraceSpec, t: int, seg0: int, batch: list,
+                         base) -> list[tuple]:
+    """(cell, metrics) for a batch of cells; on a GPU out of memory the batch is split in halves and retried, so a
+    shared GPU under pressure slows a trace down instead of failing it. A single cell that does not fit is an error."""
+    try:
+        logits = tracer.run_cells(spec, t, seg0, batch, base)
+    except torch.cuda.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(batch) == 1:
+            raise InputError("the GPU ran out of memory even for one traced cell: use a shorter prompt, fewer "
+                             "noise samples or bf16 weights") from None
+        half = len(batch) // 2
+        return (_run_cells_splitting(tracer, setup, spec, t, seg0, batch[:half], base)
+                + _run_cells_splitting(tracer, setup, spec, t, seg0, batch[half:], base))
+    return list(zip(batch, setup.metrics_from_logits(logits, setup.n)))
+
+
 def _cells_per_batch(tracer: _FastTracer, Tseg: int, L: int) -> int:
     return max(1, min(L, tracer.budget // max(1, tracer.per_row(Tseg) * tracer.n)))
 
@@ -908,8 +926,7 @@ def trace_grids(setup: TraceSetup, specs: Sequence[TraceSpec], *, metric: str = 
                         stopped = True
                         break
                     batch = cells[b:b + per]
-                    logits = tracer.run_cells(spec, t, seg0, batch, base)
-                    for c, m in zip(batch, setup.metrics_from_logits(logits, setup.n)):
+                    for c, m in _run_cells_splitting(tracer, setup, spec, t, seg0, batch, base):
                         _fill(grids[si], t, c.layer, m)
                     report(len(batch))
                 if stopped:

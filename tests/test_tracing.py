@@ -456,3 +456,32 @@ def test_page_defaults_follow_the_prompt_and_compare_mode_traces_both():
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("plotly_chart")) >= 8  # both runs
     assert len(at.session_state["ct_results"]) == 2
+
+
+def test_gpu_out_of_memory_splits_the_batch_and_gives_the_same_grid(monkeypatch):
+    """A batch that does not fit (simulated: more than 2 cells raises CUDA's OOM error) is halved and retried; the
+    grid equals the unconstrained one. A single cell that does not fit is a one-line InputError."""
+    model = small_model("6")
+    setup = TR.prepare_trace(model, BYTES, PROMPT, SUBJECT, "Zq", samples=2, seed=3)
+    spec = [TR.TraceSpec("block", "both", 10, True)]
+    want = TR.trace_grids(setup, spec)[0].grids["prob"]
+    real = TR._FastTracer.run_cells
+    calls = []
+
+    def tight(self, spec_, t, seg0, batch, base):
+        calls.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, spec_, t, seg0, batch, base)
+
+    monkeypatch.setattr(TR._FastTracer, "run_cells", tight)
+    got = TR.trace_grids(setup, spec)[0].grids["prob"]
+    assert max(calls) > 2 and min(calls) <= 2  # it did split
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+    def never(self, *a):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(TR._FastTracer, "run_cells", never)
+    with pytest.raises(InputError, match="out of memory"):
+        TR.trace_grids(setup, spec)
