@@ -12,24 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_file
+from tests.conftest import APP, PAGE_IDS, PAGES, REPO, shared_file, uses_frame
+from tests.conftest import frame_page as _frame_page
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "app.py"
-PAGES = [APP] + sorted((REPO / "pages").glob("[0-9]*_*.py"))
-PAGE_IDS = [p.stem for p in PAGES]
-
-
-def uses_frame(page: Path) -> bool:
-    """Whether the page builds the shared sidebar (inspector_ui.frame.page_setup)."""
-    return "page_setup(" in page.read_text(encoding="utf-8")
-
-
-def _frame_page(page: Path) -> Path:
-    """Skip a page that does not build the shared sidebar yet: test_page_builds_the_shared_sidebar fails for it."""
-    if not uses_frame(page):
-        pytest.skip(f"{page.name} does not call inspector_ui.frame.page_setup yet")
-    return page
 
 TINY = "shared: tiny-rwkv-5v2-730K-FP32.bin"  # RWKV-5.2, 12 layers, byte tokenizer
 DIGITS = "shared: 260123_reverse_L2_only_rwkv7.pth"  # RWKV-7, 2 layers, digits tokenizer: the fastest model

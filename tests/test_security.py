@@ -20,24 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import shared_file
+from tests.conftest import APP, PAGE_IDS, PAGES, REPO, shared_file, uses_frame
+from tests.conftest import frame_page as _frame_page
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "app.py"
-PAGES = [APP] + sorted((REPO / "pages").glob("[0-9]*_*.py"))
-PAGE_IDS = [p.stem for p in PAGES]
-
-
-def uses_frame(page: Path) -> bool:
-    return "page_setup(" in page.read_text(encoding="utf-8")
-
-
-def _frame_page(page: Path) -> Path:
-    """Skip a page without the shared sidebar (tests/test_app_pages.py::test_page_builds_the_shared_sidebar fails
-    for it, and test_no_widget_takes_a_server_path checks it here)."""
-    if not uses_frame(page):
-        pytest.skip(f"{page.name} does not call inspector_ui.frame.page_setup yet")
-    return page
 TINY_FILE = "tiny-rwkv-5v2-730K-FP32.bin"
 DIGITS_FILE = "260123_reverse_L2_only_rwkv7.pth"
 DIGITS = f"shared: {DIGITS_FILE}"
