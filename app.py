@@ -6,7 +6,6 @@ tokenized prompt with each token's character span, and links to the views.
 """
 from __future__ import annotations
 
-import json
 
 import pandas as pd
 import streamlit as st

@@ -15,7 +15,7 @@ import io
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 try:
     import rwkv_core  # noqa: F401

@@ -15,7 +15,6 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from rwkv_core.checkpoint import load_model
 from rwkv_core.scores import capture_score_inputs, full_scores_all
