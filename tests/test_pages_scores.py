@@ -21,6 +21,7 @@ ATTN_PAGE = str(REPO / "pages" / "1_Attention.py")
 SPAN_PAGE = str(REPO / "pages" / "2_Influence_spans.py")
 DIGITS = "shared: 260123_reverse_L2_only_rwkv7.pth"
 V4 = "shared: tiny-rwkv-4v0-660K-FP32.bin"
+V52 = "shared: tiny-rwkv-5v2-730K-FP32.bin"  # 12 layers x 8 heads: what these tests' layer/head numbers assume
 
 
 def _app(page: str, **state):
@@ -28,6 +29,7 @@ def _app(page: str, **state):
 
     shared_file("tiny-rwkv-5v2-730K-FP32.bin")
     at = AppTest.from_file(page, default_timeout=120)
+    state.setdefault("model", V52)  # not the app's default (the demo model), whose shape may change when retrained
     for k, v in state.items():
         at.session_state[k] = v
     return at
