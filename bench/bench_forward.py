@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--cuda", action="store_true")
+    ap.add_argument("--versions", nargs="+", default=["6", "7"])
     args = ap.parse_args()
     if args.child:
         args.who, args.T = args.child, args.T[0]
@@ -93,7 +94,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 12 layers x 768, 12 heads of 64, V=65536")
     print(f"{'model':6} {'T':>5} {'ours (s)':>9} {'official (s)':>12} {'ratio':>6} {'ours MiB':>9} {'official MiB':>12}")
     with tempfile.TemporaryDirectory() as tmp:
-        for version in ("6", "7"):
+        for version in args.versions:
             ckpt = str(Path(tmp) / f"bench_v{version}.pth")
             write_random_checkpoint(ckpt, version, n_layer=12, n_embd=768, head_size=64, vocab_size=65536, seed=0)
             for T in args.T:
