@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 V4_PP_INIT = -1e30  # the log-scale of the empty past (weight 0)
+FACTOR_SPAN = 60.0  # a chunk whose total log-decay stays above -60 may split its decay factors (e^60 ~ 1e26 < fp32 max)
 
 
 # ---------------------------------------------------------------- v4 (per channel, normalised)
@@ -127,9 +128,14 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
     step = max(1, max_elems // max(1, B * H * L * L * N))
     for g in range(0, nC, step):
         sl = slice(g, g + step)
-        e = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N], <= 0 where i < t
-        e = torch.exp(e.masked_fill(~strict[:, :, None], float("-inf")))  # out of place: autograd (training)
-        A = ((e * kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)  # [B, H, g, L, L]
+        if float(-c[:, :, sl, -1, :].detach().min()) <= FACTOR_SPAN:  # the most negative cumulative log-decay
+            # the chunk's decay stays within e^-FACTOR_SPAN: split e^(ce_t - c_i) = e^ce_t * e^-c_i (no overflow)
+            A = (rc[:, :, sl] * torch.exp(ce[:, :, sl])) @ (kc[:, :, sl] * torch.exp(-c[:, :, sl])).transpose(-1, -2)
+            A = A.masked_fill(~strict, 0.0)  # [B, H, g, L(t), L(i)]
+        else:  # strong decays: form every pairwise factor, each exponent <= 0
+            e = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N], <= 0 where i < t
+            e = torch.exp(e.masked_fill(~strict[:, :, None], float("-inf")))  # out of place: autograd (training)
+            A = ((e * kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)
         y[:, :, sl] = A @ vc[:, :, sl]
     y = y + (rc * u[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc  # bonus (diagonal)
     # inter-chunk: the state entering each chunk (a cheap elementwise scan), then one batched read
