@@ -189,10 +189,14 @@ class CharTokenizer(Tokenizer):
     """One token per character of a small fixed alphabet (task models such as the reverse-digits model)."""
 
     def __init__(self, alphabet: str = DIGITS_ALPHABET, kind: str = "digits"):
+        if not alphabet or len(set(alphabet)) != len(alphabet):
+            raise TokenizerError("a character tokenizer needs a non-empty alphabet without repeats")
         self.alphabet, self.kind, self.vocab_size = alphabet, kind, len(alphabet)
         self._ids = {c: i for i, c in enumerate(alphabet)}
 
     def encode(self, text: str) -> Encoding:
+        if not isinstance(text, str):
+            raise InputError(f"prompt must be a str, not {type(text).__name__}")
         bad = sorted({c for c in text if c not in self._ids})
         if bad:
             raise InputError(f"characters {''.join(bad)!r} are not in this model's alphabet {self.alphabet!r}")

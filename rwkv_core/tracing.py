@@ -69,8 +69,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from rwkv_core.errors import InputError, TokenizerError
-from rwkv_core.tokenizer import Encoding, Tokenizer, tokenizer_for_vocab
+from rwkv_core.errors import InputError
+from rwkv_core.tokenizer import DIGITS_ALPHABET, CharTokenizer, Encoding, Tokenizer, tokenizer_for_vocab
 
 METRICS = ("prob", "logprob", "first_prob", "logit_diff", "recovery")
 MODES = ("resid", "state", "both")
@@ -86,40 +86,12 @@ StopFn = Union[Callable[[], bool], threading.Event, None]
 
 # ------------------------------------------------------------------------------------------------ tokenizers
 
-REVERSE_DIGITS_ALPHABET = "0123456789,#"  # 260123_reverse_L2_only_rwkv7.pth: '0'-'9' -> 0-9, ',' -> 10, '#' -> 11
-
-
-class CharTokenizer(Tokenizer):
-    """One token per character of a fixed alphabet: id = position in `alphabet` (task models such as the
-    reverse-digits model). Spans are (i, i + 1); a character outside the alphabet raises InputError."""
-
-    kind = "chars"
-
-    def __init__(self, alphabet: str):
-        if not alphabet or len(set(alphabet)) != len(alphabet):
-            raise TokenizerError("a character tokenizer needs a non-empty alphabet without repeats")
-        self.alphabet = alphabet
-        self.vocab_size = len(alphabet)
-        self._ids = {c: i for i, c in enumerate(alphabet)}
-
-    def encode(self, text: str) -> Encoding:
-        if not isinstance(text, str):
-            raise InputError(f"prompt must be a str, not {type(text).__name__}")
-        ids = []
-        for i, ch in enumerate(text):
-            if ch not in self._ids:
-                raise InputError(f"character {ch!r} at position {i} is not in this model's vocabulary "
-                                 f"{self.alphabet!r}")
-            ids.append(self._ids[ch])
-        return Encoding(ids, [(i, i + 1) for i in range(len(text))], text)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.alphabet[self._check_id(token_id)].encode("utf-8")
+REVERSE_DIGITS_ALPHABET = DIGITS_ALPHABET  # 260123_reverse_L2_only_rwkv7.pth: '0'-'9' -> 0-9, ',' -> 10, '#' -> 11
 
 
 def reverse_digits_tokenizer() -> CharTokenizer:
     """The vocabulary of BlinkDL's reverse-digits RWKV-7 task model: '0'-'9' -> 0-9, ',' -> 10, '#' -> 11."""
-    return CharTokenizer(REVERSE_DIGITS_ALPHABET)
+    return CharTokenizer(REVERSE_DIGITS_ALPHABET)  # kind "digits"; "chars" is accepted as another name
 
 
 def tokenizer_for_model(model, *, kind: Optional[str] = None, path: Optional[str] = None,

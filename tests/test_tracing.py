@@ -341,7 +341,7 @@ def test_reverse_digits_tokenizer_and_default_example():
 
     model = load_model(shared_file("260123_reverse_L2_only_rwkv7.pth"))
     tok = TR.tokenizer_for_model(model)
-    assert tok.kind == "chars" and tok.encode("12,#").ids == [1, 2, 10, 11]
+    assert tok.kind == "digits" and tok.encode("12,#").ids == [1, 2, 10, 11]
     with pytest.raises(InputError):
         tok.encode("1a")
     setup = TR.prepare_trace(model, tok, "12345,54", "3", "3")
