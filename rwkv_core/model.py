@@ -145,22 +145,30 @@ class TimeMix(nn.Module):
         self.hook_k = HookPoint()  # [B, T, C] key (v7: before the a-dependent modification)
         self.hook_v = HookPoint()  # [B, T, C] value (v7: after the value residual)
         self.hook_w = HookPoint()  # [B, T, C] per-step decay in (0, 1)
+        self.hook_logw = HookPoint()  # [B, T, C] log of the decay, exactly what the WKV kernel uses (<= 0)
         self.hook_wkv = HookPoint()  # [B, T, C] WKV output before ln_x and the gate (v4: wkv)
         self.hook_out = HookPoint()  # [B, T, C] the block's output, after the output projection
         self.hook_shift = HookPoint()  # [B, C] token-shift state after token `pos`
         self.hook_state = HookPoint()  # [B, H, N, N] (v4: [B, 3, C]) WKV state after token `pos`
 
     def _decay_hook(self, logw: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        """Let hook_w see the per-step decay w = exp(logw) as [B, T, C]; return the log-decay, converted back from
-        w only if a hook replaced it (w can underflow to 0 where the log-decay is still finite)."""
-        if not self.hook_w.active:
+        """Let hook_w see (and patch) the per-step decay w = exp(logw) and hook_logw the log-decay the kernel then
+        uses, both as [B, T, C]. w is converted back to a log only if a hook replaced it (w can underflow to 0
+        where the log-decay is still finite)."""
+        if not (self.hook_w.active or self.hook_logw.active):
             return logw
-        C = self.cfg.dim_att
-        w = torch.exp(logw).expand(B, T, *logw.shape[2:]).reshape(B, T, C)
-        patched = self.hook_w(w)
-        if patched is w:
-            return logw
-        return torch.log(patched).view(B, T, *logw.shape[2:]) if logw.dim() == 4 else torch.log(patched)
+        C, tail = self.cfg.dim_att, logw.shape[2:]
+        if self.hook_w.active:
+            w = torch.exp(logw).expand(B, T, *tail).reshape(B, T, C)
+            patched = self.hook_w(w)
+            if patched is not w:
+                logw = torch.log(patched).view(B, T, *tail)
+        if self.hook_logw.active:
+            full = logw.expand(B, T, *tail).reshape(B, T, C)
+            patched = self.hook_logw(full)
+            if patched is not full:
+                logw = patched.view(B, T, *tail)
+        return logw
 
     def use_chunked(self, chunked: bool, positions: Sequence[int], T: int) -> bool:
         """Chunks pay off only if the state is not stopped at most tokens (a state hook at every token)."""
@@ -184,12 +192,9 @@ class TimeMixV4(TimeMix):
         k = self.hook_k(lin(mix(self.time_mix_k), self.key.weight))
         v = self.hook_v(lin(mix(self.time_mix_v), self.value.weight))
         rho = torch.exp(self.time_decay.float())  # [C] per-step log-decay is -rho
-        logw = -rho.expand(B, T, C)
-        if self.hook_w.active:
-            logw = self._decay_hook(logw, B, T)
-        rho_bt = -logw
+        rho_bt = -self._decay_hook(-rho.expand(B, T, C), B, T)
         u = self.time_first.float()
-        if self.hook_w.active and not torch.equal(rho_bt, rho.expand(B, T, C)):  # patched per-token decays
+        if not torch.equal(rho_bt, rho.expand(B, T, C)):  # a hook patched the decay per token
             kern = lambda k_, v_, rho_, s: _wkv4_per_token(k_, v_, rho_, u, s)
             y, state = run_wkv_segments(kern, (k, v, rho_bt), state, self.hook_state, positions)
         else:

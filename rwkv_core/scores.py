@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import threading
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence, Union
 
@@ -217,38 +216,6 @@ def _names_for(version: str, layer: int) -> list[str]:
     return names
 
 
-@contextlib.contextmanager
-def _record_log_decay(model, layers: Sequence[int]):
-    """Record the log-decay that v6/v7 time-mix modules compute (`att.log_decay`) during one forward.
-
-    Capturing `hook_w` would make the model round-trip its decay through exp/log (it does so whenever hook_w is
-    active), which rounds decays within 1e-7 of 1; wrapping `log_decay` records the exact values and changes
-    nothing. Only calls from this thread are recorded; the wrapper is always removed.
-    """
-    rec: dict[int, torch.Tensor] = {}
-    me = threading.get_ident()
-    patched = []
-    try:
-        for l in layers:
-            att = model.blocks[l].att
-            if not hasattr(type(att), "log_decay") or "log_decay" in vars(att):
-                continue
-            orig = att.log_decay
-
-            def wrapper(xw, _orig=orig, _l=l):
-                out = _orig(xw)
-                if threading.get_ident() == me:
-                    rec[_l] = out.detach()
-                return out
-
-            object.__setattr__(att, "log_decay", wrapper)
-            patched.append(att)
-        yield rec
-    finally:
-        for att in patched:
-            object.__delattr__(att, "log_decay")
-
-
 @torch.no_grad()
 def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *,
                         chunked: bool = True) -> tuple[torch.Tensor, list[ScoreInputs]]:
@@ -256,7 +223,7 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
     requested layer (default all), on the model's device.
 
     Uses the hook points hook_r, hook_k (v7: hook_k_tilde, hook_kk, hook_a), hook_v, hook_wkv; the decay comes from
-    the module's parameters (v4, v5) or its `log_decay` (v6, v7), or from hook_w if a caller's hook patches it.
+    hook_logw (the log-decay the kernel used, including any patch a caller's hook made).
     """
     cfg = model.cfg
     version = cfg.version
@@ -272,10 +239,8 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
     if idx.dim() != 1 or idx.numel() == 0:
         raise InputError("tokens must be a non-empty list of ids")
     names = [n for l in layers for n in _names_for(version, l)]
-    patched_w = [l for l in layers if model.blocks[l].att.hook_w.active]  # a caller patches the decay
-    names += [f"blocks.{l}.att.hook_w" for l in patched_w]
-    with _record_log_decay(model, [l for l in layers if l not in patched_w]) as rec:
-        logits, _, cache = model.run_with_cache(idx, names_filter=names, device=model.device, chunked=chunked)
+    names += [f"blocks.{l}.att.hook_logw" for l in layers]  # the log-decay the kernel used, patched or not
+    logits, _, cache = model.run_with_cache(idx, names_filter=names, device=model.device, chunked=chunked)
     T = idx.numel()
     out = []
     for l in layers:
@@ -289,14 +254,7 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
         else:
             H, N = cfg.n_head, cfg.head_size
         hv = lambda x: x.reshape(T, H, N)
-        if l in patched_w:
-            logw = torch.log(get("hook_w"))
-        elif version == "4":
-            logw = (-torch.exp(att.time_decay.float())).reshape(1, C).expand(T, C)
-        elif version in ("5.1", "5.2"):
-            logw = att.decay_and_bonus()[0].reshape(1, C).expand(T, C)
-        else:
-            logw = rec[l][0].float()
+        logw = get("hook_logw")
         u = r_k = kk = a = None
         if version == "4":
             u = att.time_first.float().reshape(H, N)

@@ -65,14 +65,9 @@ def formula_decay(sd: dict, version: str, n_layer: int, dtype=torch.float64) -> 
 
 
 def hook_w_all_layers(model, tokens) -> np.ndarray:
-    """[L, T, C] w captured through hook_w in one forward, in serial (RNN-form) WKV.
-
-    Serial because an active hook_w makes the engine round-trip the decay through exp/log: where w underflows
-    to 0 in fp32 (tiny v6, layer 9) the chunked kernel then meets log 0 = -inf and gives NaN in the layers above;
-    the serial kernel multiplies by w = 0, which is what the unhooked forward does in effect.
-    """
+    """[L, T, C] w captured through hook_w in one forward (a read-only hook leaves the forward unchanged)."""
     names = [f"blocks.{l}.att.hook_w" for l in range(model.cfg.n_layer)]
-    _, _, cache = model.run_with_cache(tokens, names_filter=names, chunked=False)
+    _, _, cache = model.run_with_cache(tokens, names_filter=names)
     return np.stack([cache[n][0].double().numpy() for n in names])
 
 

@@ -219,3 +219,20 @@ def test_state_hook_at_every_token_matches_prefix_runs():
         with torch.no_grad():
             _, s = model(toks[:p + 1])
         assert torch.allclose(states[p], s.wkv[1, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
+def test_hook_logw_is_the_decay_the_kernel_uses(version):
+    """hook_logw shows log w of hook_w; patching it acts like patching hook_w with exp of the same values."""
+    model = _random_model(version, n_layer=2, n_embd=32, head_size=16, seed=5)
+    toks = list(range(3, 30))
+    _, _, cache = model.run_with_cache(toks, names_filter=r"blocks\.1\.att\.hook_(w|logw)")
+    w, logw = cache["blocks.1.att.hook_w"], cache["blocks.1.att.hook_logw"]
+    assert torch.allclose(torch.exp(logw), w, rtol=1e-6, atol=0)
+    half = lambda t, h: t * 0.5  # halve the log-decay = square root of the decay
+    with torch.no_grad():
+        a, _ = model.run_with_hooks(toks, [("blocks.1.att.hook_logw", half)])
+        b, _ = model.run_with_hooks(toks, [("blocks.1.att.hook_w", lambda t, h: torch.sqrt(t))])
+        base, _ = model(toks)
+    assert (a - base).abs().max() > 1e-4
+    assert torch.allclose(a, b, atol=1e-4 * float(base.abs().max()))
