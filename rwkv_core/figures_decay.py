@@ -331,6 +331,8 @@ def cell_from_selection(selection) -> Optional[tuple[int, int]]:
     points = (selection or {}).get("points") or []
     for p in points:
         custom = p.get("customdata")
+        if isinstance(custom, dict):  # Streamlit hands a row of 2-D customdata over as {"0": .., "1": ..}
+            custom = [custom.get(str(i), custom.get(i)) for i in range(len(custom))]
         if isinstance(custom, (list, tuple)) and len(custom) >= 2:
             return int(round(float(custom[0]))), int(round(float(custom[1])))
         if p.get("x") is not None and p.get("y") is not None:

@@ -359,6 +359,8 @@ def test_cell_from_selection():
     point = {"curve_number": 1, "x": 4, "y": 2, "customdata": [4, 2, 3.5]}
     assert FD.cell_from_selection({"points": [point]}) == (4, 2)
     assert FD.cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}) == (3, 1)
+    # what Streamlit actually returns for a 2-D customdata row: a dict keyed by position (x/y point elsewhere)
+    assert FD.cell_from_selection({"points": [{"customdata": {"0": 4, "1": 2}, "x": 9, "y": 9}]}) == (4, 2)
     assert FD.cell_from_selection({"points": []}) is None and FD.cell_from_selection(None) is None
 
 
