@@ -102,13 +102,26 @@ def main() -> int:
           f"{T * L * len(specs)} cells")
     print(f"prepare (clean + corrupted runs, shared by both paths): wall {w_prep:.1f} s, CPU {c_prep:.1f} s")
 
-    fast, fast_cpu = {}, {}
+    # work: (row, token) pairs each block processes; the fast path's are counted as it runs, the reference's are
+    # (1 + samples) rows x S tokens x L blocks per cell. Their ratio bounds the speed-up where time follows work.
+    work = {"rows": 0}
+    block = TR._FastTracer._block
+
+    def counted(self, i, x, *a, **kw):
+        work["rows"] += x.shape[0] * x.shape[1]
+        return block(self, i, x, *a, **kw)
+
+    TR._FastTracer._block = counted
+    fast, fast_cpu, fast_work = {}, {}, {}
     w_fast = c_fast = 0.0
     for sp in specs:
+        work["rows"] = 0
         (res,), w, c = timed(lambda: (TR.trace_grids(setup, [sp]), sync())[0])
-        fast[sp.kind], fast_cpu[sp.kind] = res, c
+        fast[sp.kind], fast_cpu[sp.kind], fast_work[sp.kind] = res, c, work["rows"]
         w_fast, c_fast = w_fast + w, c_fast + c
-        print(f"  fast {sp.label():18s} wall {w:7.1f} s   CPU {c:7.1f} s")
+        print(f"  fast {sp.label():18s} wall {w:7.1f} s   CPU {c:7.1f} s   work {work['rows']:,} block-rows")
+    TR._FastTracer._block = block
+    ref_work_cell = (1 + setup.n) * setup.S * L
     print(f"fast path, full grid: wall {w_fast:.1f} s, CPU {c_fast:.1f} s")
 
     layers = list(range(L)) if args.full_ref else list(range(0, L, args.ref_stride))
@@ -136,11 +149,14 @@ def main() -> int:
     for sp in specs:
         c_sum, k = per_kind[sp.kind]
         ref_kind = c_sum / k * T * L
+        bound = ref_work_cell * T * L / fast_work[sp.kind]
         print(f"  {sp.label():18s} reference {c_sum / k:.3f} s CPU per cell -> {ref_kind:.1f} s per grid; "
-              f"fast {fast_cpu[sp.kind]:.1f} s: {ref_kind / fast_cpu[sp.kind]:.2f}x")
+              f"fast {fast_cpu[sp.kind]:.1f} s: {ref_kind / fast_cpu[sp.kind]:.2f}x (work ratio {bound:.2f}x)")
     print(f"reference path, full grid ({what}): wall {w_ref * scale:.1f} s, CPU {c_ref * scale:.1f} s")
+    total_bound = ref_work_cell * n_all / sum(fast_work.values())
     print(f"speed-up fast vs reference: CPU time {c_ref * scale / c_fast:.2f}x, wall time {w_ref * scale / w_fast:.2f}x "
-          f"(goal >= 5x)")
+          f"(goal >= 5x); work ratio {total_bound:.2f}x = reference block-rows {ref_work_cell * n_all:,} / fast "
+          f"{sum(fast_work.values()):,} (the speed-up if time followed the rows each block processes)")
     print("max |fast - reference| over the reference's cells: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
           + f"; max |difference| / max(1, |value|) = {rel:.1e} -> "
           + ("identical within 1e-5 (float32 rounding)" if rel <= 1e-5 else "DIFFERENT"))

@@ -101,16 +101,17 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor, hook: HookPoint, positions:
 
 
 def run_wkv_segments(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: torch.Tensor, hook: HookPoint,
-                     positions: Sequence[int]):
+                     positions: Sequence[int], need_state: bool = True):
     """Run a WKV function over the tokens, stopping after each position in `positions` to let `hook` see or replace
-    the state. fn(*inputs_slice, state) -> (y, state); inputs are [B, T, ...]."""
+    the state. fn(*inputs_slice, state, need_state=...) -> (y, state); inputs are [B, T, ...]. With need_state
+    False the state after the last token may come back as None (see `wkv`: the caller discards it)."""
     T = seq_inputs[0].shape[1]
     cuts = sorted(set(p for p in positions if 0 <= p < T)) if hook.active else []
     ys, start = [], 0
     for p in cuts + [T - 1]:
         if p < start:
             continue
-        y, state = fn(*(t[:, start:p + 1] for t in seq_inputs), state)
+        y, state = fn(*(t[:, start:p + 1] for t in seq_inputs), state, need_state=need_state or p in cuts)
         ys.append(y)
         if p in cuts:
             state = hook(state, pos=p)
@@ -184,7 +185,7 @@ class TimeMixV4(TimeMix):
         self.time_mix_k, self.time_mix_v, self.time_mix_r = _vec(C), _vec(C), _vec(C)
         self.key, self.value, self.receptance, self.output = (_linear(C, C) for _ in range(4))
 
-    def forward(self, x, shift, state, v_first, positions, chunked: bool):
+    def forward(self, x, shift, state, v_first, positions, chunked: bool, need_state: bool = True):
         B, T, C = x.shape
         xx, shift = token_shift(x, shift, self.hook_shift, positions)
         mix = lambda m: x * m + xx * (1 - m)
@@ -195,12 +196,12 @@ class TimeMixV4(TimeMix):
         rho_bt = -self._decay_hook(-rho.expand(B, T, C), B, T)
         u = self.time_first.float()
         if not torch.equal(rho_bt, rho.expand(B, T, C)):  # a hook patched the decay per token
-            kern = lambda k_, v_, rho_, s: _wkv4_per_token(k_, v_, rho_, u, s)
-            y, state = run_wkv_segments(kern, (k, v, rho_bt), state, self.hook_state, positions)
+            kern = lambda k_, v_, rho_, s, need_state: _wkv4_per_token(k_, v_, rho_, u, s)
+            y, state = run_wkv_segments(kern, (k, v, rho_bt), state, self.hook_state, positions, need_state)
         else:
             kern = wkv.wkv4_chunked if self.use_chunked(chunked, positions, T) else wkv.wkv4_serial
-            y, state = run_wkv_segments(lambda k_, v_, s: kern(k_, v_, rho, u, s), (k, v), state,
-                                        self.hook_state, positions)
+            y, state = run_wkv_segments(lambda k_, v_, s, need_state: kern(k_, v_, rho, u, s, need_state=need_state),
+                                        (k, v), state, self.hook_state, positions, need_state)
         y = self.hook_wkv(y)
         out = self.hook_out(lin(r * y, self.output.weight))
         return out, shift, state, v_first
@@ -215,13 +216,14 @@ def _wkv4_per_token(k, v, rho_bt, u, state):
     return torch.cat(ys, 1), state
 
 
-def _wkv5_run(r, k, v, logw, u, state, hook: HookPoint, positions, chunked: bool, H: int, N: int):
+def _wkv5_run(r, k, v, logw, u, state, hook: HookPoint, positions, chunked: bool, H: int, N: int,
+              need_state: bool = True):
     """Heads view of v5/v6 inputs [B, T, C] -> WKV output [B, T, C] and the new state [B, H, N, N]."""
     B, T, C = r.shape
     kern = wkv.wkv5_chunked if chunked else wkv.wkv5_serial
     heads = lambda t: t.reshape(B, T, H, N)
-    y, state = run_wkv_segments(lambda r_, k_, v_, w_, s: kern(r_, k_, v_, w_, u, s),
-                                (heads(r), heads(k), heads(v), logw), state, hook, positions)
+    y, state = run_wkv_segments(lambda r_, k_, v_, w_, s, need_state: kern(r_, k_, v_, w_, u, s, need_state=need_state),
+                                (heads(r), heads(k), heads(v), logw), state, hook, positions, need_state)
     return y.reshape(B, T, C), state
 
 
@@ -255,7 +257,7 @@ class TimeMixV5(TimeMix):
         logw = -torch.exp(self.time_decay.float())[:, None].expand(H, N)
         return logw, torch.exp(self.time_first.float())[:, None].expand(H, N)
 
-    def forward(self, x, shift, state, v_first, positions, chunked: bool):
+    def forward(self, x, shift, state, v_first, positions, chunked: bool, need_state: bool = True):
         B, T, C = x.shape
         H, N = self.cfg.n_head, self.cfg.head_size
         xx, shift = token_shift(x, shift, self.hook_shift, positions)
@@ -266,7 +268,7 @@ class TimeMixV5(TimeMix):
         logw, u = self.decay_and_bonus()
         logw = self._decay_hook(logw.expand(B, T, H, N), B, T)
         y, state = _wkv5_run(r, k, v, logw, u, state, self.hook_state, positions,
-                             self.use_chunked(chunked, positions, T), H, N)
+                             self.use_chunked(chunked, positions, T), H, N, need_state)
         y = group_norm(self.hook_wkv(y), H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps)
         if self.gated:
             y = y * self.hook_g(F.silu(lin(mix(self.time_mix_g), self.gate.weight)))
@@ -298,7 +300,7 @@ class TimeMixV6(TimeMix):
         d = self.time_decay.float() + mm(torch.tanh(mm(xw, self.time_decay_w1)), self.time_decay_w2)
         return -torch.exp(d)
 
-    def forward(self, x, shift, state, v_first, positions, chunked: bool):
+    def forward(self, x, shift, state, v_first, positions, chunked: bool, need_state: bool = True):
         B, T, C = x.shape
         H, N = self.cfg.n_head, self.cfg.head_size
         xx, shift = token_shift(x, shift, self.hook_shift, positions)
@@ -314,7 +316,7 @@ class TimeMixV6(TimeMix):
         g = self.hook_g(F.silu(lin(xg, self.gate.weight)))
         logw = self._decay_hook(self.log_decay(xw).view(B, T, H, N), B, T)
         y, state = _wkv5_run(r, k, v, logw, self.time_faaaa.float(), state, self.hook_state, positions,
-                             self.use_chunked(chunked, positions, T), H, N)
+                             self.use_chunked(chunked, positions, T), H, N, need_state)
         y = group_norm(self.hook_wkv(y), H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps) * g
         return self.hook_out(lin(y, self.output.weight)), shift, state, v_first
 
@@ -348,7 +350,7 @@ class TimeMixV7(TimeMix):
         """log w_t = -e^-0.5 sigmoid(w0 + tanh(xw w1) w2): [B, T, C], float32, in (-0.607, 0)."""
         return -V7_DECAY_SCALE * torch.sigmoid(self.w0.float() + mm(torch.tanh(mm(xw, self.w1)), self.w2))
 
-    def forward(self, x, shift, state, v_first, positions, chunked: bool):
+    def forward(self, x, shift, state, v_first, positions, chunked: bool, need_state: bool = True):
         B, T, C = x.shape
         H, N = self.cfg.n_head, self.cfg.head_size
         xx, shift = token_shift(x, shift, self.hook_shift, positions)
@@ -371,7 +373,7 @@ class TimeMixV7(TimeMix):
         kern = wkv.wkv7_chunked if self.use_chunked(chunked, positions, T) else wkv.wkv7_serial
         heads = lambda t: t.reshape(B, T, H, N)
         y, state = run_wkv_segments(kern, (heads(r), heads(logw), heads(k), heads(v), heads(-kk), heads(kk * a)),
-                                    state, self.hook_state, positions)
+                                    state, self.hook_state, positions, need_state)
         y = self.hook_wkv(y.reshape(B, T, C))
         y = group_norm(y, H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps)
         bonus = (r * k * self.r_k.float().view(C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
@@ -440,11 +442,14 @@ class Block(nn.Module):
         self.hook_resid_mid = HookPoint()  # [B, T, C] after the time-mix
         self.hook_resid_post = HookPoint()  # [B, T, C] after the channel-mix: the block's output
 
-    def forward(self, x, att_shift, wkv_state, ffn_shift, v_first, positions, chunked: bool):
+    def forward(self, x, att_shift, wkv_state, ffn_shift, v_first, positions, chunked: bool, need_state: bool = True):
+        """One block on x [B, T, C]. The WKV state may have fewer rows than x (shared by groups of rows, see
+        `wkv`); need_state=False: the caller discards the WKV state after the last token (it may be None)."""
         if hasattr(self, "ln0"):
             x = F.layer_norm(x, x.shape[-1:], self.ln0.weight.float(), self.ln0.bias.float())
         x = self.hook_resid_pre(x)
-        h, att_shift, wkv_state, v_first = self.att(_ln(self.ln1, x), att_shift, wkv_state, v_first, positions, chunked)
+        h, att_shift, wkv_state, v_first = self.att(_ln(self.ln1, x), att_shift, wkv_state, v_first, positions, chunked,
+                                                    need_state)
         x = x + h
         if hasattr(self, "resid_bias"):
             x = x + self.resid_bias.float()

@@ -621,8 +621,10 @@ class _FastTracer:
         z = self.model.zero_state(self.n)
         return z.att_shift[l], z.wkv[l], z.ffn_shift[l]
 
-    def _block(self, i: int, x, state: tuple, vf, patch: Optional[tuple] = None):
-        """Block i on x [B, Tseg, C] (block 0: x is its input after ln0, forced through hook_resid_pre)."""
+    def _block(self, i: int, x, state: tuple, vf, patch: Optional[tuple] = None, need_state: bool = True):
+        """Block i on x [B, Tseg, C] (block 0: x is its input after ln0, forced through hook_resid_pre).
+        The WKV state may be shared by groups of rows (fewer rows than x, see `wkv`); need_state=False when the
+        state after the segment is not used (the kernel then skips forming it)."""
         model = self.model
         hooks = []
         if i == 0:
@@ -630,7 +632,7 @@ class _FastTracer:
         if patch is not None:
             hooks.append(patch)
         with _attached(model, hooks):
-            y, a, s, f, vf = model.blocks[i](x, state[0], state[1], state[2], vf, (), True)
+            y, a, s, f, vf = model.blocks[i](x, state[0], state[1], state[2], vf, (), True, need_state)
         return y, (a, s, f), vf
 
     def corrupt_states_after(self, p: int) -> list[tuple]:
@@ -658,7 +660,7 @@ class _FastTracer:
     def clean_state(self, l: int, t: int) -> tuple:
         c = self.s.clean_cache
         n = self.n
-        return (c["att_shift"][l, t].expand(n, -1).clone(), _rep(c["wkv"][l, t][None], n),
+        return (c["att_shift"][l, t].expand(n, -1).clone(), c["wkv"][l, t][None],  # WKV: one row, shared
                 c["ffn_shift"][l, t].expand(n, -1).clone())
 
     # -------------------------------------------------------------- cells
@@ -699,7 +701,8 @@ class _FastTracer:
                 rest = self.xin[l + 1][:, t + 1:]
             else:  # both: layer l runs tokens t+1.. from its clean state after t
                 vf_side = vfc[:, t + 1:] if (self.v7 and l > 0) else None
-                rest, _, vf_out = self._block(l, self.xin[l][:, t + 1:], self.clean_state(l, t), vf_side)
+                rest, _, vf_out = self._block(l, self.xin[l][:, t + 1:], self.clean_state(l, t), vf_side,
+                                              need_state=False)
                 if self.v7 and l == 0:
                     vf = torch.cat([vf[:, :1], vf_out], 1)
             cell.x = torch.cat([top, rest], 1)
@@ -753,7 +756,10 @@ class _FastTracer:
                     x = x[idx]
                     vf = vf[idx] if vf is not None else None
                 groups = split
-                st = [_rep(part, len(groups)) for part in base[i]]
+                if any(g[0].join == i and g[0].state is not None for g in groups):
+                    st = [_rep(part, len(groups)) for part in base[i]]
+                else:  # every group starts from the corrupted WKV state: shared, not copied (see `wkv`)
+                    st = [_rep(base[i][0], len(groups)), base[i][1], _rep(base[i][2], len(groups))]
                 for j, g in enumerate(groups):
                     c = g[0]
                     if c.join == i and c.state is not None:
@@ -773,7 +779,7 @@ class _FastTracer:
                         return o
 
                     patch = (name, restore_out)
-                x, _, vf = self._block(i, x, st, vf, patch)
+                x, _, vf = self._block(i, x, st, vf, patch, need_state=False)
         # logits at the answer positions: computed ones from the segment, earlier ones from the corrupted run
         order = {id(c): j for j, g in enumerate(groups) for c in g}
         rel = [p - seg0 for p in ans_pos if p >= seg0]

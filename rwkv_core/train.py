@@ -192,10 +192,10 @@ def save_official(model: RWKV, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- kernel
 
 
-def wkv7_chunked_train(r, logw, k, v, alpha, beta, state, chunk: int = 16):
+def wkv7_chunked_train(r, logw, k, v, alpha, beta, state, chunk: int = 16, need_state: bool = True):
     """`rwkv_core.wkv.wkv7_chunked` with the chunk loop written for autograd: chunks are taken with `unbind` and
     the outputs joined with `stack` (indexing and slice assignment inside the loop make every backward step
-    allocate and add full-size gradient tensors). Same operations, same values."""
+    allocate and add full-size gradient tensors). Same operations, same values; the state is always formed."""
     B, T, H, N = r.shape
     L = chunk
     if T <= 1 or float(-logw.detach().min()) * L > 40.0:

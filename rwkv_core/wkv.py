@@ -19,6 +19,44 @@ V4_PP_INIT = -1e30  # the log-scale of the empty past (weight 0)
 FACTOR_SPAN = 60.0  # a chunk whose total log-decay stays above -60 may split its decay factors (e^60 ~ 1e26 < fp32 max)
 
 
+# ---------------------------------------------------------------- shared states
+#
+# Every kernel accepts an incoming state with fewer rows than the inputs: Bs rows for B = G * Bs input rows, row b
+# starting from state row b % Bs (G groups of rows that share their starting states: causal tracing runs many
+# restored cells from the same corrupted states). The chunked kernels then read each state once, and with
+# `need_state=False` (the caller discards the state after the segment) they skip forming it: for a short segment
+# with shared states that is most of a kernel's memory traffic. With `need_state=False` a kernel may return None
+# as the state.
+
+
+def _chunk_len(chunk: int, T: int, need_state: bool) -> int:
+    """Chunk length: `chunk`, the tokens zero-padded to whole chunks, so that a run cut at a hook position computes
+    the tokens before the cut bit for bit as the uncut run does; a segment whose state is discarded (nothing
+    continues from it: tracing's restored cells) and shorter than a chunk is one unpadded chunk instead."""
+    return max(1, T) if (not need_state and T < chunk) else chunk
+
+
+def _rows(state: torch.Tensor, B: int) -> torch.Tensor:
+    """The state materialised for B input rows (row b gets state row b % Bs)."""
+    Bs = state.shape[0]
+    if Bs == B:
+        return state
+    if Bs == 0 or B % Bs:
+        raise ValueError(f"a state of {Bs} rows cannot start {B} input rows (a multiple is needed)")
+    return state.repeat(B // Bs, *([1] * (state.dim() - 1)))
+
+
+def _shared_mm(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x [B, H, L, N] @ m [Bs, H, N, M] with row b using m[b % Bs]: one matmul per shared matrix."""
+    B, Bs = x.shape[0], m.shape[0]
+    if B == Bs:
+        return x @ m
+    _rows(m[:, :0], B)  # the shape check
+    G, (H, L, N) = B // Bs, x.shape[1:]
+    xs = x.reshape(G, Bs, H, L, N).permute(1, 2, 0, 3, 4).reshape(Bs, H, G * L, N)
+    return (xs @ m).reshape(Bs, H, G, L, -1).permute(2, 0, 1, 3, 4).reshape(B, H, L, -1)
+
+
 # ---------------------------------------------------------------- v4 (per channel, normalised)
 
 
@@ -28,12 +66,14 @@ def v4_zero_state(B: int, C: int, device=None, dtype=torch.float32) -> torch.Ten
     return s
 
 
-def wkv4_serial(k: torch.Tensor, v: torch.Tensor, rho: torch.Tensor, u: torch.Tensor, state: torch.Tensor):
+def wkv4_serial(k: torch.Tensor, v: torch.Tensor, rho: torch.Tensor, u: torch.Tensor, state: torch.Tensor,
+                need_state: bool = True):
     """RWKV-4 wkv, token by token, with the official stable (aa, bb, pp) recurrence.
 
     k, v [B, T, C]; rho = exp(time_decay) [C] (> 0, per-step log-decay is -rho); u = time_first [C];
     state [B, 3, C]. Returns wkv [B, T, C] and the new state.
     """
+    state = _rows(state, k.shape[0])
     aa, bb, pp = state[:, 0], state[:, 1], state[:, 2]
     out = []
     for t in range(k.shape[1]):
@@ -49,9 +89,10 @@ def wkv4_serial(k: torch.Tensor, v: torch.Tensor, rho: torch.Tensor, u: torch.Te
     return torch.stack(out, 1), torch.stack([aa, bb, pp], 1)
 
 
-def wkv4_chunked(k, v, rho, u, state, chunk: int = 32):
+def wkv4_chunked(k, v, rho, u, state, chunk: int = 32, need_state: bool = True):
     """RWKV-4 wkv over chunks: inside a chunk every (query, source) weight at once, max-shifted in log space."""
     B, T, C = k.shape
+    state = _rows(state, B)
     aa, bb, pp = state[:, 0], state[:, 1], state[:, 2]
     outs = []
     for s in range(0, T, chunk):
@@ -85,11 +126,12 @@ def wkv4_chunked(k, v, rho, u, state, chunk: int = 32):
 # ---------------------------------------------------------------- v5 / v6 (diagonal decay, read then decay)
 
 
-def wkv5_serial(r, k, v, logw, u, state):
+def wkv5_serial(r, k, v, logw, u, state, need_state: bool = True):
     """v5.x/v6 WKV token by token: y_t = r_t (diag(u) k_t^T v_t + S_{t-1}); S_t = diag(w_t) S_{t-1} + k_t^T v_t.
 
     r, k, v, logw [B, T, H, N] (logw = log of the per-step decay, <= 0); u [H, N]; state [B, H, N, N] (key, value).
     """
+    state = _rows(state, r.shape[0])
     w = torch.exp(logw)
     ys = []
     for t in range(r.shape[1]):
@@ -113,10 +155,10 @@ def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(B, nC * L, H, N)[:, :T]
 
 
-def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 << 25):
+def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 << 25, need_state: bool = True):
     """v5.x/v6 WKV over chunks; equal to `wkv5_serial`. Padding tokens carry k = 0 and log-decay 0 (no effect)."""
     B, T, H, N = r.shape
-    L = chunk
+    L = _chunk_len(chunk, T, need_state)
     logw = logw.clamp(min=-1e4)  # a decay of exactly 0 (log -inf) would make inf - inf below; e^-1e4 is 0 too
     rc, kc, vc, lw = (_to_chunks(x, L) for x in (r, k, v, logw))  # [B, H, nC, L, N]
     c = torch.cumsum(lw, 3)  # inclusive log-decay within the chunk
@@ -138,6 +180,10 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
             A = ((e * kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)
         y[:, :, sl] = A @ vc[:, :, sl]
     y = y + (rc * u[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc  # bonus (diagonal)
+    if nC == 1 and not need_state:  # one read of the (possibly shared) incoming state, no state formed
+        y[:, :, 0] += _shared_mm(rc[:, :, 0] * torch.exp(ce[:, :, 0]), state)
+        return _from_chunks(y, T), None
+    state = _rows(state, B)
     # inter-chunk: the state entering each chunk (a cheap elementwise scan), then one batched read
     c_last = c[:, :, :, -1:, :]  # [B, H, nC, 1, N]
     kv = (kc * torch.exp(c_last - c)).transpose(-1, -2) @ vc  # [B, H, nC, N, N]: each chunk's writes at its end
@@ -153,11 +199,12 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
 # ---------------------------------------------------------------- v7 (diagonal decay plus rank-1 removal, update then read)
 
 
-def wkv7_serial(r, logw, k, v, alpha, beta, state):
+def wkv7_serial(r, logw, k, v, alpha, beta, state, need_state: bool = True):
     """v7 WKV token by token: S_t = S_{t-1} (diag(w_t) + alpha_t^T beta_t) + v_t^T k_t;  y_t = S_t r_t^T.
 
     r, logw, k (the modified key k~), v, alpha (= -kk), beta (= kk * a): [B, T, H, N]; state [B, H, N, N] (value, key).
     """
+    state = _rows(state, r.shape[0])
     w = torch.exp(logw)
     ys = []
     for t in range(r.shape[1]):
@@ -168,7 +215,7 @@ def wkv7_serial(r, logw, k, v, alpha, beta, state):
     return torch.stack(ys, 1), state
 
 
-def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16):
+def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16, need_state: bool = True):
     """v7 WKV over chunks; equal to `wkv7_serial`.
 
     Inside a chunk the removed values z_t = S_{t-1} alpha_t^T solve a unit lower-triangular system (the state is
@@ -177,7 +224,7 @@ def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16):
     A decay outside that range (not a v7 model) falls back to the serial form.
     """
     B, T, H, N = r.shape
-    L = chunk
+    L = _chunk_len(chunk, T, need_state)
     if T <= 1 or float(-logw.detach().min()) * L > 40.0:
         return wkv7_serial(r, logw, k, v, alpha, beta, state)
     rc, kc, vc, ac, bc, lw = (_to_chunks(x, L) for x in (r, k, v, alpha, beta, logw))  # [B, H, nC, L, N]
@@ -205,9 +252,10 @@ def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16):
     nC = rc.shape[2]
     y = torch.empty_like(vc)
     for j in range(nC):
-        S_T = state.transpose(-1, -2)  # [B, H, key, value]
-        Z = W_a[:, :, j] @ S_T + U[:, :, j]  # [B, H, L, value]
-        y[:, :, j] = r_t[:, :, j] @ S_T + Q_b[:, :, j] @ Z + y_local[:, :, j]
-        state = (state * dec[:, :, j, None, :] + Z.transpose(-1, -2) @ b_end[:, :, j]
-                 + vc[:, :, j].transpose(-1, -2) @ k_end[:, :, j])
-    return _from_chunks(y, T), state
+        S_T = state.transpose(-1, -2)  # [B or Bs, H, key, value]
+        Z = _shared_mm(W_a[:, :, j], S_T) + U[:, :, j]  # [B, H, L, value]
+        y[:, :, j] = _shared_mm(r_t[:, :, j], S_T) + Q_b[:, :, j] @ Z + y_local[:, :, j]
+        if j + 1 < nC or need_state:
+            state = (_rows(state, B) * dec[:, :, j, None, :] + Z.transpose(-1, -2) @ b_end[:, :, j]
+                     + vc[:, :, j].transpose(-1, -2) @ k_end[:, :, j])
+    return _from_chunks(y, T), (state if need_state else None)

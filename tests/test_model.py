@@ -114,6 +114,50 @@ def test_chunked_kernels_equal_serial_in_float64(version):
     assert (s1 - s2).abs().max() < 1e-10 * max(1.0, float(s1.abs().max()))
 
 
+@pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
+@pytest.mark.parametrize("T", [1, 5, 16, 21])
+def test_kernels_with_shared_states_and_no_state_equal_serial(version, T):
+    """G groups of rows starting from Bs shared states (row b from state b % Bs), with and without the final state
+    (need_state=False: a short segment is one unpadded chunk), equal the serial kernel on materialised states."""
+    torch.manual_seed(1)
+    G, Bs, H, N = 3, 2, 2, 8
+    B = G * Bs
+    f64 = dict(dtype=torch.float64)
+    r, k, v = (torch.randn(B, T, H, N, **f64) for _ in range(3))
+    if version == "4":
+        C = H * N
+        kk_, vv = k.reshape(B, T, C) * 3, v.reshape(B, T, C)
+        rho, u = torch.exp(torch.randn(C, **f64)), torch.randn(C, **f64)
+        s0 = torch.stack([torch.randn(Bs, C, **f64), torch.rand(Bs, C, **f64) + 0.5, torch.randn(Bs, C, **f64)], 1)
+        args, serial, chunked = (kk_, vv, rho, u), wkv.wkv4_serial, wkv.wkv4_chunked
+    elif version == "7":
+        logw = -0.6065 * torch.sigmoid(torch.randn(B, T, H, N, **f64))
+        kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, **f64), dim=-1)
+        a = torch.sigmoid(torch.randn(B, T, H, N, **f64))
+        s0 = torch.randn(Bs, H, N, N, **f64)
+        args, serial, chunked = (r, logw, k, v, -kk, kk * a), wkv.wkv7_serial, wkv.wkv7_chunked
+    else:
+        scale = 2.0 if version == "5.2" else 0.5
+        logw = -torch.exp(torch.randn(B, T, H, N, **f64) * scale - (0 if version == "5.2" else 1.5))
+        u = torch.randn(H, N, **f64)
+        s0 = torch.randn(Bs, H, N, N, **f64)
+        args, serial, chunked = (r, k, v, logw, u), wkv.wkv5_serial, wkv.wkv5_chunked
+    full = s0.repeat(G, *([1] * (s0.dim() - 1)))  # [B, ...]: row b = s0[b % Bs]
+    y1, s1 = serial(*args, full)
+    tol = 1e-10 * max(1.0, float(y1.abs().max()))
+    y2, s2 = chunked(*args, s0)  # shared states, final state formed
+    assert (y2 - y1).abs().max() < tol and (s2 - s1).abs().max() < 1e-10 * max(1.0, float(s1.abs().max()))
+    y3, s3 = chunked(*args, s0, need_state=False)
+    assert (y3 - y1).abs().max() < tol
+    assert s3 is None or (s3 - s1).abs().max() < 1e-10 * max(1.0, float(s1.abs().max()))
+    y4, _ = serial(*args, s0)  # the serial kernels take shared states too
+    assert (y4 - y1).abs().max() < tol
+    if version != "4" and 1 < T <= 16:
+        assert s3 is None  # a segment that fits one chunk skips forming the state
+    with pytest.raises(ValueError, match="multiple"):
+        chunked(*args, s0[:1].repeat(4, *([1] * (s0.dim() - 1))))  # 4 states cannot start 6 rows
+
+
 def _random_model(version, **kw) -> RWKV:
     sd = random_state_dict(version, **kw)
     return RWKV.from_state_dict(detect_config(sd), sd)
