@@ -15,21 +15,20 @@ cell the reference computed (max abs difference of the probability and the log-p
 Times are CPU time of this process (`time.process_time`, robust on a shared, oversubscribed machine) and wall
 time. Run: `python bench/bench_tracing.py [--version 7] [--threads 1] [--ref-stride 6 | --full-ref]`.
 
-Measured (2026-11-25, this repo's CI machine: 2 x86_64 cores shared with other jobs, load 3-7, torch 2.13 CPU,
-1 thread, defaults): fast path 339 s CPU for the 792 cells (block/both 104 s, att 117 s, ffn 118 s); reference
-1.10 s CPU per cell, 869 s extrapolated from 132 cells; speed-up 2.56x in CPU time (2.80x / 2.45x / 2.46x per
-kind; 1.79x in wall time on the loaded machine); max |difference| / max(1, |value|) = 2.7e-6 (float32 rounding).
-No GPU was available.
+Measured (2026-11-25, 2-core x86_64 CPU, torch 2.13 CPU, 1 thread, defaults; one training job ran on the other
+core): fast path 200 s CPU for the 792 cells (block/both 64 s, att 71 s, ffn 66 s); reference 0.96 s CPU per cell,
+760 s extrapolated from 132 cells; speed-up 3.80x in CPU time (3.95x / 3.56x / 3.90x per kind); max |difference| /
+max(1, |value|) = 2.9e-6 (float32 rounding). No GPU was available. (Before the shared-state kernels: 2.56x.)
 
-Why not 5x on a CPU. Per cell the reference runs L = 24 layers x 11 tokens x 11 rows. The fast path runs only the
-layers above the restore and only tokens t..10: for block/both 300 of 576 (cell, layer) pairs per token and 6 of 11
-tokens on average, so at most ~3.9x fewer matmul FLOPs; for the windows (ROME's 10 layers, the window's lower edge
-is where the change starts) 370 of 576 pairs, at most ~3.1x. The engine's chunked WKV kernel costs about the same
-per (row, layer) whatever the segment length (one padded 16-token chunk; ~0.9 ms per row at width 1024, about as
-much as 5 tokens of the layer's matmuls), and that part only shrinks with the (cell, layer) count: ~2x. Measured
-2.5-2.8x is within ~20 % of that bound. A GPU, where the reference's batch of 11 is launch-bound and the fast
-path's batches of up to 240 rows are not, or a WKV kernel that skips the padding and the final state for short
-segments, would move it further.
+Why not 5x on a CPU. The fast path processes 790,730 (row, token) pairs through blocks for the full grid, the
+reference 2,509,056 (11 rows x 12 tokens x 24 blocks per cell): a work ratio of 3.17x (3.62x / 2.91x / 3.07x per
+kind; printed by this script). Prefix reuse cannot skip more: a restore at (t, l) changes every later token in every
+layer above l (and, through the state, layer l itself), and all of those feed the answer. The fast path already runs
+each of its rows ~20 % cheaper than the reference does (one unpadded WKV chunk per short segment, the corrupted states
+shared by all cells of a batch instead of copied, no final state formed), which is why 3.80x > 3.17x; the matrix
+products of the blocks are ~60 % of what is left, at the same efficiency as in the reference. On a GPU, where the
+reference's batch of 11 rows is launch-bound and the fast path's batches of up to 240 rows are not, the ratio should
+be far higher: `--device cuda` measures it.
 """
 from __future__ import annotations
 
