@@ -105,6 +105,56 @@ def copying_heads(model, probes) -> dict:
             "share": [[round(float(x), 4) for x in row] for row in share]}
 
 
+def _word_starts(text: str, offset: int) -> dict[str, int]:
+    """Start index of each space-separated word of `text` (which starts at `offset` in the prompt)."""
+    out, i = {}, offset
+    for w in text.split(" "):
+        if w:
+            out.setdefault(w, i)
+        i += len(w) + 1
+    return out
+
+
+@torch.no_grad()
+def queue_heads(model, probes) -> dict:
+    """For every (layer, head), on "repeat" probes: the share of probes where the NET R·W·K score of a listed word,
+    its score at its first-letter in the list plus its score at its first letter in the repeat so far, is largest
+    for the word to be said next.
+
+    A delta-rule (v7) head can keep the list as a queue: each word is written at its first occurrence and erased
+    again where it is repeated (a negative score of about the same size), so what is left in the state is the words
+    not yet repeated. The per-token argmax of such a head is on the list's first word (its positive score is
+    cancelled by its repeat's negative one), so `copying_heads` misses it; this measure sees it.
+    """
+    from rwkv_core.demo_corpus import REPEAT_AGAIN, REPEAT_HEADER
+    from rwkv_core.scores import capture_score_inputs, row_and_column
+
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    hits = torch.zeros(L, H)
+    n = 0
+    for p in probes:
+        if p.kind != "repeat":
+            continue
+        again = p.prompt.index("\n" + REPEAT_AGAIN) + 1
+        first = _word_starts(p.prompt[len(REPEAT_HEADER) + 1:again - 1], len(REPEAT_HEADER) + 1)
+        second = _word_starts(p.prompt[again + len(REPEAT_AGAIN) + 1:], again + len(REPEAT_AGAIN) + 1)
+        words = list(first)
+        toks = encode(p.prompt)
+        row = row_and_column(capture_score_inputs(model, toks), len(toks) - 1, spans=False)["row"]  # [L, H, T]
+        net = row[:, :, [first[w] for w in words]].clone()  # [L, H, W]
+        for j, w in enumerate(words):
+            if w in second:
+                net[:, :, j] += row[:, :, second[w]]
+        best = net.argmax(-1)  # [L, H]
+        hits += (torch.tensor([first[w] for w in words])[best] == p.source_char_index).float()
+        n += 1
+    share = hits / max(1, n)
+    b = int(share.argmax())
+    bl, bh = divmod(b, H)
+    return {"best_layer": bl, "best_head": bh, "best_share": float(share[bl, bh]),
+            "share": [[round(float(x), 4) for x in r] for r in share]}
+
+
 def tracing_effect(model, example: Optional[dict] = None, samples: int = 10, noise: float = 3.0) -> dict:
     """Causal tracing (kind block, mode both, metric prob) on a fact prompt (default the Eiffel Tower).
 
@@ -130,9 +180,15 @@ def tracing_effect(model, example: Optional[dict] = None, samples: int = 10, noi
             "last_token_share": (last_tok - corrupt) / effect if effect > 0 else float("nan")}
 
 
+RETRIEVAL_TASKS = ("kv", "repeat")  # the corpus' two copying tasks (see rwkv_core.demo_corpus)
+
+
 def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_head_probes: int = 100,
-             with_train_phrasings: bool = False) -> dict:
-    """Every metric of a demo checkpoint, as a JSON-able dict."""
+             with_train_phrasings: bool = False, retrieval_task: str = "kv") -> dict:
+    """Every metric of a demo checkpoint, as a JSON-able dict. Both retrieval tasks are measured (accuracy and
+    copying heads); `retrieval_task` names the one the model card states as the model's retrieval metric."""
+    if retrieval_task not in RETRIEVAL_TASKS:
+        raise ValueError(f"retrieval_task must be one of {RETRIEVAL_TASKS}, not {retrieval_task!r}")
     from rwkv_core.checkpoint import load_model
 
     t0 = time.time()
@@ -145,10 +201,13 @@ def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_hea
     if with_train_phrasings:
         out["fact_recall_train_phrasings"] = {k: v for k, v in fact_recall(model, train_fact_prompts()).items()
                                               if k in ("accuracy", "n_prompts")}
-    probes = retrieval_probes(probe_seed, n_probes, "kv")
-    out["retrieval_kv"] = retrieval_accuracy(model, probes)
-    out["retrieval_repeat"] = retrieval_accuracy(model, retrieval_probes(probe_seed, n_probes, "repeat"))
-    out["copying_head"] = copying_heads(model, probes[:n_head_probes])
+    out["retrieval_task"] = retrieval_task
+    for task in RETRIEVAL_TASKS:
+        probes = retrieval_probes(probe_seed, n_probes, task)
+        out[f"retrieval_{task}"] = retrieval_accuracy(model, probes)
+        out[f"copying_head_{task}"] = copying_heads(model, probes[:n_head_probes])
+        if task == "repeat":
+            out["queue_head_repeat"] = queue_heads(model, probes[:n_head_probes])
     out["tracing"] = tracing_effect(model)
     out["seconds"] = round(time.time() - t0, 1)
     return out
@@ -156,12 +215,19 @@ def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_hea
 
 def card_metrics(result: dict) -> dict:
     """The summary of `evaluate` that a model card stores under "metrics" (what the tests compare with)."""
-    ch, tr = result["copying_head"], result["tracing"]
+    task, tr = result["retrieval_task"], result["tracing"]
+    heads = {t: {"layer": result[f"copying_head_{t}"]["best_layer"], "head": result[f"copying_head_{t}"]["best_head"],
+                 "share": round(result[f"copying_head_{t}"]["best_share"], 4)} for t in RETRIEVAL_TASKS}
     out = {"fact_recall_heldout": round(result["fact_recall_heldout"]["accuracy"], 4),
            "fact_recall_heldout_facts_all_right": round(result["fact_recall_heldout"]["facts_all_right"], 4),
-           "retrieval_kv": round(result["retrieval_kv"]["accuracy"], 4),
-           "retrieval_repeat": round(result["retrieval_repeat"]["accuracy"], 4),
-           "copying_head": {"layer": ch["best_layer"], "head": ch["best_head"], "share": round(ch["best_share"], 4)},
+           "retrieval_task": task,
+           "retrieval": round(result[f"retrieval_{task}"]["accuracy"], 4),
+           "copying_head": heads[task],
+           **{f"retrieval_{t}": round(result[f"retrieval_{t}"]["accuracy"], 4) for t in RETRIEVAL_TASKS},
+           **{f"copying_head_{t}": heads[t] for t in RETRIEVAL_TASKS},
+           "queue_head_repeat": {"layer": result["queue_head_repeat"]["best_layer"],
+                                 "head": result["queue_head_repeat"]["best_head"],
+                                 "share": round(result["queue_head_repeat"]["best_share"], 4)},
            "tracing": {k: round(tr[k], 4) for k in ("clean_prob", "corrupt_prob", "last_subject_share",
                                                    "last_token_share")},
            "probe_seed": result["probe_seed"], "probes": result["probes"], "head_probes": result["head_probes"]}
@@ -179,10 +245,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--train-phrasings", action="store_true", help="also the accuracy on the training phrasings")
     ap.add_argument("--card", default=None, help="write the summary into this model card's \"metrics\"")
+    ap.add_argument("--retrieval-task", choices=RETRIEVAL_TASKS, default=None,
+                    help="the card's retrieval metric (default: the card's metrics.retrieval_task, else kv)")
     args = ap.parse_args(argv)
+    task = args.retrieval_task
+    if task is None and args.card:
+        from pathlib import Path
+        p = Path(args.card)
+        task = (json.loads(p.read_text()).get("metrics") or {}).get("retrieval_task") if p.exists() else None
+    task = task or "kv"
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate(args.path, args.probes, args.probe_seed, args.head_probes, args.train_phrasings)
+    result = evaluate(args.path, args.probes, args.probe_seed, args.head_probes, args.train_phrasings, task)
     print(json.dumps(result, indent=1))
     if args.card:
         from pathlib import Path

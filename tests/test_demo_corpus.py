@@ -189,6 +189,13 @@ def test_repeat_words_are_not_substrings_of_each_other():
     assert not any(a.upper() in dc.REPEAT_HEADER + dc.REPEAT_AGAIN for a in w)
 
 
+def test_kv_keys_are_not_substrings_of_each_other():
+    w = dc.KV_KEYS
+    assert len(set(w)) == len(w) and len(w) >= dc.KV_PAIRS[1]
+    assert all(k.isalpha() and k.islower() for k in w)  # never inside an upper-case header or a digit value
+    assert not any(a != b and a in b for a in w for b in w)
+
+
 def test_retrieval_episodes_in_stream_are_short():
     docs = dc.training_documents(2, 500, mix={"kv": 0.5, "repeat": 0.5})
     assert all(len(d) < 200 for d in docs)
