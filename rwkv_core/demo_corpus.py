@@ -47,6 +47,12 @@ KV_KEYS = (  # no key is a substring of another, so "key=" occurs exactly where 
     "gem", "ink", "jar", "kit", "log", "mud", "net", "oak", "pod", "rug", "tin", "urn", "van", "web", "zip",
     "fig", "yam", "ivy",
 )
+KV_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# Two layouts of a kv line: "word" ("cat=41": a word key, "=", the value) and "letter" ("c41": a one-byte key right
+# before the value, so the key is the value's previous token). A 1M-parameter model learnt "letter" lookup in 3 M
+# bytes but not "word" in 17 M (the key must first be gathered from several bytes); the demo models learn "word"
+# lines in their first phase and "letter" lines in a later one (see models/README.md).
+KV_FORMATS = ("word", "letter")
 KV_VALUE_DIGITS = 2
 KV_PAIRS = (2, 6)  # min, max pairs per episode
 REPEAT_HEADER, REPEAT_AGAIN = "WORDS:", "AGAIN:"
@@ -241,7 +247,7 @@ def _fact_document(rng: random.Random) -> str:
 # -------------------------------------------------------------------------------------------------- retrieval
 
 
-def _kv_episode(rng: random.Random) -> tuple[str, list[tuple[str, str, int, int]]]:
+def _kv_episode(rng: random.Random, fmt: str = "word") -> tuple[str, list[tuple[str, str, int, int]]]:
     """A kv episode and its queries [(key, value, source index of the value, start of the query line)].
 
     Layout: HEADER, then lines "key=value" (distinct keys from KV_KEYS, distinct 2-digit values), then CHECK:, then
@@ -249,7 +255,10 @@ def _kv_episode(rng: random.Random) -> tuple[str, list[tuple[str, str, int, int]
     so each key occurs once in the list and once in the queries.
     """
     n = rng.randint(*KV_PAIRS)
-    keys = rng.sample(KV_KEYS, n)
+    if fmt not in KV_FORMATS:
+        raise ValueError(f"kv format must be one of {KV_FORMATS}, not {fmt!r}")
+    keys = rng.sample(KV_KEYS if fmt == "word" else KV_LETTERS, n)
+    sep = "=" if fmt == "word" else ""
     values: list[str] = []
     while len(values) < n:  # distinct, so the answer's only copy in the prompt is its source
         v = "".join(rng.choice("0123456789") for _ in range(KV_VALUE_DIGITS))
@@ -258,15 +267,15 @@ def _kv_episode(rng: random.Random) -> tuple[str, list[tuple[str, str, int, int]
     text = rng.choice(KV_HEADERS) + "\n"
     src = {}
     for k, v in zip(keys, values):
-        src[k] = len(text) + len(k) + 1
-        text += f"{k}={v}\n"
+        src[k] = len(text) + len(k) + len(sep)
+        text += f"{k}{sep}{v}\n"
     text += KV_QUERY_HEADER
     order = rng.sample(range(n), rng.randint(1, n))
     queries = []
     for i in order:
         text += "\n"
         queries.append((keys[i], values[i], src[keys[i]], len(text)))
-        text += f"{keys[i]}={values[i]}"
+        text += f"{keys[i]}{sep}{values[i]}"
     return text, queries
 
 
@@ -284,7 +293,7 @@ def _repeat_episode(rng: random.Random) -> tuple[str, list[str], list[int], int]
     return text + " ".join(words), words, starts, len(text)
 
 
-def retrieval_probes(seed: int, n: int, kind: str = "kv") -> list[RetrievalProbe]:
+def retrieval_probes(seed: int, n: int, kind: str = "kv", kv_format: str = "word") -> list[RetrievalProbe]:
     """`n` copying probes drawn like the training episodes (fresh random keys and values, so never memorised).
 
     kind "kv": the prompt is an episode cut right after the first query's "key="; the answer is its value.
@@ -297,9 +306,9 @@ def retrieval_probes(seed: int, n: int, kind: str = "kv") -> list[RetrievalProbe
     out = []
     for _ in range(n):
         if kind == "kv":
-            text, queries = _kv_episode(rng)
+            text, queries = _kv_episode(rng, kv_format)
             key, value, src, qstart = queries[0]
-            prompt = text[: qstart + len(key) + 1]
+            prompt = text[: qstart + len(key) + (1 if kv_format == "word" else 0)]
             out.append(RetrievalProbe(prompt, value, src, key, "kv", qstart))
         else:
             text, words, starts, again = _repeat_episode(rng)
@@ -439,35 +448,37 @@ def _filler_document(rng: random.Random) -> str:
 
 _MAKERS: dict[str, Callable[[random.Random], str]] = {
     "facts": _fact_document,
-    "kv": lambda rng: _kv_episode(rng)[0],
+    "kv": lambda rng, fmt="word": _kv_episode(rng, fmt)[0],
     "repeat": lambda rng: _repeat_episode(rng)[0],
     "filler": _filler_document,
 }
 
 
 @lru_cache(maxsize=None)
-def _mean_length(kind: str) -> float:
+def _mean_length(kind: str, kv_format: str = "word") -> float:
     """Mean document length of a kind (fixed sample), to turn byte shares into document probabilities."""
     rng = random.Random(f"mean-length:{kind}")
-    return sum(len(_MAKERS[kind](rng)) for _ in range(2000)) / 2000
+    make = (lambda r: _MAKERS["kv"](r, kv_format)) if kind == "kv" else _MAKERS[kind]
+    return sum(len(make(rng)) for _ in range(2000)) / 2000
 
 
-def _kind_weights(mix: Optional[Mapping[str, float]]) -> tuple[list[str], list[float]]:
+def _kind_weights(mix: Optional[Mapping[str, float]], kv_format: str = "word") -> tuple[list[str], list[float]]:
     mix = dict(DEFAULT_MIX if mix is None else mix)
     bad = set(mix) - set(KINDS)
     if bad or not any(w > 0 for w in mix.values()) or any(w < 0 for w in mix.values()):
         raise ValueError(f"mix needs non-negative weights over {KINDS}, some positive; got {mix}")
     kinds = [k for k in KINDS if mix.get(k, 0) > 0]
-    return kinds, [mix[k] / _mean_length(k) for k in kinds]
+    return kinds, [mix[k] / _mean_length(k, kv_format) for k in kinds]
 
 
-def iter_documents(seed: int, mix: Optional[Mapping[str, float]] = None) -> Iterator[tuple[str, str]]:
+def iter_documents(seed: int, mix: Optional[Mapping[str, float]] = None,
+                   kv_format: str = "word") -> Iterator[tuple[str, str]]:
     """Endless (kind, document) pairs for a seed; `mix` gives byte shares per kind (default DEFAULT_MIX)."""
-    kinds, weights = _kind_weights(mix)
+    kinds, weights = _kind_weights(mix, kv_format)
     rng = random.Random(f"corpus:{seed}")
     while True:
         kind = rng.choices(kinds, weights)[0]
-        yield kind, _MAKERS[kind](rng)
+        yield kind, (_MAKERS["kv"](rng, kv_format) if kind == "kv" else _MAKERS[kind](rng))
 
 
 def training_documents(seed: int, n: int, mix: Optional[Mapping[str, float]] = None) -> list[str]:
@@ -475,10 +486,11 @@ def training_documents(seed: int, n: int, mix: Optional[Mapping[str, float]] = N
     return [d for _, d in itertools.islice(iter_documents(seed, mix), n)]
 
 
-def training_stream(seed: int, n_bytes: int, mix: Optional[Mapping[str, float]] = None) -> bytes:
+def training_stream(seed: int, n_bytes: int, mix: Optional[Mapping[str, float]] = None,
+                    kv_format: str = "word") -> bytes:
     """Exactly `n_bytes` of ASCII: the seed's documents joined with SEPARATOR (a prefix of any longer stream)."""
     parts, total = [], 0
-    for i, (_, doc) in enumerate(iter_documents(seed, mix)):
+    for i, (_, doc) in enumerate(iter_documents(seed, mix, kv_format)):
         if total >= n_bytes:
             break
         piece = doc if i == 0 else SEPARATOR + doc

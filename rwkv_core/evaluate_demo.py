@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from rwkv_core.demo_corpus import eval_fact_prompts, retrieval_probes, tracing_examples, train_fact_prompts
+from rwkv_core.demo_corpus import (KV_FORMATS, eval_fact_prompts, retrieval_probes, tracing_examples,
+                                   train_fact_prompts)
 
 PROBE_SEED = 1000  # fresh probes: training episodes come from the corpus stream, probes from their own rng
 
@@ -184,9 +185,10 @@ RETRIEVAL_TASKS = ("kv", "repeat")  # the corpus' two copying tasks (see rwkv_co
 
 
 def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_head_probes: int = 100,
-             with_train_phrasings: bool = False, retrieval_task: str = "kv") -> dict:
+             with_train_phrasings: bool = False, retrieval_task: str = "kv", kv_format: str = "word") -> dict:
     """Every metric of a demo checkpoint, as a JSON-able dict. Both retrieval tasks are measured (accuracy and
-    copying heads); `retrieval_task` names the one the model card states as the model's retrieval metric."""
+    copying heads); `retrieval_task` names the one the model card states as the model's retrieval metric and
+    `kv_format` the kv line layout the model was taught last ("word": cat=41, "letter": c41)."""
     if retrieval_task not in RETRIEVAL_TASKS:
         raise ValueError(f"retrieval_task must be one of {RETRIEVAL_TASKS}, not {retrieval_task!r}")
     from rwkv_core.checkpoint import load_model
@@ -201,9 +203,9 @@ def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_hea
     if with_train_phrasings:
         out["fact_recall_train_phrasings"] = {k: v for k, v in fact_recall(model, train_fact_prompts()).items()
                                               if k in ("accuracy", "n_prompts")}
-    out["retrieval_task"] = retrieval_task
+    out["retrieval_task"], out["kv_format"] = retrieval_task, kv_format
     for task in RETRIEVAL_TASKS:
-        probes = retrieval_probes(probe_seed, n_probes, task)
+        probes = retrieval_probes(probe_seed, n_probes, task, kv_format)
         out[f"retrieval_{task}"] = retrieval_accuracy(model, probes)
         out[f"copying_head_{task}"] = copying_heads(model, probes[:n_head_probes])
         if task == "repeat":
@@ -220,7 +222,7 @@ def card_metrics(result: dict) -> dict:
                  "share": round(result[f"copying_head_{t}"]["best_share"], 4)} for t in RETRIEVAL_TASKS}
     out = {"fact_recall_heldout": round(result["fact_recall_heldout"]["accuracy"], 4),
            "fact_recall_heldout_facts_all_right": round(result["fact_recall_heldout"]["facts_all_right"], 4),
-           "retrieval_task": task,
+           "retrieval_task": task, "kv_format": result.get("kv_format", "word"),
            "retrieval": round(result[f"retrieval_{task}"]["accuracy"], 4),
            "copying_head": heads[task],
            **{f"retrieval_{t}": round(result[f"retrieval_{t}"]["accuracy"], 4) for t in RETRIEVAL_TASKS},
@@ -247,16 +249,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--card", default=None, help="write the summary into this model card's \"metrics\"")
     ap.add_argument("--retrieval-task", choices=RETRIEVAL_TASKS, default=None,
                     help="the card's retrieval metric (default: the card's metrics.retrieval_task, else kv)")
+    ap.add_argument("--kv-format", choices=KV_FORMATS, default=None,
+                    help="kv probe layout (default: the card's metrics.kv_format, else word)")
     args = ap.parse_args(argv)
-    task = args.retrieval_task
-    if task is None and args.card:
+    recorded: dict = {}
+    if args.card:
         from pathlib import Path
         p = Path(args.card)
-        task = (json.loads(p.read_text()).get("metrics") or {}).get("retrieval_task") if p.exists() else None
-    task = task or "kv"
+        recorded = (json.loads(p.read_text()).get("metrics") or {}) if p.exists() else {}
+    task = args.retrieval_task or recorded.get("retrieval_task") or "kv"
+    kv_format = args.kv_format or recorded.get("kv_format") or "word"
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate(args.path, args.probes, args.probe_seed, args.head_probes, args.train_phrasings, task)
+    result = evaluate(args.path, args.probes, args.probe_seed, args.head_probes, args.train_phrasings, task,
+                      kv_format)
     print(json.dumps(result, indent=1))
     if args.card:
         from pathlib import Path

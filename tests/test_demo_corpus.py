@@ -162,9 +162,9 @@ def test_fact_documents_use_only_training_phrasings():
 # ------------------------------------------------------------------------------------------------- retrieval
 
 
-@pytest.mark.parametrize("kind", ["kv", "repeat"])
-def test_retrieval_probes_are_exact(kind):
-    probes = dc.retrieval_probes(0, 300, kind=kind)
+@pytest.mark.parametrize("kind,kv_format", [("kv", "word"), ("kv", "letter"), ("repeat", "word")])
+def test_retrieval_probes_are_exact(kind, kv_format):
+    probes = dc.retrieval_probes(0, 300, kind=kind, kv_format=kv_format)
     assert len(probes) == 300
     for p in probes:
         assert p.kind == kind and p.prompt.isascii() and len(p.prompt) + len(p.answer) < 200
@@ -174,9 +174,12 @@ def test_retrieval_probes_are_exact(kind):
         assert p.prompt[p.query_char_index:].startswith(p.key)
         assert p.prompt[: p.query_char_index].count(p.key) == 1  # the key occurs exactly once before the query
         assert p.prompt.count(p.answer) == 1  # the only copy of the answer is its source
-        if kind == "kv":
+        if kind == "kv" and kv_format == "word":
             assert p.prompt.endswith(p.key + "=") and p.prompt[src - len(p.key) - 1: src] == p.key + "="
-            assert p.answer.isdigit()
+            assert p.answer.isdigit() and p.key in dc.KV_KEYS
+        elif kind == "kv":  # the key byte right before the value, and the prompt ends with the key
+            assert len(p.key) == 1 and p.prompt.endswith("\n" + p.key) and p.prompt[src - 1] == p.key
+            assert p.answer.isdigit() and p.prompt[src - 2] == "\n"
         else:
             assert p.prompt.endswith(" ") and p.prompt[src - 1] == " "
             assert p.answer in dc.REPEAT_WORDS
@@ -194,6 +197,19 @@ def test_kv_keys_are_not_substrings_of_each_other():
     assert len(set(w)) == len(w) and len(w) >= dc.KV_PAIRS[1]
     assert all(k.isalpha() and k.islower() for k in w)  # never inside an upper-case header or a digit value
     assert not any(a != b and a in b for a in w for b in w)
+
+
+def test_kv_formats_share_the_stream_layout():
+    """The "word" stream is what it always was (the committed models' first phase replays it); "letter" lines hold
+    one key byte right before the value; an unknown format is refused."""
+    word = dc.training_documents(5, 40, mix={"kv": 1.0})
+    letter = [doc for _, (_, doc) in zip(range(40), dc.iter_documents(5, {"kv": 1.0}, kv_format="letter"))]
+    assert all("=" in d for d in word) and not any("=" in d for d in letter)
+    for d in letter:
+        lines = d.split("\n")[1:]
+        assert all(len(x) == 3 and x[0] in dc.KV_LETTERS and x[1:].isdigit() for x in lines if x != "CHECK:")
+    with pytest.raises(ValueError, match="kv format"):
+        dc.training_stream(0, 1000, {"kv": 1.0}, kv_format="nope")
 
 
 def test_retrieval_episodes_in_stream_are_short():

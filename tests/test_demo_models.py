@@ -25,7 +25,7 @@ MODELS = ROOT / "models"
 VERSIONS = ("7", "6")
 # The (layer, head) whose largest R·W·K score from the answer position lands on the copied token (0-based), per
 # model: found by `python -m rwkv_core.evaluate_demo` and recorded in the model cards.
-COPY_HEAD = {"7": (0, 0), "6": (0, 0)}  # no copying head yet: see models/README.md
+COPY_HEAD = {"7": (3, 1), "6": (0, 0)}  # v6: none (share 0): see models/README.md
 # The delta-rule "queue" head of the v7 model on the repeat task (see evaluate_demo.queue_heads and models/README.md):
 # its net R·W·K score (a word's score in the list plus its score where it was already repeated) is largest on the
 # word to be said next.
@@ -64,8 +64,13 @@ def task(version: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def probes(kind: str):
-    return retrieval_probes(E.PROBE_SEED, N_PROBES, kind)
+def _probes(kind: str, kv_format: str):
+    return retrieval_probes(E.PROBE_SEED, N_PROBES, kind, kv_format)
+
+
+def probes(kind: str, version: str):
+    """Fresh probes of a task; kv lines in the layout the card says the model was taught last."""
+    return _probes(kind, card(version)["metrics"].get("kv_format", "word"))
 
 
 # ------------------------------------------------------------------------------------------------ files and cards
@@ -135,7 +140,7 @@ def test_fact_recall_on_held_out_phrasings(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_retrieval_accuracy_on_fresh_probes(version):
     m = card(version)["metrics"]
-    got = {kind: E.retrieval_accuracy(model(version), probes(kind))["accuracy"] for kind in E.RETRIEVAL_TASKS}
+    got = {kind: E.retrieval_accuracy(model(version), probes(kind, version))["accuracy"] for kind in E.RETRIEVAL_TASKS}
     for kind, acc in got.items():  # both tasks: the card must record the committed model's numbers
         assert abs(acc - m[f"retrieval_{kind}"]) < 1e-3, (kind, acc)
     assert m["retrieval"] == m[f"retrieval_{task(version)}"]
@@ -146,7 +151,7 @@ def test_retrieval_accuracy_on_fresh_probes(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_copying_head_reads_the_source_token(version):
     layer, head = COPY_HEAD[version]
-    r = E.copying_heads(model(version), probes(task(version))[:N_HEAD_PROBES])
+    r = E.copying_heads(model(version), probes(task(version), version)[:N_HEAD_PROBES])
     recorded = card(version)["metrics"]["copying_head"]
     assert (recorded["layer"], recorded["head"]) == (layer, head)
     assert abs(r["share"][layer][head] - recorded["share"]) < 1e-3
@@ -156,7 +161,7 @@ def test_copying_head_reads_the_source_token(version):
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_queue_head_on_the_repeat_task(version):
-    r = E.queue_heads(model(version), probes("repeat")[:N_HEAD_PROBES])
+    r = E.queue_heads(model(version), probes("repeat", version)[:N_HEAD_PROBES])
     recorded = card(version)["metrics"]["queue_head_repeat"]
     assert (r["best_layer"], r["best_head"]) == (recorded["layer"], recorded["head"])
     assert abs(r["best_share"] - recorded["share"]) < 1e-3
@@ -194,7 +199,7 @@ def test_retraining_with_the_same_seed_reproduces_the_metrics(version, tmp_path)
         prev = out
     m = c["metrics"]
     got = E.evaluate(str(prev), N_PROBES, E.PROBE_SEED, N_HEAD_PROBES, with_train_phrasings=False,
-                     retrieval_task=task(version))
+                     retrieval_task=task(version), kv_format=m.get("kv_format", "word"))
     assert abs(got["fact_recall_heldout"]["accuracy"] - m["fact_recall_heldout"]) <= 0.05
     for kind in E.RETRIEVAL_TASKS:
         assert abs(got[f"retrieval_{kind}"]["accuracy"] - m[f"retrieval_{kind}"]) <= 0.05
