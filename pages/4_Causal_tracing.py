@@ -134,12 +134,9 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
         bind("ct_subject", subj)
         bind("ct_answer", ans)
         st.session_state["ct_defaults_for"] = ex_key
-        st.session_state["ct_default_pair"] = None if from_url else (subj, ans)
     elif st.session_state.get("ct_defaults_for") != ex_key:
-        pair = default_subject_answer(a)
-        st.session_state["ct_subject"], st.session_state["ct_answer"] = pair
+        st.session_state["ct_subject"], st.session_state["ct_answer"] = default_subject_answer(a)
         st.session_state["ct_defaults_for"] = ex_key
-        st.session_state["ct_default_pair"] = pair
     else:
         bind("ct_subject", "")
         bind("ct_answer", "")
@@ -167,8 +164,6 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
         st.session_state["ct_abl_ref"] = st.session_state["ct_abl_ref"]
 
 
-AUTO_TRACE_MAX_SIZE = 4096  # n_layer x n_embd up to which the default example is traced on load (demo: 4 x 128)
-AUTO_TRACE_MAX_CHARS = 200
 URL_KEYS = ("ct_subject", "ct_answer", "ct_answer2", "ct_corruption", "ct_alt", "ct_samples", "ct_noise", "ct_seed",
             "ct_site", "ct_mode", "ct_window", "ct_vfirst", "ct_metric", "ct_imgfmt", "ct_abl_target", "ct_abl_repl")
 
@@ -370,14 +365,7 @@ if ctx.compare:
     for col, run in zip(cols, runs):
         col.markdown(f"**{run.title}** · `{run.prompt}`")
 
-# A small model on its default example is traced at once (a second or two), so the page shows a real picture on
-# first load; anything else waits for the Trace button.
-auto = (not submitted and not st.session_state.get("ct_stop")
-        and all(r.cfg.n_layer * r.cfg.n_embd <= AUTO_TRACE_MAX_SIZE and len(r.prompt) <= AUTO_TRACE_MAX_CHARS
-                and st.session_state["ct_subject"] in r.prompt for r in runs)
-        and (st.session_state["ct_subject"], st.session_state["ct_answer"]) == st.session_state.get("ct_default_pair")
-        and any(k not in results_store for k in trace_keys))
-if submitted or auto:
+if submitted:
     st.session_state["ct_stop"] = False
     stop_slot = st.empty()
     stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)

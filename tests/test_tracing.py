@@ -429,26 +429,6 @@ def test_page_end_to_end():
     assert at.session_state["ct_results"][key]["results"] is results_before[key]["results"]
 
 
-def test_page_traces_the_default_demo_example_on_first_load():
-    """The app's default model (the v7 demo) on its tracing example is traced without pressing Trace, and the
-    picture is the real one: p(' Paris') near 1 clean, far lower with the subject corrupted."""
-    pytest.importorskip("streamlit")
-    at = _page()
-    at.run()
-    assert not at.exception and not at.error, ([e.value for e in at.exception], [e.value for e in at.error])
-    assert at.text_input(key="ct_subject").value == "The Eiffel Tower"
-    assert len(at.get("plotly_chart")) >= 4  # three heat maps + the ablation bars
-    labels = {m.label: m.value for m in at.metric}
-    clean = float(next(v for k, v in labels.items() if k.startswith("clean p")))
-    corrupt = float(next(v for k, v in labels.items() if k.startswith("corrupted p")))
-    assert clean > 0.9 and clean - corrupt > 0.5, labels
-    # settings from a link are not traced until asked (only the page's own default example is)
-    at = _page(ct_subject="Eiffel Tower", ct_answer=" Paris")
-    at.run()
-    assert not at.exception and not at.session_state["ct_results"]
-    assert any("press **Trace**" in i.value for i in at.info)
-
-
 def test_page_defaults_follow_the_prompt_and_compare_mode_traces_both():
     """Defaults: the registry's tracing example for its own prompt, else the first word and the greedy next token.
     Compare mode traces both prompts; an error of run B (subject not in prompt B) stays in its column."""
