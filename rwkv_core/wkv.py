@@ -51,7 +51,8 @@ def _shared_mm(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     B, Bs = x.shape[0], m.shape[0]
     if B == Bs:
         return x @ m
-    _rows(m[:, :0], B)  # the shape check
+    if Bs == 0 or B % Bs:
+        raise ValueError(f"a state of {Bs} rows cannot start {B} input rows (a multiple is needed)")
     G, (H, L, N) = B // Bs, x.shape[1:]
     xs = x.reshape(G, Bs, H, L, N).permute(1, 2, 0, 3, 4).reshape(Bs, H, G * L, N)
     return (xs @ m).reshape(Bs, H, G, L, -1).permute(2, 0, 1, 3, 4).reshape(B, H, L, -1)
