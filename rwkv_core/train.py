@@ -285,11 +285,22 @@ def make_optimizer(model: RWKV, lr: float, weight_decay: float) -> torch.optim.O
 
 
 def train(args: argparse.Namespace) -> dict:
+    """One training phase; returns its summary (with the logged `history`). The training kernel and the thread
+    count are set for the run only (restored afterwards), so calling it from a process that does other work is safe."""
+    kernel, threads = wkv.wkv7_chunked, torch.get_num_threads()
+    wkv.wkv7_chunked = wkv7_chunked_train  # the same kernel, cheaper backward
+    try:
+        return _train(args)
+    finally:
+        wkv.wkv7_chunked = kernel
+        torch.set_num_threads(threads)
+
+
+def _train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    wkv.wkv7_chunked = wkv7_chunked_train  # training only: the same kernel, cheaper backward (this process)
     if args.init_from:  # a second phase: continue from a saved checkpoint (fresh optimizer and schedule)
         sd = torch.load(args.init_from, map_location="cpu", weights_only=True)
         model = RWKV.from_state_dict(detect_config(sd), sd).requires_grad_(True).train()
@@ -327,6 +338,8 @@ def train(args: argparse.Namespace) -> dict:
                   flush=True)
         if total is not None and step >= total:
             break
+        if getattr(args, "stop_after", None) is not None and step >= args.stop_after:
+            break  # a replayed prefix: the same schedule as the full phase, cut short
         if total is not None and bar is None and tqdm is not None and args.progress:
             bar = tqdm(total=total, initial=step, unit="step", mininterval=5, file=sys.stdout)
         lr = lr_at(step, total if total is not None else 10 ** 9, args.warmup, args.lr, args.lr_final)
@@ -372,11 +385,50 @@ def train(args: argparse.Namespace) -> dict:
                "ctx_len": args.ctx_len, "tokens": step * tokens_per_step, "train_s": round(el, 1),
                "tokens_per_s": round(step * tokens_per_step / el), "final_loss_ema": round(ema, 4),
                "seed": args.seed, "lr": args.lr, "threads": torch.get_num_threads(), "out": str(args.out)}
-    print("done: " + json.dumps(summary), flush=True)
+    summary["history"] = history
+    print("done: " + json.dumps({k: v for k, v in summary.items() if k != "history"}), flush=True)
     if log_f:
         log_f.write(json.dumps({"summary": summary}) + "\n")
         log_f.close()
+    if getattr(args, "card", None):
+        record_phase(Path(args.card), args, summary)
     return summary
+
+
+# Arguments that name files or only change how a run reports: not part of what a phase computes.
+_NOT_PHASE_ARGS = {"--out": 1, "--init-from": 1, "--card": 1, "--log": 1, "--save-every": 1, "--progress": 0,
+                   "--stop-after": 1}
+
+
+def phase_args(argv: list[str]) -> list[str]:
+    """The arguments of a training command that determine what it computes (`argv` without output paths,
+    `--init-from`, logging and progress options), as a model card records them for a replay."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name in _NOT_PHASE_ARGS:
+            i += 1 + (_NOT_PHASE_ARGS[name] if "=" not in a else 0)
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def record_phase(card_path: Path, args: argparse.Namespace, summary: dict) -> None:
+    """Append this run to the model card's `training.phases` (a run without `--init-from` starts the list anew),
+    with its arguments, tokens, time and logged losses, so that a card documents how to retrain its model."""
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    tr = card.setdefault("training", {})
+    phases = tr.get("phases", []) if args.init_from else []
+    phases.append({"args": phase_args(list(args.argv)), "tokens": summary["tokens"], "train_s": summary["train_s"],
+                   "final_loss_ema": summary["final_loss_ema"], "threads": summary["threads"],
+                   "loss_log": [[h["step"], h["loss"], h["loss_ema"]] for h in summary["history"]]})
+    tr["phases"] = phases
+    tr["params"] = summary["params"]
+    tr["total_tokens"] = sum(ph["tokens"] for ph in phases)
+    tr["total_train_s"] = round(sum(ph["train_s"] for ph in phases), 1)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -412,7 +464,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--save-every", type=int, default=0)
     ap.add_argument("--progress", action="store_true", help="tqdm progress bar instead of log lines on stdout")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps of the --steps schedule (replays the start of a phase)")
+    ap.add_argument("--card", default=None,
+                    help="append this phase (arguments, tokens, time, losses) to this model card's training.phases")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    args.argv = argv
     if args.steps is None and args.minutes is None:
         ap.error("give --steps or --minutes")
     return args
