@@ -85,25 +85,33 @@ def retrieval_accuracy(model, probes) -> dict:
 
 
 @torch.no_grad()
-def copying_heads(model, probes) -> dict:
-    """For every (layer, head): the share of probes where the largest R·W·K score A[sel, :] of the answer position
-    (the prompt's last token, which predicts the answer's first byte) is on the source token (the answer's first
-    byte in the list). Uses `rwkv_core.scores` (diagonal included, signed scores)."""
+def answer_rows(model, probes) -> list[torch.Tensor]:
+    """Per probe, the R·W·K scores from the answer position (the prompt's last token, which predicts the answer's
+    first byte) on every token: `rwkv_core.scores` rows, diagonal included, signed. [L, H, T] each."""
     from rwkv_core.scores import capture_score_inputs, row_and_column
 
-    L, H = model.cfg.n_layer, model.cfg.n_head
-    hits = torch.zeros(L, H)
+    rows = []
     for p in probes:
         toks = encode(p.prompt)
-        si = capture_score_inputs(model, toks)
-        rc = row_and_column(si, len(toks) - 1, spans=False)
-        arg = rc["row"].argmax(-1)  # [L, H]
-        hits += (arg == p.source_char_index).float()
-    share = hits / len(probes)
-    best = int(share.argmax())
-    bl, bh = divmod(best, H)
+        rows.append(row_and_column(capture_score_inputs(model, toks), len(toks) - 1, spans=False)["row"])
+    return rows
+
+
+def _best(share: torch.Tensor) -> dict:
+    bl, bh = divmod(int(share.argmax()), share.shape[1])
     return {"best_layer": bl, "best_head": bh, "best_share": float(share[bl, bh]),
             "share": [[round(float(x), 4) for x in row] for row in share]}
+
+
+def copying_heads(model, probes, rows: Optional[list[torch.Tensor]] = None) -> dict:
+    """For every (layer, head): the share of probes where the largest R·W·K score from the answer position is on
+    the source token (the answer's first byte in the list). `rows`: `answer_rows(model, probes)` if already
+    computed."""
+    rows = answer_rows(model, probes) if rows is None else rows
+    hits = torch.zeros(model.cfg.n_layer, model.cfg.n_head)
+    for p, row in zip(probes, rows):
+        hits += (row.argmax(-1) == p.source_char_index).float()  # [L, H]
+    return _best(hits / len(probes))
 
 
 def _word_starts(text: str, offset: int) -> dict[str, int]:
@@ -116,8 +124,7 @@ def _word_starts(text: str, offset: int) -> dict[str, int]:
     return out
 
 
-@torch.no_grad()
-def queue_heads(model, probes) -> dict:
+def queue_heads(model, probes, rows: Optional[list[torch.Tensor]] = None) -> dict:
     """For every (layer, head), on "repeat" probes: the share of probes where the NET R·W·K score of a listed word,
     its score at its first-letter in the list plus its score at its first letter in the repeat so far, is largest
     for the word to be said next.
@@ -125,35 +132,27 @@ def queue_heads(model, probes) -> dict:
     A delta-rule (v7) head can keep the list as a queue: each word is written at its first occurrence and erased
     again where it is repeated (a negative score of about the same size), so what is left in the state is the words
     not yet repeated. The per-token argmax of such a head is on the list's first word (its positive score is
-    cancelled by its repeat's negative one), so `copying_heads` misses it; this measure sees it.
+    cancelled by its repeat's negative one), so `copying_heads` misses it; this measure sees it. `rows`:
+    `answer_rows(model, probes)` if already computed.
     """
     from rwkv_core.demo_corpus import REPEAT_AGAIN, REPEAT_HEADER
-    from rwkv_core.scores import capture_score_inputs, row_and_column
 
-    L, H = model.cfg.n_layer, model.cfg.n_head
-    hits = torch.zeros(L, H)
-    n = 0
-    for p in probes:
-        if p.kind != "repeat":
-            continue
+    rows = answer_rows(model, probes) if rows is None else rows
+    rows = [r for p, r in zip(probes, rows) if p.kind == "repeat"]
+    probes = [p for p in probes if p.kind == "repeat"]
+    hits = torch.zeros(model.cfg.n_layer, model.cfg.n_head)
+    for p, row in zip(probes, rows):
         again = p.prompt.index("\n" + REPEAT_AGAIN) + 1
         first = _word_starts(p.prompt[len(REPEAT_HEADER) + 1:again - 1], len(REPEAT_HEADER) + 1)
         second = _word_starts(p.prompt[again + len(REPEAT_AGAIN) + 1:], again + len(REPEAT_AGAIN) + 1)
         words = list(first)
-        toks = encode(p.prompt)
-        row = row_and_column(capture_score_inputs(model, toks), len(toks) - 1, spans=False)["row"]  # [L, H, T]
         net = row[:, :, [first[w] for w in words]].clone()  # [L, H, W]
         for j, w in enumerate(words):
             if w in second:
                 net[:, :, j] += row[:, :, second[w]]
         best = net.argmax(-1)  # [L, H]
         hits += (torch.tensor([first[w] for w in words])[best] == p.source_char_index).float()
-        n += 1
-    share = hits / max(1, n)
-    b = int(share.argmax())
-    bl, bh = divmod(b, H)
-    return {"best_layer": bl, "best_head": bh, "best_share": float(share[bl, bh]),
-            "share": [[round(float(x), 4) for x in r] for r in share]}
+    return _best(hits / max(1, len(probes)))
 
 
 def tracing_effect(model, example: Optional[dict] = None, samples: int = 10, noise: float = 3.0) -> dict:
@@ -207,9 +206,10 @@ def evaluate(path: str, n_probes: int = 200, probe_seed: int = PROBE_SEED, n_hea
     for task in RETRIEVAL_TASKS:
         probes = retrieval_probes(probe_seed, n_probes, task, kv_format)
         out[f"retrieval_{task}"] = retrieval_accuracy(model, probes)
-        out[f"copying_head_{task}"] = copying_heads(model, probes[:n_head_probes])
+        rows = answer_rows(model, probes[:n_head_probes])  # one capture per probe for both head measures
+        out[f"copying_head_{task}"] = copying_heads(model, probes[:n_head_probes], rows)
         if task == "repeat":
-            out["queue_head_repeat"] = queue_heads(model, probes[:n_head_probes])
+            out["queue_head_repeat"] = queue_heads(model, probes[:n_head_probes], rows)
     out["tracing"] = tracing_effect(model)
     out["seconds"] = round(time.time() - t0, 1)
     return out
