@@ -6,6 +6,7 @@ to give its token labels, top-k predictions and per-layer captures, from the sha
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -32,6 +33,8 @@ MAX_UPLOAD_MB = int(os.environ.get("RWKV_INSPECTOR_MAX_UPLOAD_MB", "200"))
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "rwkv-inspector-uploads"
 URL_PROMPT_CHARS = 400  # longer prompts travel in the URL as a server-side id
 PROMPT_STORE = Path.home() / ".cache" / "rwkv-inspector" / "prompts"
+# The store keeps the most recently stored or opened prompts (links in use stay); the oldest beyond this go.
+PROMPT_STORE_MAX_FILES = int(os.environ.get("RWKV_INSPECTOR_PROMPT_STORE_MAX_FILES", "20000"))
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 PLOTLY_CONFIG_SVG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 
@@ -236,17 +239,42 @@ def _prompt_id(text: str) -> str:
 
 
 def store_prompt(text: str) -> str:
+    """Keep a long prompt under its content id (for a URL); the store is bounded (`PROMPT_STORE_MAX_FILES`)."""
     PROMPT_STORE.mkdir(parents=True, exist_ok=True)
     pid = _prompt_id(text)
-    (PROMPT_STORE / f"{pid}.txt").write_text(text, encoding="utf-8")
+    p = PROMPT_STORE / f"{pid}.txt"
+    if p.is_file():
+        os.utime(p)  # already stored (every rerun publishes it): mark it recent
+        return pid
+    tmp = p.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)  # readers never see a half-written prompt
+    _prune_prompt_store(keep=p)
     return pid
+
+
+def _prune_prompt_store(keep: Path) -> None:
+    """Delete the least recently used prompts beyond `PROMPT_STORE_MAX_FILES`."""
+    files = []
+    for f in PROMPT_STORE.glob("*.txt"):
+        with contextlib.suppress(OSError):
+            files.append((f.stat().st_mtime, f))
+    files.sort()
+    for _, f in files[:max(0, len(files) - PROMPT_STORE_MAX_FILES)]:
+        if f != keep:
+            with contextlib.suppress(OSError):
+                f.unlink()
 
 
 def load_prompt(pid: str) -> Optional[str]:
     if not pid.isalnum() or len(pid) != 16:  # only our own ids: no path can be formed from a parameter
         return None
     p = PROMPT_STORE / f"{pid}.txt"
-    return p.read_text(encoding="utf-8") if p.is_file() else None
+    if not p.is_file():
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(p)  # a link in use: keep it longest
+    return p.read_text(encoding="utf-8")
 
 
 def _publish_prompt(key: str) -> None:

@@ -189,6 +189,27 @@ def test_prompt_ids_are_only_our_own(tmp_path, monkeypatch, opened):
     assert opened == []
 
 
+def test_prompt_store_is_bounded_and_keeps_links_in_use(tmp_path, monkeypatch):
+    """Beyond PROMPT_STORE_MAX_FILES the least recently stored or opened prompts go; a prompt whose link was just
+    opened stays, and storing the same prompt again does not add a file."""
+    import os
+    import inspector_ui.frame as frame
+
+    monkeypatch.setattr(frame, "PROMPT_STORE", tmp_path / "prompts")
+    monkeypatch.setattr(frame, "PROMPT_STORE_MAX_FILES", 3)
+    ids = []
+    for i in range(3):
+        ids.append(frame.store_prompt(f"prompt {i} " * 60))
+        os.utime(frame.PROMPT_STORE / f"{ids[-1]}.txt", (1000 + i, 1000 + i))  # distinct ages, oldest first
+    assert frame.store_prompt("prompt 1 " * 60) == ids[1] and len(list(frame.PROMPT_STORE.iterdir())) == 3
+    os.utime(frame.PROMPT_STORE / f"{ids[1]}.txt", (1001, 1001))
+    assert frame.load_prompt(ids[0]) == "prompt 0 " * 60  # opening a link marks it recent
+    new = frame.store_prompt("prompt 3 " * 60)
+    left = {f.stem for f in frame.PROMPT_STORE.iterdir()}
+    assert left == {ids[0], ids[2], new}, left  # ids[1] was the least recently used
+    assert frame.load_prompt(ids[1]) is None
+
+
 def test_registry_lists_configured_folders_by_name_only(tmp_path, monkeypatch, opened):
     """A configured folder offers its own plain checkpoint files, by name; not symlinks (to a file outside), not
     subfolders, not other files; every offered path lies in the configured, shared or demo folders."""
