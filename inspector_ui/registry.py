@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from rwkv_core.paths import DEMO_MODELS_DIR, shared_weights_dir
+from rwkv_core.tokenizer import KINDS as TOKENIZER_KINDS
 
 CHECKPOINT_SUFFIXES = (".pth", ".bin", ".safetensors", ".st")
 MODEL_DIRS_ENV = "RWKV_INSPECTOR_MODEL_DIRS"  # os.pathsep-separated folders of checkpoints
@@ -50,20 +51,49 @@ SHARED = [
 ]
 
 
+def _read_card(card: Path) -> Optional[dict]:
+    """A model card (JSON object beside a checkpoint), or None when absent or unreadable."""
+    try:
+        meta = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _entry_from_card(name: str, ckpt: Path, meta: Optional[dict], default_tokenizer: str,
+                     default_prompts: tuple[str, ...] = ()) -> ModelEntry:
+    """A registry entry with what the card says: tokenizer kind (and a tokenizer file, by plain file name in the
+    checkpoint's folder only), prompts, description and tracing example. Fields of the wrong type are ignored."""
+    meta = meta or {}
+    tok = meta.get("tokenizer")
+    tok = tok if isinstance(tok, str) and tok in (*TOKENIZER_KINDS, "auto") else default_tokenizer
+    tok_file = meta.get("tokenizer_file")
+    tok_path = None
+    if isinstance(tok_file, str) and tok_file and Path(tok_file).name == tok_file and tok_file not in (".", ".."):
+        cand = ckpt.parent / tok_file  # a file beside the checkpoint, never a path from the card
+        if cand.is_file() and not cand.is_symlink():
+            tok_path = str(cand)
+    prompts = meta.get("prompts")
+    prompts = tuple(x for x in prompts if isinstance(x, str) and x) if isinstance(prompts, list) else ()
+    tracing = meta.get("tracing")
+    tracing = ({k: tracing[k] for k in ("prompt", "subject", "answer")}
+               if isinstance(tracing, dict) and all(isinstance(tracing.get(k), str) for k in ("prompt", "subject",
+                                                                                              "answer")) else {})
+    desc = meta.get("description")
+    return ModelEntry(name=name, path=str(ckpt), tokenizer=tok, tokenizer_file=tok_path,
+                      prompts=prompts or default_prompts, description=desc if isinstance(desc, str) else "",
+                      tracing=tracing)
+
+
 def _demo_entries() -> list[ModelEntry]:
     """Models trained by the project, committed under models/ with a JSON card beside each checkpoint."""
     out = []
     for card in sorted(DEMO_MODELS_DIR.glob("*.json")):
-        try:
-            meta = json.loads(card.read_text())
-        except (OSError, ValueError):
-            continue
+        meta = _read_card(card)
         ckpt = card.with_suffix(".pth")
-        if not ckpt.is_file():
+        if meta is None or not ckpt.is_file():
             continue
-        out.append(ModelEntry(name=f"demo: {meta.get('name', card.stem)}", path=str(ckpt),
-                              tokenizer=meta.get("tokenizer", "bytes"), prompts=tuple(meta.get("prompts", ())),
-                              description=meta.get("description", ""), tracing=meta.get("tracing", {})))
+        out.append(_entry_from_card(f"demo: {meta.get('name', card.stem)}", ckpt, meta, "bytes"))
     return out
 
 
@@ -88,7 +118,9 @@ def _folder_entries() -> list[ModelEntry]:
     for d in configured_dirs():
         for p in sorted(d.iterdir()):
             if p.suffix in CHECKPOINT_SUFFIXES and p.is_file() and not p.is_symlink():
-                out.append(ModelEntry(f"{d.name}/{p.name}", str(p), "auto", prompts=(ENGLISH, INSPECTOR_DEMO)))
+                card = p.with_suffix(".json")  # optional: tokenizer, prompts, description, tracing example
+                meta = _read_card(card) if card.is_file() and not card.is_symlink() else None
+                out.append(_entry_from_card(f"{d.name}/{p.name}", p, meta, "auto", (ENGLISH, INSPECTOR_DEMO)))
     return out
 
 

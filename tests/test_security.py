@@ -237,6 +237,44 @@ def test_registry_lists_configured_folders_by_name_only(tmp_path, monkeypatch, o
     assert opened == []
 
 
+def test_a_card_beside_a_folder_checkpoint_names_its_tokenizer_and_no_path(tmp_path, monkeypatch, opened):
+    """`name.json` beside `name.pth` in a configured folder gives the tokenizer kind, prompts and tracing example
+    (as the demo cards do); a tokenizer file is taken by plain name from the same folder only, a broken or hostile
+    card falls back to "auto" and the default prompts, and the model still loads with the card's tokenizer."""
+    from inspector_ui import registry
+    from inspector_ui.runtime import make_tokenizer
+
+    folder = tmp_path / "team"
+    folder.mkdir()
+    for n in ("digits", "bad", "hostile"):
+        shutil.copy(shared_file(DIGITS_FILE), folder / f"{n}.pth")
+    (tmp_path / "outside_secret.json").write_text("{}")
+    (folder / "vocab.json").write_text("{}")
+    (folder / "digits.json").write_text(json.dumps({
+        "tokenizer": "digits", "tokenizer_file": "vocab.json", "prompts": ["12345,", 7],
+        "description": "reverses digits", "tracing": {"prompt": "12345,", "subject": "1", "answer": "5"}}))
+    (folder / "bad.json").write_text("{not json")
+    (folder / "hostile.json").write_text(json.dumps({
+        "tokenizer": "../../etc/passwd", "tokenizer_file": "../outside_secret.json", "prompts": "x",
+        "tracing": {"prompt": 1}}))
+    opened.clear()
+    monkeypatch.setenv(registry.MODEL_DIRS_ENV, str(folder))
+    models = registry.list_models()
+    d = models["team/digits.pth"]
+    assert (d.tokenizer, d.prompts, d.description) == ("digits", ("12345,",), "reverses digits")
+    assert d.tokenizer_file == str(folder / "vocab.json")
+    assert d.tracing == {"prompt": "12345,", "subject": "1", "answer": "5"}
+    for n in ("bad", "hostile"):
+        e = models[f"team/{n}.pth"]
+        assert (e.tokenizer, e.tokenizer_file, e.tracing) == ("auto", None, {}), e
+        assert e.prompts == (registry.ENGLISH, registry.INSPECTOR_DEMO)
+    assert opened == []
+    tok = make_tokenizer(d, 14)  # "auto" would ask for a tokenizer file for a 14-row vocabulary
+    assert tok.kind == "digits" and tok.decode(tok.encode("12345,").ids) == "12345,"
+    with pytest.raises(Exception, match="tokenizer file"):
+        make_tokenizer(models["team/bad.pth"], 14)
+
+
 def test_configured_folder_model_opens_by_name_and_no_further(tmp_path, monkeypatch, opened):
     import inspector_ui.frame as frame
     from inspector_ui import registry
