@@ -33,13 +33,12 @@ Arrays are numpy float64; shapes in comments: L layers, T tokens, C channels, H 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -293,31 +292,6 @@ class TokenDecay:
         return np.median(x.reshape(T, self.n_head, self.head_size), axis=-1)
 
 
-@contextlib.contextmanager
-def _capture_decay_inputs(model, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """For one forward: record the x_w each chosen layer feeds to its decay LoRA (`att.log_decay(xw)`).
-
-    The method is shadowed by an instance attribute and restored afterwards, also on error.
-    """
-    captured: dict[int, torch.Tensor] = {}
-    patched = []
-    try:
-        for layer in layers:
-            att = model.blocks[layer].att
-            original = att.log_decay
-
-            def recording(xw: torch.Tensor, _orig=original, _layer=layer) -> torch.Tensor:
-                captured[_layer] = xw.detach()
-                return _orig(xw)
-
-            att.log_decay = recording  # an instance attribute: found before the class method
-            patched.append(att)
-        yield captured
-    finally:
-        for att in patched:
-            att.__dict__.pop("log_decay", None)
-
-
 def _lora64(x: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
     """tanh(x @ m1) @ m2 in float64, x rounded to the matrices' dtype first as the model does."""
     x = x.to(m1.dtype).double()
@@ -338,9 +312,9 @@ def decay_logit_from_xw(att, xw: torch.Tensor, version: str) -> torch.Tensor:
 def token_decays(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> TokenDecay:
     """Per-token decays of a prompt for every (chosen) layer: the w_t of the forward pass (hook_w), as log w_t.
 
-    v6/v7: one forward pass records the x_w each layer feeds to its decay LoRA; d_t is then evaluated in float64
-    from those inputs and the layer's own parameters, so exp(log_decay) equals the w_t the model used (to fp32
-    rounding) while decays near 1 keep their precision. v4/v5: the static decay, repeated over the tokens.
+    v6/v7: one forward pass records the x_w each layer feeds to its decay LoRA (hook_xw); d_t is then evaluated in
+    float64 from those inputs and the layer's own parameters, so exp(log_decay) equals the w_t the model used (to
+    fp32 rounding) while decays near 1 keep their precision. v4/v5: the static decay, repeated over the tokens.
     """
     cfg = model.cfg
     tokens = [int(t) for t in tokens]
@@ -353,10 +327,10 @@ def token_decays(model, tokens: Sequence[int], layers: Optional[Iterable[int]] =
         d = static_logit(dict(model.named_parameters()), cfg)[layers]  # [L, C]
         d = np.repeat(d[:, None, :], T, axis=1)  # [L, T, C]
     else:
-        with _capture_decay_inputs(model, layers) as xws:
-            model.forward(tokens, logits="none")
-        d = np.stack([decay_logit_from_xw(model.blocks[l].att, xws[l][0], cfg.version).cpu().numpy()
-                      for l in layers])  # [L, T, C]
+        names = [f"blocks.{l}.att.hook_xw" for l in layers]
+        _, _, cache = model.run_with_cache(tokens, names_filter=names, device=None, logits="none")
+        d = np.stack([decay_logit_from_xw(model.blocks[l].att, cache[f"blocks.{l}.att.hook_xw"][0],
+                                          cfg.version).cpu().numpy() for l in layers])  # [L, T, C]
     return TokenDecay(cfg.version, H, N, tokens, layers, d)
 
 

@@ -294,6 +294,7 @@ class TimeMixV6(TimeMix):
         self.output = _linear(cfg.dim_att, C)
         self.ln_x = nn.GroupNorm(H, cfg.dim_att, eps=cfg.ln_x_eps)
         self.hook_g = HookPoint()  # [B, T, C] gate silu(W_g x_g)
+        self.hook_xw = HookPoint()  # [B, T, C] x_w, the input of the decay LoRA (what makes the decay data-dependent)
 
     def log_decay(self, xw: torch.Tensor) -> torch.Tensor:
         """log w_t = -exp(time_decay + tanh(xw W1) W2): [B, T, C], float32."""
@@ -314,7 +315,7 @@ class TimeMixV6(TimeMix):
         k = self.hook_k(lin(xk, self.key.weight))
         v = self.hook_v(lin(xv, self.value.weight))
         g = self.hook_g(F.silu(lin(xg, self.gate.weight)))
-        logw = self._decay_hook(self.log_decay(xw).view(B, T, H, N), B, T)
+        logw = self._decay_hook(self.log_decay(self.hook_xw(xw)).view(B, T, H, N), B, T)
         y, state = _wkv5_run(r, k, v, logw, self.time_faaaa.float(), state, self.hook_state, positions,
                              self.use_chunked(chunked, positions, T), H, N, need_state)
         y = group_norm(self.hook_wkv(y), H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps) * g
@@ -345,6 +346,7 @@ class TimeMixV7(TimeMix):
         self.hook_kk = HookPoint()  # [B, T, C] removal key kk (unit norm per head)
         self.hook_k_tilde = HookPoint()  # [B, T, C] the key written to the state, k * (1 + (a - 1) k_a)
         self.hook_g = HookPoint()  # [B, T, C] output gate
+        self.hook_xw = HookPoint()  # [B, T, C] x_w, the input of the decay LoRA (what makes the decay data-dependent)
 
     def log_decay(self, xw: torch.Tensor) -> torch.Tensor:
         """log w_t = -e^-0.5 sigmoid(w0 + tanh(xw w1) w2): [B, T, C], float32, in (-0.607, 0)."""
@@ -357,7 +359,7 @@ class TimeMixV7(TimeMix):
         dx = xx - x
         xr, xw, xk, xv, xa, xg = (x + dx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
         r = self.hook_r(lin(xr, self.receptance.weight))
-        logw = self._decay_hook(self.log_decay(xw), B, T)
+        logw = self._decay_hook(self.log_decay(self.hook_xw(xw)), B, T)
         k = self.hook_k(lin(xk, self.key.weight))
         v = lin(xv, self.value.weight)
         a = self.hook_a(torch.sigmoid(self.a0.float() + mm(mm(xa, self.a1), self.a2)))

@@ -280,3 +280,26 @@ def test_hook_logw_is_the_decay_the_kernel_uses(version):
         base, _ = model(toks)
     assert (a - base).abs().max() > 1e-4
     assert torch.allclose(a, b, atol=1e-4 * float(base.abs().max()))
+
+
+@pytest.mark.parametrize("version", ["6", "7"])
+def test_hook_xw_is_the_decay_lora_input(version):
+    """hook_xw records the x_w fed to the decay LoRA: the layer's log_decay of it is hook_logw; a patched x_w
+    changes the decay (and only through it: the other branches of the layer keep their values)."""
+    model = _random_model(version, n_layer=2, n_embd=32, head_size=16, seed=6)
+    toks = list(range(3, 30))
+    names = r"blocks\.1\.att\.hook_(xw|logw|r|k)$"
+    _, _, cache = model.run_with_cache(toks, names_filter=names)
+    att = model.blocks[1].att
+    with torch.no_grad():
+        want = att.log_decay(cache["blocks.1.att.hook_xw"]).reshape(cache["blocks.1.att.hook_logw"].shape)
+    assert torch.equal(want, cache["blocks.1.att.hook_logw"])
+    zero = lambda t, h: torch.zeros_like(t)
+    with model.hooks([("blocks.1.att.hook_xw", zero)]):
+        _, _, patched = model.run_with_cache(toks, names_filter=names)
+    with torch.no_grad():
+        want0 = att.log_decay(torch.zeros_like(cache["blocks.1.att.hook_xw"]))
+    assert torch.allclose(patched["blocks.1.att.hook_logw"].reshape(want0.shape), want0)
+    assert not torch.allclose(patched["blocks.1.att.hook_logw"], cache["blocks.1.att.hook_logw"])
+    for n in ("r", "k"):
+        assert torch.equal(patched[f"blocks.1.att.hook_{n}"], cache[f"blocks.1.att.hook_{n}"])
