@@ -206,6 +206,7 @@ def test_replaying_the_start_of_training_reproduces_the_logged_loss(version, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)  # the default per-test limit (pytest.ini) is for the default run
 @pytest.mark.parametrize("version", VERSIONS)
 def test_retraining_with_the_same_seed_reproduces_the_metrics(version, tmp_path):
     """Retrain with the card's commands (fixed step counts, one thread: the same windows, init and schedules) and
