@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -100,17 +102,40 @@ def _loaded(model_key: tuple[str, str, str]) -> LoadedModel:
     return get_pool().get(entry, device, dtype)
 
 
+def top_k(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k next-token ids and probabilities of logits [T, V]: [T, k] each."""
+    probs = torch.softmax(logits.float(), -1)
+    p, i = probs.topk(min(k, probs.shape[-1]), -1)
+    return i.cpu().numpy(), p.cpu().numpy()
+
+
+# Top-k predictions that another forward already produced (the score pages' capture returns its logits), waiting for
+# `predictions` to take them instead of running its own forward of the same prompt. Small and process-wide.
+_OFFERED: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+_OFFERED_LOCK = threading.Lock()
+
+
+def offer_predictions(model_key: tuple, tokens: tuple[int, ...], logits: torch.Tensor, k: int = 16) -> None:
+    """Leave the top-k of `logits` [T, V] (a forward of `tokens` on `model_key`) for the next `predictions` call."""
+    with _OFFERED_LOCK:
+        _OFFERED[(tuple(model_key), tuple(tokens), k)] = top_k(logits, k)
+        while len(_OFFERED) > 8:
+            _OFFERED.popitem(last=False)
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k next-token ids and probabilities at every position: [T, k] each."""
+    """Top-k next-token ids and probabilities at every position: [T, k] each (one forward, unless offered)."""
+    with _OFFERED_LOCK:
+        offered = _OFFERED.pop((tuple(model_key), tuple(tokens), k), None)
+    if offered is not None:
+        return offered
     lm = _loaded(model_key)
 
     def run():
         with torch.no_grad():
             logits, _ = lm.model(list(tokens))
-        probs = torch.softmax(logits[0].float(), -1)
-        p, i = probs.topk(min(k, probs.shape[-1]), -1)
-        return i.cpu().numpy(), p.cpu().numpy()
+        return top_k(logits[0], k)
 
     return gated(run)
 
@@ -168,9 +193,7 @@ class Run:
         if self.model_key is not None:
             return predictions(self.model_key, tuple(self.tokens), k)
         if self.trace is not None and "logits" in self.trace.arrays:
-            lg = torch.from_numpy(self.trace.arrays["logits"]).float()
-            p, i = torch.softmax(lg, -1).topk(min(k, lg.shape[-1]), -1)
-            return i.numpy(), p.numpy()
+            return top_k(torch.from_numpy(self.trace.arrays["logits"]), k)
         return None
 
     def layer(self, l: int) -> dict[str, np.ndarray]:

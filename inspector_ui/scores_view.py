@@ -24,7 +24,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from inspector_ui.frame import PLOTLY_CONFIG, PLOTLY_CONFIG_SVG, PageContext, Run, bind, gated, publish, show_error
+from inspector_ui.frame import (PLOTLY_CONFIG, PLOTLY_CONFIG_SVG, PageContext, Run, bind, gated, offer_predictions,
+                                publish, show_error)
 from inspector_ui.token_view import prediction_tips, token_view
 from rwkv_core import figures_scores as FS
 from rwkv_core import scores as S
@@ -56,8 +57,14 @@ def run_id(run: Run) -> tuple:
 
 @st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
 def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreInputs]:
-    """Every layer's score inputs for one prompt: one forward of the shared model, under the work gate."""
-    return gated(lambda: S.capture_score_inputs(_model, list(tokens)), "Capturing r, k, v and the decays")
+    """Every layer's score inputs for one prompt: one forward of the shared model, under the work gate. Its logits
+    become the token view's predictions (no second forward)."""
+    def capture() -> list[S.ScoreInputs]:
+        logits, inputs = S.capture_with_logits(_model, list(tokens))
+        offer_predictions(rid[1:4], tokens, logits)
+        return inputs
+
+    return gated(capture, "Capturing r, k, v and the decays")
 
 
 @st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)

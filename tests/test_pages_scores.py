@@ -296,3 +296,31 @@ def test_token_colors_and_scale():
     assert cols[2] == cols[4] == "rgba(0,0,0,0)" and cols[3] is None  # the selected one: blue from the view
     assert token_css([1.0, -1.0], 1.0, colorblind=True)[0].startswith("rgba(230,97,1")
     assert scale_factor("-2", []) == pytest.approx(0.01)  # |A| x 10^s: saturates at |A| = 100
+
+
+def test_score_capture_gives_the_token_view_its_predictions_without_a_second_forward():
+    """A score page's first load: the capture's logits become the token view's top-16 predictions (the same
+    numbers a separate forward gives), so the model runs once per prompt, not twice."""
+    from inspector_ui import frame, scores_view
+
+    key = (V52, "cpu", "fp32")
+    shared_file("tiny-rwkv-5v2-730K-FP32.bin")
+    lm = frame._loaded(key)
+    tokens = tuple(lm.tokenizer.encode("The Eiffel Tower is located in the city of").ids)
+    rid = ("model", *key, "test-first-load")
+    calls = []
+    forward = lm.model.forward
+    lm.model.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)  # counts every forward
+    try:
+        scores_view._model_inputs.clear()
+        frame.predictions.clear()
+        inputs = scores_view._model_inputs(rid, lm.model, tokens)
+        ids, probs = frame.predictions(key, tokens, 16)
+        assert len(inputs) == lm.model.cfg.n_layer and len(calls) == 1
+        frame.predictions.clear()  # nothing offered any more: a forward of its own
+        ids2, probs2 = frame.predictions(key, tokens, 16)
+        assert len(calls) == 2
+    finally:
+        del lm.model.forward
+    assert ids.shape == (len(tokens), 16) and np.array_equal(ids, ids2)
+    np.testing.assert_allclose(probs, probs2, rtol=1e-6, atol=1e-7)
