@@ -164,18 +164,6 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
         st.session_state["ct_abl_ref"] = st.session_state["ct_abl_ref"]
 
 
-AUTO_TRACE_MAX_SIZE = 4096  # n_layer x n_embd up to which a curated example is traced on load (the demos: 4 x 128)
-
-
-def is_curated_example(runs: list[Run], subject: str, answer: str) -> bool:
-    """Whether the page shows run A's model's own tracing example (the registry's, e.g. the demo model's Eiffel
-    Tower) with its subject and answer, on small models only: then it is traced on load, without pressing Trace.
-    Decided from the model, prompt and settings alone (all in the URL), so a shared link shows the same page."""
-    ex = runs[0].loaded.entry.tracing or {}
-    return (ex.get("prompt") == runs[0].prompt and (ex.get("subject"), ex.get("answer")) == (subject, answer)
-            and all(r.cfg.n_layer * r.cfg.n_embd <= AUTO_TRACE_MAX_SIZE and subject in r.prompt for r in runs))
-
-
 URL_KEYS = ("ct_subject", "ct_answer", "ct_answer2", "ct_corruption", "ct_alt", "ct_samples", "ct_noise", "ct_seed",
             "ct_site", "ct_mode", "ct_window", "ct_vfirst", "ct_metric", "ct_imgfmt", "ct_abl_target", "ct_abl_repl")
 
@@ -377,10 +365,7 @@ if ctx.compare:
     for col, run in zip(cols, runs):
         col.markdown(f"**{run.title}** · `{run.prompt}`")
 
-# The small model's curated example is traced at once (a second or two): the page opens on a real picture.
-auto = (not submitted and not st.session_state.get("ct_stop") and any(k not in results_store for k in trace_keys)
-        and is_curated_example(runs, subject, answer))
-if submitted or auto:
+if submitted:
     st.session_state["ct_stop"] = False
     stop_slot = st.empty()
     stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)

@@ -429,38 +429,6 @@ def test_page_end_to_end():
     assert at.session_state["ct_results"][key]["results"] is results_before[key]["results"]
 
 
-def _clean_and_corrupt(at) -> tuple[float, float]:
-    labels = {m.label: m.value for m in at.metric}
-    clean = float(next(v for k, v in labels.items() if k.startswith("clean p")))
-    corrupt = float(next(v for k, v in labels.items() if k.startswith("corrupted p")))
-    return clean, corrupt
-
-
-def test_page_traces_the_default_demo_example_on_first_load():
-    """The app's default model (the v7 demo) on its curated tracing example is traced without pressing Trace, and
-    the picture is the real one; a link that names the same settings is traced the same way (the decision uses only
-    what is in the URL), a link with other settings waits for Trace."""
-    pytest.importorskip("streamlit")
-    at = _page()
-    at.run()
-    assert not at.exception and not at.error, ([e.value for e in at.exception], [e.value for e in at.error])
-    assert at.text_input(key="ct_subject").value == "The Eiffel Tower"
-    assert len(at.get("plotly_chart")) >= 4  # three heat maps + the ablation bars
-    clean, corrupt = _clean_and_corrupt(at)
-    assert clean > 0.9 and clean - corrupt > 0.5, (clean, corrupt)
-    shared = dict(at.query_params)
-    assert shared["ct_subject"] == "The Eiffel Tower" and shared["ct_answer"] == " Paris"
-    # the shared link, opened in a new session: the same picture at once
-    at2 = _page(**{k: v[0] if isinstance(v, list) else v for k, v in shared.items()})
-    at2.run()
-    assert not at2.exception and _clean_and_corrupt(at2) == (clean, corrupt)
-    # other settings from a link are not traced until asked
-    at3 = _page(ct_subject="Eiffel Tower", ct_answer=" Paris")
-    at3.run()
-    assert not at3.exception and not at3.session_state["ct_results"]
-    assert any("press **Trace**" in i.value for i in at3.info)
-
-
 def test_page_defaults_follow_the_prompt_and_compare_mode_traces_both():
     """Defaults: the registry's tracing example for its own prompt, else the first word and the greedy next token.
     Compare mode traces both prompts; an error of run B (subject not in prompt B) stays in its column."""
