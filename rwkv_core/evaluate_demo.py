@@ -137,9 +137,9 @@ def queue_heads(model, probes, rows: Optional[list[torch.Tensor]] = None) -> dic
     """
     from rwkv_core.demo_corpus import REPEAT_AGAIN, REPEAT_HEADER
 
-    rows = answer_rows(model, probes) if rows is None else rows
-    rows = [r for p, r in zip(probes, rows) if p.kind == "repeat"]
-    probes = [p for p in probes if p.kind == "repeat"]
+    keep = [i for i, p in enumerate(probes) if p.kind == "repeat"]
+    rows = answer_rows(model, [probes[i] for i in keep]) if rows is None else [rows[i] for i in keep]
+    probes = [probes[i] for i in keep]
     hits = torch.zeros(model.cfg.n_layer, model.cfg.n_head)
     for p, row in zip(probes, rows):
         again = p.prompt.index("\n" + REPEAT_AGAIN) + 1
