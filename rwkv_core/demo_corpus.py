@@ -448,18 +448,22 @@ def _filler_document(rng: random.Random) -> str:
 
 _MAKERS: dict[str, Callable[[random.Random], str]] = {
     "facts": _fact_document,
-    "kv": lambda rng, fmt="word": _kv_episode(rng, fmt)[0],
+    "kv": lambda rng: _kv_episode(rng)[0],
     "repeat": lambda rng: _repeat_episode(rng)[0],
     "filler": _filler_document,
 }
+
+
+def _make(kind: str, rng: random.Random, kv_format: str) -> str:
+    """One document of a kind; kv episodes in the given line layout."""
+    return _kv_episode(rng, kv_format)[0] if kind == "kv" else _MAKERS[kind](rng)
 
 
 @lru_cache(maxsize=None)
 def _mean_length(kind: str, kv_format: str = "word") -> float:
     """Mean document length of a kind (fixed sample), to turn byte shares into document probabilities."""
     rng = random.Random(f"mean-length:{kind}")
-    make = (lambda r: _MAKERS["kv"](r, kv_format)) if kind == "kv" else _MAKERS[kind]
-    return sum(len(make(rng)) for _ in range(2000)) / 2000
+    return sum(len(_make(kind, rng, kv_format)) for _ in range(2000)) / 2000
 
 
 def _kind_weights(mix: Optional[Mapping[str, float]], kv_format: str = "word") -> tuple[list[str], list[float]]:
@@ -478,7 +482,7 @@ def iter_documents(seed: int, mix: Optional[Mapping[str, float]] = None,
     rng = random.Random(f"corpus:{seed}")
     while True:
         kind = rng.choices(kinds, weights)[0]
-        yield kind, (_MAKERS["kv"](rng, kv_format) if kind == "kv" else _MAKERS[kind](rng))
+        yield kind, _make(kind, rng, kv_format)
 
 
 def training_documents(seed: int, n: int, mix: Optional[Mapping[str, float]] = None) -> list[str]:
