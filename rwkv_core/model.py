@@ -142,6 +142,9 @@ class TimeMix(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.cfg, self.layer_id = cfg, layer_id
+        # v7 only: a kernel equal to `wkv.wkv7_chunked` that this block uses instead (training sets one whose
+        # backward is cheaper); None = `wkv.wkv7_chunked`. Per model, so other models in the process are untouched.
+        self.wkv7_chunked: Optional[Callable] = None
         self.hook_r = HookPoint()  # [B, T, C] receptance
         self.hook_k = HookPoint()  # [B, T, C] key (v7: before the a-dependent modification)
         self.hook_v = HookPoint()  # [B, T, C] value (v7: after the value residual)
@@ -372,7 +375,7 @@ class TimeMixV7(TimeMix):
         v = self.hook_v(v)
         if self.layer_id == 0:
             v_first = v
-        kern = wkv.wkv7_chunked if self.use_chunked(chunked, positions, T) else wkv.wkv7_serial
+        kern = (self.wkv7_chunked or wkv.wkv7_chunked) if self.use_chunked(chunked, positions, T) else wkv.wkv7_serial
         heads = lambda t: t.reshape(B, T, H, N)
         y, state = run_wkv_segments(kern, (heads(r), heads(logw), heads(k), heads(v), heads(-kk), heads(kk * a)),
                                     state, self.hook_state, positions, need_state)

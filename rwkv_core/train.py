@@ -285,14 +285,12 @@ def make_optimizer(model: RWKV, lr: float, weight_decay: float) -> torch.optim.O
 
 
 def train(args: argparse.Namespace) -> dict:
-    """One training phase; returns its summary (with the logged `history`). The training kernel and the thread
-    count are set for the run only (restored afterwards), so calling it from a process that does other work is safe."""
-    kernel, threads = wkv.wkv7_chunked, torch.get_num_threads()
-    wkv.wkv7_chunked = wkv7_chunked_train  # the same kernel, cheaper backward
+    """One training phase; returns its summary (with the logged `history`). The thread count is set for the run
+    only (restored afterwards), so calling it from a process that does other work is safe."""
+    threads = torch.get_num_threads()
     try:
         return _train(args)
     finally:
-        wkv.wkv7_chunked = kernel
         torch.set_num_threads(threads)
 
 
@@ -308,6 +306,8 @@ def _train(args: argparse.Namespace) -> dict:
     else:
         model = build_model(args.version, args.n_layer, args.n_embd, args.head_size, args.seed, args.dim_ffn)
     model.to(device)
+    for block in model.blocks:  # the same kernel, cheaper backward; set on this model only
+        block.att.wkv7_chunked = wkv7_chunked_train
     n_params = count_parameters(model)
     cfg = model.cfg
     print(f"RWKV v{cfg.version}: L={cfg.n_layer} C={cfg.n_embd} H={cfg.n_head} N={cfg.head_size} "

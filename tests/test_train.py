@@ -89,7 +89,9 @@ def test_windows_are_shifted_pairs_and_start_at_documents_when_asked():
 
 @pytest.mark.parametrize("version", ["7", "6"])
 def test_a_run_is_deterministic_and_a_replayed_prefix_equals_its_start(version, tmp_path):
+    kernel = wkv.wkv7_chunked
     a = run(tmp_path, version, 6, out="a.pth")
+    assert wkv.wkv7_chunked is kernel  # the training kernel is set on the trained model only, not process-wide
     b = run(tmp_path, version, 6, out="b.pth")
     sa = torch.load(tmp_path / "a.pth", weights_only=True)
     sb = torch.load(tmp_path / "b.pth", weights_only=True)
