@@ -11,10 +11,12 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from rwkv_core.card import write_card
 from rwkv_core.demo_corpus import (KV_FORMATS, eval_fact_prompts, retrieval_probes, tracing_examples,
                                    train_fact_prompts)
 
@@ -254,7 +256,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = ap.parse_args(argv)
     recorded: dict = {}
     if args.card:
-        from pathlib import Path
         p = Path(args.card)
         recorded = (json.loads(p.read_text()).get("metrics") or {}) if p.exists() else {}
     task = args.retrieval_task or recorded.get("retrieval_task") or "kv"
@@ -265,11 +266,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                       kv_format)
     print(json.dumps(result, indent=1))
     if args.card:
-        from pathlib import Path
         p = Path(args.card)
         c = json.loads(p.read_text()) if p.exists() else {}
         c["metrics"] = card_metrics(result)
-        p.write_text(json.dumps(c, indent=1) + "\n")
+        write_card(p, c)
 
 
 if __name__ == "__main__":

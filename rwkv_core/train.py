@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rwkv_core import wkv
+from rwkv_core.card import write_card
 from rwkv_core.checkpoint import detect_config
 from rwkv_core.demo_corpus import KV_FORMATS, SEPARATOR, training_stream
 from rwkv_core.model import RWKV
@@ -428,7 +429,7 @@ def record_phase(card_path: Path, args: argparse.Namespace, summary: dict) -> No
     tr["params"] = summary["params"]
     tr["total_tokens"] = sum(ph["tokens"] for ph in phases)
     tr["total_train_s"] = round(sum(ph["train_s"] for ph in phases), 1)
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    write_card(card_path, card)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

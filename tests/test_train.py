@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from rwkv_core import wkv
 from rwkv_core import train as T
+from rwkv_core.card import card_json
 from rwkv_core.checkpoint import load_model
 from rwkv_core.demo_corpus import SEPARATOR
 
@@ -154,3 +156,30 @@ def test_card_records_each_phase_and_a_new_first_phase_starts_over(tmp_path):
     # a run without --init-from is a new first phase
     run(tmp_path, "7", 2, "--card", str(card), out="p3.pth")
     assert len(json.loads(card.read_text())["training"]["phases"]) == 1
+
+
+def test_card_json_is_the_same_json_with_flat_lists_on_one_line():
+    rng = np.random.default_rng(0)
+
+    def value(depth):
+        kind = rng.integers(0, 7 if depth < 4 else 4)
+        if kind == 0:
+            return float(rng.normal())
+        if kind == 1:
+            return int(rng.integers(-5, 5))
+        if kind == 2:
+            return rng.choice(["a", 'q"uote', "[x]", "{y}", "", "ünï\n"])
+        if kind == 3:
+            return [None, True][int(rng.integers(0, 2))]
+        if kind in (4, 5):
+            return [value(depth + 1) for _ in range(rng.integers(0, 4))]
+        return {f"k{i}": value(depth + 1) for i in range(rng.integers(0, 4))}
+
+    for _ in range(300):
+        obj = {"x": value(0), "y": [value(1) for _ in range(3)]}
+        assert json.loads(card_json(obj)) == obj
+    text = card_json({"phases": [{"args": ["--lr", "1e-3"], "loss_log": [[250, 1.5, 1.7], [500, 1.2, 1.3]]}]})
+    assert '"args": ["--lr", "1e-3"]' in text and "\n    [250, 1.5, 1.7],\n" in text
+    for card in ("demo-v6.json", "demo-v7.json"):  # the committed cards are written this way
+        path = Path(__file__).resolve().parent.parent / "models" / card
+        assert path.read_text() == card_json(json.loads(path.read_text())) + "\n"
