@@ -270,14 +270,26 @@ def store_prompt(text: str) -> str:
         os.utime(p)  # already stored (every rerun publishes it): mark it recent
         return pid
     tmp = p.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)  # readers never see a half-written prompt
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)  # readers never see a half-written prompt
+    except OSError:
+        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no partial file behind
+        raise
     _prune_prompt_store(keep=p)
     return pid
 
 
+STALE_TMP_S = 3600  # a temp file this old was left by a process that died between writing and renaming
+
+
 def _prune_prompt_store(keep: Path) -> None:
-    """Delete the least recently used prompts beyond `PROMPT_STORE_MAX_FILES`."""
+    """Delete the least recently used prompts beyond `PROMPT_STORE_MAX_FILES`, and stale temp files."""
+    now = time.time()
+    for f in PROMPT_STORE.glob("*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - f.stat().st_mtime > STALE_TMP_S:
+                f.unlink()
     files = []
     for f in PROMPT_STORE.glob("*.txt"):
         with contextlib.suppress(OSError):
@@ -304,7 +316,12 @@ def _publish_prompt(key: str) -> None:
     text = st.session_state.get(key, "")
     if len(text) > URL_PROMPT_CHARS:
         st.query_params.pop(key, None)
-        st.query_params[f"{key}_id"] = store_prompt(text)
+        try:
+            st.query_params[f"{key}_id"] = store_prompt(text)
+        except OSError as e:  # a full disk or a read-only home must not stop the page
+            st.query_params.pop(f"{key}_id", None)
+            st.warning(f"This prompt is too long for the page's link and could not be stored for one "
+                       f"({e.strerror or e}); everything works, but a copied link will not carry the prompt.")
     else:
         st.query_params.pop(f"{key}_id", None)
         publish(key)

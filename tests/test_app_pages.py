@@ -197,6 +197,23 @@ def test_from_url_single_and_long_prompt_id(page, tmp_path, monkeypatch):
     assert qp.get("prompt_id") == pid and "prompt" not in qp  # still a short link
 
 
+def test_a_long_prompt_that_cannot_be_stored_warns_and_the_page_works(tmp_path, monkeypatch):
+    """A full disk or a read-only home (here: the store's parent is a file) must not stop the page: the prompt is
+    left out of the link, with a one-line warning, and the view is drawn."""
+    import inspector_ui.frame as frame
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(frame, "PROMPT_STORE", blocker / "prompts")
+    long_prompt = ("1234567890" * 45)[:frame.URL_PROMPT_CHARS + 20] + ","
+    page = REPO / "pages" / "1_Attention.py"
+    at = _app(page, model=DIGITS, prompt=long_prompt)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("could not be stored" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert "prompt_id" not in _qp(at) and _token_texts(at) and _token_texts(at)[0] == long_prompt
+
+
 # ------------------------------------------------------------------------------------------------ after another page
 
 

@@ -210,6 +210,31 @@ def test_prompt_store_is_bounded_and_keeps_links_in_use(tmp_path, monkeypatch):
     assert frame.load_prompt(ids[1]) is None
 
 
+def test_prompt_store_removes_stale_temp_files_and_leaves_none_on_a_failed_write(tmp_path, monkeypatch):
+    """A temp file left by a process that died between write and rename is removed once it is stale (a fresh one
+    may be another process's write in progress); a write that fails removes its own temp file."""
+    import os
+    import inspector_ui.frame as frame
+
+    store = tmp_path / "prompts"
+    monkeypatch.setattr(frame, "PROMPT_STORE", store)
+    store.mkdir()
+    stale, fresh = store / "0123456789abcdef.4242.tmp", store / "fedcba9876543210.4343.tmp"
+    stale.write_text("half")
+    fresh.write_text("half")
+    os.utime(stale, (1000, 1000))
+    pid = frame.store_prompt("a long prompt " * 50)
+    assert not stale.exists() and fresh.exists() and frame.load_prompt(pid) == "a long prompt " * 50
+
+    def replace_fails(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(frame.os, "replace", replace_fails)
+    with pytest.raises(OSError):
+        frame.store_prompt("another prompt " * 50)
+    assert sorted(f.name for f in store.iterdir()) == sorted([fresh.name, f"{pid}.txt"])
+
+
 def test_registry_lists_configured_folders_by_name_only(tmp_path, monkeypatch, opened):
     """A configured folder offers its own plain checkpoint files, by name; not symlinks (to a file outside), not
     subfolders, not other files; every offered path lies in the configured, shared or demo folders."""
