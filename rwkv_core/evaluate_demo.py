@@ -106,14 +106,26 @@ def _best(share: torch.Tensor) -> dict:
 
 
 def copying_heads(model, probes, rows: Optional[list[torch.Tensor]] = None) -> dict:
-    """For every (layer, head): the share of probes where the largest R·W·K score from the answer position is on
-    the source token (the answer's first byte in the list). `rows`: `answer_rows(model, probes)` if already
-    computed."""
+    """For every (layer, head): the share of probes where the R·W·K score from the answer position that is largest
+    in magnitude is on the source token (the answer's first byte in the list). `rows`: `answer_rows(model, probes)`
+    if already computed.
+
+    Magnitude, not signed value: a head's score has no meaningful sign. Negating a head's keys and values
+    (k -> -k, v -> -v) leaves the model's function exactly as it was (the WKV output sums score * v) and flips every
+    score of the head, so a head may read its source through a large negative score (a trained v6 lookup head does).
+    `negative_share`: of the hits, the share whose score is negative.
+    """
     rows = answer_rows(model, probes) if rows is None else rows
     hits = torch.zeros(model.cfg.n_layer, model.cfg.n_head)
+    negative = torch.zeros_like(hits)
     for p, row in zip(probes, rows):
-        hits += (row.argmax(-1) == p.source_char_index).float()  # [L, H]
-    return _best(hits / len(probes))
+        hit = (row.abs().argmax(-1) == p.source_char_index).float()  # [L, H]
+        hits += hit
+        negative += hit * (row[:, :, p.source_char_index] < 0).float()
+    out = _best(hits / len(probes))
+    out["negative_share"] = [[round(float(n / h), 4) if h else 0.0 for n, h in zip(nr, hr)]
+                             for nr, hr in zip(negative, hits)]
+    return out
 
 
 def _word_starts(text: str, offset: int) -> dict[str, int]:

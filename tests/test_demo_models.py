@@ -159,6 +159,36 @@ def test_copying_head_reads_the_source_token(version):
     assert r["share"][layer][head] >= 0.80, r
 
 
+def test_copying_head_share_is_unchanged_when_a_v6_head_negates_its_keys_and_values():
+    """The copying-head measure looks at |score| because the sign of a head's scores is not a property of the
+    model: k -> -k, v -> -v in one v6 head gives the same logits (the WKV output sums score * v) and flips every
+    score of that head. The shares must not change (a signed argmax would change them)."""
+    import copy
+
+    base = model("6")
+    probe_set = probes("repeat", "6")[:40]
+    before = E.copying_heads(base, probe_set)
+    flipped = copy.deepcopy(base)
+    N = base.cfg.head_size
+    with torch.no_grad():
+        for layer in range(base.cfg.n_layer):
+            for head in range(base.cfg.n_head):
+                if (layer + head) % 2:  # every other head: a mix of flipped and unflipped heads
+                    att = flipped.blocks[layer].att
+                    att.key.weight[head * N:(head + 1) * N] *= -1
+                    att.value.weight[head * N:(head + 1) * N] *= -1
+    tokens = list(probe_set[0].prompt.encode())
+    with torch.no_grad():
+        a, b = base(tokens)[0], flipped(tokens)[0]
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), float((a - b).abs().max())
+    rows_a, rows_b = E.answer_rows(base, probe_set[:1]), E.answer_rows(flipped, probe_set[:1])
+    assert torch.allclose(rows_b[0][0, 1], -rows_a[0][0, 1], rtol=1e-4, atol=1e-3)  # (0 + 1) % 2: flipped
+    assert torch.allclose(rows_b[0][0, 0], rows_a[0][0, 0], rtol=1e-4, atol=1e-3)  # unflipped
+    after = E.copying_heads(flipped, probe_set)
+    assert np.allclose(after["share"], before["share"])
+    assert max(max(r) for r in before["share"]) > 0  # some hits, so the comparison means something
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_queue_head_on_the_repeat_task(version):
     r = E.queue_heads(model(version), probes("repeat", version)[:N_HEAD_PROBES])
