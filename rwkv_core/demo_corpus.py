@@ -54,7 +54,24 @@ KV_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # lines in their first phase and "letter" lines in a later one (see models/README.md).
 KV_FORMATS = ("word", "letter")
 KV_VALUE_DIGITS = 2
-KV_PAIRS = (2, 6)  # min, max pairs per episode
+KV_PAIRS = (2, 6)  # min, max pairs per episode (probes always use this range)
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """How the training stream writes kv episodes: the line layout (one of KV_FORMATS) and the range of pairs per
+    episode. Fewer pairs make a lookup curriculum: with two pairs a model finds the key-value binding much sooner
+    (a v6 model did in 1 M bytes where 2-6 pairs left it at chance; models/README.md)."""
+
+    format: str = "word"
+    pairs: tuple[int, int] = KV_PAIRS
+
+    def __post_init__(self):
+        if self.format not in KV_FORMATS:
+            raise ValueError(f"kv format must be one of {KV_FORMATS}, not {self.format!r}")
+        lo, hi = self.pairs
+        if not 1 <= lo <= hi <= len(KV_LETTERS):
+            raise ValueError(f"kv pairs must be 1 <= min <= max <= {len(KV_LETTERS)}, not {self.pairs}")
 REPEAT_HEADER, REPEAT_AGAIN = "WORDS:", "AGAIN:"
 REPEAT_WORDS = (  # no word is a substring of another, so a word occurs exactly where it was put
     "apple", "bread", "chair", "dream", "eagle", "flame", "grape", "horse", "ivory", "jelly", "knife", "lemon",
@@ -247,14 +264,15 @@ def _fact_document(rng: random.Random) -> str:
 # -------------------------------------------------------------------------------------------------- retrieval
 
 
-def _kv_episode(rng: random.Random, fmt: str = "word") -> tuple[str, list[tuple[str, str, int, int]]]:
+def _kv_episode(rng: random.Random, fmt: str = "word",
+                pairs: tuple[int, int] = KV_PAIRS) -> tuple[str, list[tuple[str, str, int, int]]]:
     """A kv episode and its queries [(key, value, source index of the value, start of the query line)].
 
     Layout: HEADER, then lines "key=value" (distinct keys from KV_KEYS, distinct 2-digit values), then CHECK:, then
     queries "key=value" for distinct keys in random order. Upper-case headers and digit values cannot contain a key,
     so each key occurs once in the list and once in the queries.
     """
-    n = rng.randint(*KV_PAIRS)
+    n = rng.randint(*pairs)
     if fmt not in KV_FORMATS:
         raise ValueError(f"kv format must be one of {KV_FORMATS}, not {fmt!r}")
     keys = rng.sample(KV_KEYS if fmt == "word" else KV_LETTERS, n)
@@ -454,35 +472,35 @@ _MAKERS: dict[str, Callable[[random.Random], str]] = {
 }
 
 
-def _make(kind: str, rng: random.Random, kv_format: str) -> str:
-    """One document of a kind; kv episodes in the given line layout."""
-    return _kv_episode(rng, kv_format)[0] if kind == "kv" else _MAKERS[kind](rng)
+def _make(kind: str, rng: random.Random, kv: KVLayout) -> str:
+    """One document of a kind; kv episodes as `kv` says."""
+    return _kv_episode(rng, kv.format, kv.pairs)[0] if kind == "kv" else _MAKERS[kind](rng)
 
 
 @lru_cache(maxsize=None)
-def _mean_length(kind: str, kv_format: str = "word") -> float:
+def _mean_length(kind: str, kv: KVLayout = KVLayout()) -> float:
     """Mean document length of a kind (fixed sample), to turn byte shares into document probabilities."""
     rng = random.Random(f"mean-length:{kind}")
-    return sum(len(_make(kind, rng, kv_format)) for _ in range(2000)) / 2000
+    return sum(len(_make(kind, rng, kv)) for _ in range(2000)) / 2000
 
 
-def _kind_weights(mix: Optional[Mapping[str, float]], kv_format: str = "word") -> tuple[list[str], list[float]]:
+def _kind_weights(mix: Optional[Mapping[str, float]], kv: KVLayout = KVLayout()) -> tuple[list[str], list[float]]:
     mix = dict(DEFAULT_MIX if mix is None else mix)
     bad = set(mix) - set(KINDS)
     if bad or not any(w > 0 for w in mix.values()) or any(w < 0 for w in mix.values()):
         raise ValueError(f"mix needs non-negative weights over {KINDS}, some positive; got {mix}")
     kinds = [k for k in KINDS if mix.get(k, 0) > 0]
-    return kinds, [mix[k] / _mean_length(k, kv_format) for k in kinds]
+    return kinds, [mix[k] / _mean_length(k, kv) for k in kinds]
 
 
 def iter_documents(seed: int, mix: Optional[Mapping[str, float]] = None,
-                   kv_format: str = "word") -> Iterator[tuple[str, str]]:
+                   kv: KVLayout = KVLayout()) -> Iterator[tuple[str, str]]:
     """Endless (kind, document) pairs for a seed; `mix` gives byte shares per kind (default DEFAULT_MIX)."""
-    kinds, weights = _kind_weights(mix, kv_format)
+    kinds, weights = _kind_weights(mix, kv)
     rng = random.Random(f"corpus:{seed}")
     while True:
         kind = rng.choices(kinds, weights)[0]
-        yield kind, _make(kind, rng, kv_format)
+        yield kind, _make(kind, rng, kv)
 
 
 def training_documents(seed: int, n: int, mix: Optional[Mapping[str, float]] = None) -> list[str]:
@@ -491,10 +509,10 @@ def training_documents(seed: int, n: int, mix: Optional[Mapping[str, float]] = N
 
 
 def training_stream(seed: int, n_bytes: int, mix: Optional[Mapping[str, float]] = None,
-                    kv_format: str = "word") -> bytes:
+                    kv: KVLayout = KVLayout()) -> bytes:
     """Exactly `n_bytes` of ASCII: the seed's documents joined with SEPARATOR (a prefix of any longer stream)."""
     parts, total = [], 0
-    for i, (_, doc) in enumerate(iter_documents(seed, mix, kv_format)):
+    for i, (_, doc) in enumerate(iter_documents(seed, mix, kv)):
         if total >= n_bytes:
             break
         piece = doc if i == 0 else SEPARATOR + doc

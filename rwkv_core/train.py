@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from rwkv_core import wkv
 from rwkv_core.card import write_card
 from rwkv_core.checkpoint import detect_config
-from rwkv_core.demo_corpus import KV_FORMATS, SEPARATOR, training_stream
+from rwkv_core.demo_corpus import KV_FORMATS, KV_PAIRS, SEPARATOR, KVLayout, training_stream
 from rwkv_core.model import RWKV
 from rwkv_core.synthetic import random_state_dict
 
@@ -314,7 +314,8 @@ def _train(args: argparse.Namespace) -> dict:
     print(f"RWKV v{cfg.version}: L={cfg.n_layer} C={cfg.n_embd} H={cfg.n_head} N={cfg.head_size} "
           f"F={cfg.dim_ffn} lora={cfg.lora} params={n_params:,}", flush=True)
     mix = json.loads(args.mix) if args.mix else None
-    data = training_stream(args.seed + args.data_offset, args.data_bytes, mix, args.kv_format)
+    kv = KVLayout(args.kv_format, tuple(args.kv_pairs))
+    data = training_stream(args.seed + args.data_offset, args.data_bytes, mix, kv)
     windows = Windows(data, args.ctx_len, args.seed + args.data_offset, args.doc_start_share)
     opt = make_optimizer(model, args.lr, args.weight_decay)
     tokens_per_step = args.batch * args.ctx_len
@@ -456,6 +457,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--doc-start-share", type=float, default=0.5)
     ap.add_argument("--kv-format", choices=KV_FORMATS, default="word",
                     help="kv lines: 'word' (cat=41) or 'letter' (c41: the key byte right before the value)")
+    ap.add_argument("--kv-pairs", type=int, nargs=2, default=list(KV_PAIRS), metavar=("MIN", "MAX"),
+                    help="pairs per kv episode (default %(default)s; fewer make a lookup curriculum)")
     ap.add_argument("--init-from", default=None, help="start from this .pth (a further training phase)")
     ap.add_argument("--data-offset", type=int, default=0,
                     help="corpus / window seed = seed + offset (a second phase sees fresh documents)")

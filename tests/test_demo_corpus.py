@@ -203,13 +203,26 @@ def test_kv_formats_share_the_stream_layout():
     """The "word" stream is what it always was (the committed models' first phase replays it); "letter" lines hold
     one key byte right before the value; an unknown format is refused."""
     word = dc.training_documents(5, 40, mix={"kv": 1.0})
-    letter = [doc for _, (_, doc) in zip(range(40), dc.iter_documents(5, {"kv": 1.0}, kv_format="letter"))]
+    letter = [doc for _, (_, doc) in zip(range(40), dc.iter_documents(5, {"kv": 1.0}, dc.KVLayout("letter")))]
     assert all("=" in d for d in word) and not any("=" in d for d in letter)
     for d in letter:
         lines = d.split("\n")[1:]
         assert all(len(x) == 3 and x[0] in dc.KV_LETTERS and x[1:].isdigit() for x in lines if x != "CHECK:")
     with pytest.raises(ValueError, match="kv format"):
-        dc.training_stream(0, 1000, {"kv": 1.0}, kv_format="nope")
+        dc.training_stream(0, 1000, {"kv": 1.0}, dc.KVLayout("nope"))
+
+
+def test_kv_pairs_set_the_pairs_per_episode_and_bad_layouts_are_refused():
+    """KVLayout.pairs bounds the number of key/value lines of every episode (a lookup curriculum); the default is
+    KV_PAIRS, which the probes use too."""
+    for lo, hi in ((2, 2), (1, 3), (4, 6)):
+        docs = [d for _, (_, d) in zip(range(200), dc.iter_documents(2, {"kv": 1.0}, dc.KVLayout("letter", (lo, hi))))]
+        counts = [d.split("CHECK:")[0].count("\n") - 1 for d in docs]  # lines between the header and CHECK:
+        assert min(counts) == lo and max(counts) == hi, (lo, hi, sorted(set(counts)))
+    assert dc.KVLayout().pairs == dc.KV_PAIRS == (2, 6)
+    for bad in ((0, 2), (3, 2), (1, 27)):
+        with pytest.raises(ValueError, match="kv pairs"):
+            dc.KVLayout("letter", bad)
 
 
 def test_retrieval_episodes_in_stream_are_short():

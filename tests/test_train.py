@@ -130,8 +130,9 @@ def test_a_trained_file_is_official_layout_and_loads_with_the_same_logits(versio
 
 def test_phase_args_drop_paths_and_reporting_options():
     argv = ["--version", "7", "--out", "x.pth", "--init-from=p.pth", "--steps", "5", "--card", "c.json",
-            "--progress", "--log", "l.jsonl", "--save-every", "100", "--stop-after", "2", "--lr", "1e-3"]
-    assert T.phase_args(argv) == ["--version", "7", "--steps", "5", "--lr", "1e-3"]
+            "--progress", "--log", "l.jsonl", "--save-every", "100", "--stop-after", "2", "--lr", "1e-3",
+            "--kv-pairs", "2", "2"]
+    assert T.phase_args(argv) == ["--version", "7", "--steps", "5", "--lr", "1e-3", "--kv-pairs", "2", "2"]
 
 
 def test_card_records_each_phase_and_a_new_first_phase_starts_over(tmp_path):
