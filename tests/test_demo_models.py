@@ -25,7 +25,7 @@ MODELS = ROOT / "models"
 VERSIONS = ("7", "6")
 # The (layer, head) whose largest R·W·K score from the answer position lands on the copied token (0-based), per
 # model: found by `python -m rwkv_core.evaluate_demo` and recorded in the model cards.
-COPY_HEAD = {"7": (3, 1), "6": (0, 0)}  # v6: none (share 0): see models/README.md
+COPY_HEAD = {"7": (3, 1), "6": (1, 0)}  # v6: its scores on the source are negative (see copying_heads)
 # The delta-rule "queue" head of the v7 model on the repeat task (see evaluate_demo.queue_heads and models/README.md):
 # its net R·W·K score (a word's score in the list plus its score where it was already repeated) is largest on the
 # word to be said next.
