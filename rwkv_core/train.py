@@ -286,8 +286,8 @@ def make_optimizer(model: RWKV, lr: float, weight_decay: float) -> torch.optim.O
 
 
 def train(args: argparse.Namespace) -> dict:
-    """One training phase; returns its summary (with the logged `history`). The thread count is set for the run
-    only (restored afterwards), so calling it from a process that does other work is safe."""
+    """One training phase (`args` from `parse_args`); returns its summary (with the logged `history`). The thread
+    count is set for the run only (restored afterwards), so calling it from a process that does other work is safe."""
     threads = torch.get_num_threads()
     try:
         return _train(args)
@@ -340,7 +340,7 @@ def _train(args: argparse.Namespace) -> dict:
                   flush=True)
         if total is not None and step >= total:
             break
-        if getattr(args, "stop_after", None) is not None and step >= args.stop_after:
+        if args.stop_after is not None and step >= args.stop_after:
             break  # a replayed prefix: the same schedule as the full phase, cut short
         if total is not None and bar is None and tqdm is not None and args.progress:
             bar = tqdm(total=total, initial=step, unit="step", mininterval=5, file=sys.stdout)
@@ -392,7 +392,7 @@ def _train(args: argparse.Namespace) -> dict:
     if log_f:
         log_f.write(json.dumps({"summary": summary}) + "\n")
         log_f.close()
-    if getattr(args, "card", None):
+    if args.card:
         record_phase(Path(args.card), args, summary)
     return summary
 
