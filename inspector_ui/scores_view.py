@@ -218,6 +218,9 @@ ATTN_HELP = r"""
 that $\sum_{i\le j} A[h,j,i]\,v_i = \mathrm{wkv}_j$ exactly. Tokens are numbered from 0; query $j$ reads source
 $i \le j$. Earlier tokens are coloured by $A[h,\mathrm{sel},i]$ (what the selected token reads), later tokens by
 $A[h,j,\mathrm{sel}]$ (who reads it); red positive, green negative (orange / purple in the colour-blind palette).
+A score's sign alone means little: negating a head's keys and values gives the same model with every score of that
+head flipped, so a head can read its source through a large negative score (the v6 demo's lookup head, layer 2
+head 1, does); look at $|A|$ for where a head reads.
 
 * **v5 / v6** (R·W·K dot, as web-rwkv-inspector): $A[h,j,i] = \sum_{c\in h} r_j[c]\,\Big(\prod_{t=i+1}^{j-1}
   w_t[c]\Big)\,k_i[c]$ for $i<j$; the diagonal is the bonus $A[h,j,j] = \sum_{c\in h} r_j[c]\,u[c]\,k_j[c]$.
