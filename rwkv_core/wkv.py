@@ -166,20 +166,25 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
     ce = c - lw  # exclusive
     nC = rc.shape[2]
     strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)  # i < t
-    # intra-chunk scores A[t, i] = sum_n r_t k_i exp(ce_t - c_i), i < t, in groups of chunks to bound memory
-    y = torch.empty_like(vc)
-    step = max(1, max_elems // max(1, B * H * L * L * N))
-    for g in range(0, nC, step):
-        sl = slice(g, g + step)
-        if float(-c[:, :, sl, -1, :].detach().min()) <= FACTOR_SPAN:  # the most negative cumulative log-decay
-            # the chunk's decay stays within e^-FACTOR_SPAN: split e^(ce_t - c_i) = e^ce_t * e^-c_i (no overflow)
-            A = (rc[:, :, sl] * torch.exp(ce[:, :, sl])) @ (kc[:, :, sl] * torch.exp(-c[:, :, sl])).transpose(-1, -2)
-            A = A.masked_fill(~strict, 0.0)  # [B, H, g, L(t), L(i)]
-        else:  # strong decays: form every pairwise factor, each exponent <= 0
-            e = ce[:, :, sl, :, None, :] - c[:, :, sl, None, :, :]  # [B, H, g, L(t), L(i), N], <= 0 where i < t
+    # intra-chunk scores A[t, i] = sum_n r_t k_i exp(ce_t - c_i), i < t. A chunk whose decay stays within
+    # e^-FACTOR_SPAN in every channel splits the factor, e^(ce_t - c_i) = e^ce_t * e^-c_i (one matrix product, no
+    # overflow); a chunk with stronger decays forms every pairwise factor, each exponent <= 0. Decided per (row,
+    # head, chunk) from that chunk alone, so a run cut inside a prompt decides its chunks as the whole run does.
+    strong = -c[:, :, :, -1, :].amin(-1) > FACTOR_SPAN  # [B, H, nC]: the chunk's most negative total log-decay
+    split = torch.where(strong[..., None, None], torch.zeros_like(c), -c)  # strong chunks: finite placeholder
+    A = (rc * torch.exp(ce)) @ (kc * torch.exp(split)).transpose(-1, -2)  # [B, H, nC, L(t), L(i)]
+    A = A.masked_fill(~strict, 0.0)
+    if bool(strong.any()):
+        idx = strong.nonzero(as_tuple=True)
+        step = max(1, max_elems // max(1, L * L * N))  # strong chunks per group, to bound memory
+        parts = []
+        for g in range(0, len(idx[0]), step):
+            sel = tuple(ix[g:g + step] for ix in idx)
+            e = ce[sel][:, :, None, :] - c[sel][:, None, :, :]  # [S, L(t), L(i), N], <= 0 where i < t
             e = torch.exp(e.masked_fill(~strict[:, :, None], float("-inf")))  # out of place: autograd (training)
-            A = ((e * kc[:, :, sl, None, :, :]) @ rc[:, :, sl, :, :, None]).squeeze(-1)
-        y[:, :, sl] = A @ vc[:, :, sl]
+            parts.append(((e * kc[sel][:, None, :, :]) @ rc[sel][:, :, :, None]).squeeze(-1))  # [S, L, L]
+        A = A.index_put(idx, torch.cat(parts))  # out of place: autograd
+    y = A @ vc
     y = y + (rc * u[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc  # bonus (diagonal)
     if nC == 1 and not need_state:  # one read of the (possibly shared) incoming state, no state formed
         y[:, :, 0] += _shared_mm(rc[:, :, 0] * torch.exp(ce[:, :, 0]), state)

@@ -158,6 +158,40 @@ def test_kernels_with_shared_states_and_no_state_equal_serial(version, T):
         chunked(*args, s0[:1].repeat(4, *([1] * (s0.dim() - 1))))  # 4 states cannot start 6 rows
 
 
+def test_wkv5_chunked_decides_the_factorisation_per_chunk():
+    """Strong and mild chunks side by side (per row, head and chunk): the outputs, state and gradients equal the
+    serial kernel; float32 stays finite with decays down to e^-1e4 per token; and a run cut at a chunk border
+    computes its tokens bit for bit as the whole run does (each chunk's path depends on that chunk alone)."""
+    torch.manual_seed(3)
+    B, T, H, N = 2, 48, 3, 8
+    f64 = dict(dtype=torch.float64)
+    r, k, v = (torch.randn(B, T, H, N, **f64) for _ in range(3))
+    logw = -torch.exp(torch.randn(B, T, H, N, **f64) * 0.5 - 2.0)  # mild everywhere ...
+    logw[0, 16:32, 1] = -torch.exp(torch.randn(16, N, **f64) + 2.5)  # ... but a strong chunk in row 0, head 1
+    logw[1, 40:, 2, 3] = -1e4  # and a channel that forgets at once at the end of row 1, head 2
+    u = torch.randn(H, N, **f64)
+    s0 = torch.randn(B, H, N, N, **f64)
+    strong = -torch.cumsum(logw.reshape(B, T // 16, 16, H, N), 2)[:, :, -1].amin(-1) > wkv.FACTOR_SPAN
+    assert strong.any() and not strong.all()  # both paths are taken in one call
+    y1, s1 = wkv.wkv5_serial(r, k, v, logw, u, s0)
+    y2, s2 = wkv.wkv5_chunked(r, k, v, logw, u, s0)
+    assert (y1 - y2).abs().max() < 1e-10 * float(y1.abs().max())
+    assert (s1 - s2).abs().max() < 1e-10 * float(s1.abs().max())
+    # gradients (v6 training runs this kernel)
+    leaves = [t.clone().requires_grad_(True) for t in (r, k, v, logw)]
+    g1 = torch.autograd.grad(wkv.wkv5_serial(*leaves, u, s0)[0].sin().sum(), leaves)
+    g2 = torch.autograd.grad(wkv.wkv5_chunked(*leaves, u, s0)[0].sin().sum(), leaves)
+    for a, b in zip(g1, g2):
+        assert torch.isfinite(b).all() and (a - b).abs().max() < 1e-9 * max(1.0, float(a.abs().max()))
+    # float32: finite, close to the float64 reference
+    y32, _ = wkv.wkv5_chunked(*(t.float() for t in (r, k, v, logw, u, s0)))
+    assert torch.isfinite(y32).all() and (y32.double() - y1).abs().max() < 1e-4 * float(y1.abs().max())
+    # runs cut at chunk borders (before and after the strong chunks): their tokens bit for bit the whole run's
+    for cut in (16, 32):
+        y_cut, _ = wkv.wkv5_chunked(*(t.float()[:, :cut] for t in (r, k, v, logw)), u.float(), s0.float())
+        assert torch.equal(y_cut, y32[:, :cut]), cut
+
+
 def _random_model(version, **kw) -> RWKV:
     sd = random_state_dict(version, **kw)
     return RWKV.from_state_dict(detect_config(sd), sd)
