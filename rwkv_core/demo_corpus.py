@@ -67,6 +67,7 @@ class KVLayout:
     pairs: tuple[int, int] = KV_PAIRS
 
     def __post_init__(self):
+        object.__setattr__(self, "pairs", tuple(self.pairs))  # hashable (the layout keys a cache) whatever was given
         if self.format not in KV_FORMATS:
             raise ValueError(f"kv format must be one of {KV_FORMATS}, not {self.format!r}")
         lo, hi = self.pairs

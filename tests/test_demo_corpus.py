@@ -220,6 +220,8 @@ def test_kv_pairs_set_the_pairs_per_episode_and_bad_layouts_are_refused():
         counts = [d.split("CHECK:")[0].count("\n") - 1 for d in docs]  # lines between the header and CHECK:
         assert min(counts) == lo and max(counts) == hi, (lo, hi, sorted(set(counts)))
     assert dc.KVLayout().pairs == dc.KV_PAIRS == (2, 6)
+    assert dc.KVLayout("letter", [2, 2]) == dc.KVLayout("letter", (2, 2))  # a list (argparse) works as a tuple
+    assert dc.training_stream(0, 500, {"kv": 1.0}, dc.KVLayout("letter", [2, 2]))
     for bad in ((0, 2), (3, 2), (1, 27)):
         with pytest.raises(ValueError, match="kv pairs"):
             dc.KVLayout("letter", bad)
