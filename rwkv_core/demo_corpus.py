@@ -467,7 +467,6 @@ def _filler_document(rng: random.Random) -> str:
 
 _MAKERS: dict[str, Callable[[random.Random], str]] = {
     "facts": _fact_document,
-    "kv": lambda rng: _kv_episode(rng)[0],
     "repeat": lambda rng: _repeat_episode(rng)[0],
     "filler": _filler_document,
 }

@@ -171,7 +171,7 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
     # overflow); a chunk with stronger decays forms every pairwise factor, each exponent <= 0. Decided per (row,
     # head, chunk) from that chunk alone, so a run cut inside a prompt decides its chunks as the whole run does.
     strong = -c[:, :, :, -1, :].amin(-1) > FACTOR_SPAN  # [B, H, nC]: the chunk's most negative total log-decay
-    split = torch.where(strong[..., None, None], torch.zeros_like(c), -c)  # strong chunks: finite placeholder
+    split = torch.where(strong[..., None, None], 0.0, -c)  # strong chunks: a finite placeholder, replaced below
     A = (rc * torch.exp(ce)) @ (kc * torch.exp(split)).transpose(-1, -2)  # [B, H, nC, L(t), L(i)]
     A = A.masked_fill(~strict, 0.0)
     if bool(strong.any()):
