@@ -266,10 +266,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--kv-format", choices=KV_FORMATS, default=None,
                     help="kv probe layout (default: the card's metrics.kv_format, else word)")
     args = ap.parse_args(argv)
-    recorded: dict = {}
-    if args.card:
-        p = Path(args.card)
-        recorded = (json.loads(p.read_text()).get("metrics") or {}) if p.exists() else {}
+    card = Path(args.card) if args.card else None
+    recorded = (json.loads(card.read_text()).get("metrics") or {}) if card and card.exists() else {}
     task = args.retrieval_task or recorded.get("retrieval_task") or "kv"
     kv_format = args.kv_format or recorded.get("kv_format") or "word"
     if args.threads:
@@ -277,11 +275,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     result = evaluate(args.path, args.probes, args.probe_seed, args.head_probes, args.train_phrasings, task,
                       kv_format)
     print(json.dumps(result, indent=1))
-    if args.card:
-        p = Path(args.card)
-        c = json.loads(p.read_text()) if p.exists() else {}
+    if card:
+        c = json.loads(card.read_text()) if card.exists() else {}
         c["metrics"] = card_metrics(result)
-        write_card(p, c)
+        write_card(card, c)
 
 
 if __name__ == "__main__":

@@ -142,9 +142,6 @@ class TimeMix(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.cfg, self.layer_id = cfg, layer_id
-        # v7 only: a kernel equal to `wkv.wkv7_chunked` that this block uses instead (training sets one whose
-        # backward is cheaper); None = `wkv.wkv7_chunked`. Per model, so other models in the process are untouched.
-        self.wkv7_chunked: Optional[Callable] = None
         self.hook_r = HookPoint()  # [B, T, C] receptance
         self.hook_k = HookPoint()  # [B, T, C] key (v7: before the a-dependent modification)
         self.hook_v = HookPoint()  # [B, T, C] value (v7: after the value residual)
@@ -330,6 +327,9 @@ class TimeMixV7(TimeMix):
 
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__(cfg, layer_id)
+        # a kernel equal to `wkv.wkv7_chunked` that this block uses instead (training sets one whose backward is
+        # cheaper); None = `wkv.wkv7_chunked`. Per model, so other models in the process are untouched.
+        self.wkv7_chunked: Optional[Callable] = None
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
         lo = cfg.lora
         for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):

@@ -307,8 +307,9 @@ def _train(args: argparse.Namespace) -> dict:
     else:
         model = build_model(args.version, args.n_layer, args.n_embd, args.head_size, args.seed, args.dim_ffn)
     model.to(device)
-    for block in model.blocks:  # the same kernel, cheaper backward; set on this model only
-        block.att.wkv7_chunked = wkv7_chunked_train
+    if model.cfg.version == "7":
+        for block in model.blocks:  # the same kernel, cheaper backward; set on this model only
+            block.att.wkv7_chunked = wkv7_chunked_train
     n_params = count_parameters(model)
     cfg = model.cfg
     print(f"RWKV v{cfg.version}: L={cfg.n_layer} C={cfg.n_embd} H={cfg.n_head} N={cfg.head_size} "
