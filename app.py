@@ -1,67 +1,10 @@
-"""RWKV Inspector: the home page. Run with `streamlit run app.py`.
+"""RWKV Inspector: the home page (`inspector_ui.views.home`). Run with `streamlit run app.py`.
 
-The shared sidebar (model or trace file, prompt, compare mode) is built by inspector_ui.frame on every page, so any
-page works when opened first from a link. This page shows what the tool does, the loaded model's card, the
-tokenized prompt with each token's character span, and links to the views.
+The shared sidebar (model or trace file, prompt, compare mode) is built by `inspector_ui.frame.page_setup` on every
+page, so any page works when opened first from a link.
 """
-from __future__ import annotations
+from inspector_ui.frame import page_setup
+from inspector_ui.views import home
 
-
-import pandas as pd
-import streamlit as st
-
-from inspector_ui.frame import full_trace_bytes, page_setup
-from inspector_ui.token_view import prediction_tips, token_view
-
-ctx = page_setup("RWKV Inspector", "🔎", "Look inside an RWKV language model while it reads a prompt: what each head "
-                 "reads (R·W·K), how long tokens stay in the state (W·K norm), the decay of every channel, and where "
-                 "a fact travels (causal tracing, up the layers and forward through the state).")
-
-VIEWS = [
-    ("pages/1_Attention.py", "Attention scores (R·W·K)", "which earlier tokens each token reads from, per layer and head"),
-    ("pages/2_Influence_spans.py", "Influence spans (W·K norm)", "how long each token's key stays in the state"),
-    ("pages/3_Time_decay.py", "Time decay", "per-channel decay of every layer, and which tokens make heads forget"),
-    ("pages/4_Causal_tracing.py", "Causal tracing", "restore clean states and see where the answer comes back"),
-]
-cols = st.columns(len(VIEWS))
-for col, (path, label, what) in zip(cols, VIEWS):
-    with col:
-        try:
-            st.page_link(path, label=label)
-        except Exception:  # a view not installed yet
-            st.write(label)
-        st.caption(what)
-
-for col, run in zip(st.columns(len(ctx.runs)), ctx.runs):
-    with col:
-        st.subheader(run.title)
-        cfg = run.cfg
-        card = {"version": f"RWKV v{cfg.version}", "layers": cfg.n_layer, "width (n_embd)": cfg.n_embd,
-                "heads": cfg.n_head if cfg.has_heads else "— (per channel)",
-                "head size": cfg.head_size if cfg.has_heads else "—", "FFN width": cfg.dim_ffn,
-                "vocabulary": cfg.vocab_size}
-        if run.loaded is not None:
-            info = run.model_key and run.loaded.model.checkpoint_info
-            card.update({"parameters": f"{info['n_params']:,}", "stored as": info["dtype"], "format": info["format"],
-                         "tokenizer": run.loaded.tokenizer.kind, "device": run.model_key[1],
-                         "weights": run.model_key[2]})
-        st.table(pd.DataFrame({"": list(card.keys()), "value": [str(v) for v in card.values()]}).set_index(""))
-        st.markdown(f"**Prompt: {len(run.tokens)} tokens.** Hover a token for the model's top-16 next-token "
-                    "predictions there (the actual next token highlighted).")
-        pred = run.predictions()
-        tips = None
-        if pred is not None:
-            display = run.loaded.tokenizer.display if run.loaded else (lambda i: str(i))
-            tips = prediction_tips(pred[0], pred[1], run.tokens, display)
-        token_view(run.token_texts, key=f"home_tokens_{run.label}", tips=tips)
-        spans = run.spans or [None] * len(run.tokens)
-        df = pd.DataFrame({"token": run.token_texts, "id": run.tokens,
-                           "span": [f"{s[0]}–{s[1]}" if s else "" for s in spans]})
-        with st.expander("Tokens and their character spans"):
-            st.dataframe(df, width="stretch")
-        if run.model_key is not None:
-            st.download_button("Download the trace (.npz)", data=lambda r=run: full_trace_bytes(
-                r.model_key, tuple(r.tokens), tuple(r.token_texts)), file_name="trace.npz",
-                mime="application/octet-stream", key=f"dl_trace_{run.label}",
-                help="Every layer's r, k, v, w, residual stream and the logits: open it later with no model "
-                     "(sidebar: Source = trace file).")
+ctx = page_setup("RWKV Inspector", "🔎", home.ABOUT)
+home.render(ctx)

@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -39,7 +37,7 @@ def _child(args: argparse.Namespace) -> None:
         model = Official(args.ckpt[:-4], "cpu fp32", verbose=False) if args.version != "7" else Official(args.ckpt[:-4], "cpu fp32")
         run = lambda: model.forward(tokens, None, full_output=True)
     else:
-        from rwkv_core.checkpoint import load_model
+        from rwkv_core.io.checkpoint import load_model
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
         model = load_model(args.ckpt, device=args.device, dtype=dtype)
@@ -64,7 +62,7 @@ def _child(args: argparse.Namespace) -> None:
 def measure(who: str, version: str, ckpt: str, T: int, repeat: int, device="cpu", dtype="fp32") -> dict:
     cmd = [sys.executable, __file__, "--child", who, "--version", version, "--ckpt", ckpt, "--T", str(T),
            "--repeat", str(repeat), "--device", device, "--dtype", dtype]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{who} v{version} T={T} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -89,7 +87,7 @@ def main() -> None:
 
     import torch
 
-    from rwkv_core.synthetic import write_random_checkpoint
+    from rwkv_core.io.synthetic import write_random_checkpoint
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 12 layers x 768, 12 heads of 64, V=65536")
     print(f"{'model':6} {'T':>5} {'ours (s)':>9} {'official (s)':>12} {'ratio':>6} {'ours MiB':>9} {'official MiB':>12}")

@@ -1,4 +1,4 @@
-"""Benchmark of rwkv_core.scores against a faithful NumPy port of web-rwkv-inspector's pairwise loop.
+"""Benchmark of rwkv_core.analysis.scores against a faithful NumPy port of web-rwkv-inspector's pairwise loop.
 
 One run, one machine (issue 4, "Speed and memory"). Random inputs of realistic magnitude, no model forward:
   1. one v6 head (N = 64) at T = 256, 1024, 4096: the project (full A, full S, both) against the port, which
@@ -18,15 +18,12 @@ import argparse
 import math
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rwkv_core import scores as S  # noqa: E402
+from rwkv_core.analysis import scores as S
 
 N = 64
 

@@ -35,20 +35,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from rwkv_core import tracing as TR  # noqa: E402
-from rwkv_core.checkpoint import detect_config  # noqa: E402
-from rwkv_core.model import RWKV  # noqa: E402
-from rwkv_core.synthetic import random_state_dict  # noqa: E402
-from rwkv_core.tokenizer import ByteTokenizer  # noqa: E402
+from rwkv_core.analysis import tracing as TR
+from rwkv_core.io.checkpoint import detect_config
+from rwkv_core.model.rwkv import RWKV
+from rwkv_core.io.synthetic import random_state_dict
+from rwkv_core.io.tokenizer import ByteTokenizer
 
 PROMPT, SUBJECT, ANSWER = "Paris is in", "Paris", " F"
 

@@ -23,9 +23,9 @@ import torch
 
 from inspector_ui.registry import ModelEntry, default_model_name, list_models
 from inspector_ui.runtime import LoadedModel, ModelPool, WorkGate, default_budget_bytes
-from rwkv_core.config import ModelConfig
+from rwkv_core.model.config import ModelConfig
 from rwkv_core.errors import CheckpointError, RWKVInspectorError
-from rwkv_core.trace_file import Trace, TraceFileError, build_trace, load_trace
+from rwkv_core.io.trace_file import Trace, TraceFileError, build_trace, load_trace
 
 MAX_TOKENS = int(os.environ.get("RWKV_INSPECTOR_MAX_TOKENS", "4096"))  # longest prompt a page will run
 HOSTED = os.environ.get("RWKV_INSPECTOR_HOSTED", "0") == "1"  # a shared server: uploads and hub downloads off
@@ -153,7 +153,7 @@ def full_trace_bytes(model_key: tuple, tokens: tuple[int, ...], token_texts: tup
     """The whole trace file (.npz) of a prompt, for download."""
     import io
 
-    from rwkv_core.trace_file import save_trace
+    from rwkv_core.io.trace_file import save_trace
 
     lm = _loaded(model_key)
     arrays = gated(lambda: build_trace(lm.model, list(tokens), token_texts=token_texts,
@@ -384,7 +384,7 @@ def _add_model_box() -> None:
 
 def register_upload(name: str, data: bytes) -> ModelEntry:
     """Keep an uploaded checkpoint under a content-hash name, after checking it loads; refuse oversized files."""
-    from rwkv_core.checkpoint import load_checkpoint
+    from rwkv_core.io.checkpoint import load_checkpoint
 
     if len(data) > MAX_UPLOAD_MB * 2**20:
         raise RWKVInspectorError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_UPLOAD_MB} MB upload limit")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from rwkv_core.paths import DEMO_MODELS_DIR, shared_weights_dir
-from rwkv_core.tokenizer import KINDS as TOKENIZER_KINDS
+from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS
 
 CHECKPOINT_SUFFIXES = (".pth", ".bin", ".safetensors", ".st")
 MODEL_DIRS_ENV = "RWKV_INSPECTOR_MODEL_DIRS"  # os.pathsep-separated folders of checkpoints
@@ -28,7 +28,7 @@ class ModelEntry:
 
     name: str
     path: str
-    tokenizer: str = "bytes"  # a kind of rwkv_core.tokenizer: bytes | bytes-utf16le | world | hf | digits
+    tokenizer: str = "bytes"  # a kind of rwkv_core.io.tokenizer: bytes | bytes-utf16le | world | hf | digits
     tokenizer_file: Optional[str] = None
     prompts: tuple[str, ...] = ()
     description: str = ""

@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from inspector_ui.registry import ModelEntry
-from rwkv_core.checkpoint import load_checkpoint, load_model
-from rwkv_core.tokenizer import Tokenizer, get_tokenizer, tokenizer_for_vocab
+from rwkv_core.io.checkpoint import load_checkpoint, load_model
+from rwkv_core.io.tokenizer import Tokenizer, get_tokenizer, tokenizer_for_vocab
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -2,7 +2,7 @@
 
 No Streamlit here: everything is testable on its own.
 """
-from rwkv_core.config import ModelConfig
+from rwkv_core.model.config import ModelConfig
 from rwkv_core.errors import CheckpointError, InputError, RWKVInspectorError, TokenizerError
 
 __all__ = ["ModelConfig", "CheckpointError", "InputError", "RWKVInspectorError", "TokenizerError"]

@@ -108,7 +108,7 @@ def official_forward_modes(
             env.pop(k, None)
         env.update(RWKV_JIT_ON="0", RWKV_CUDA_ON="0", RWKV_V7_ON="1" if version == "7" else "0")
         try:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), job_path], env=env,
+            proc = subprocess.run([sys.executable, "-P", os.path.abspath(__file__), job_path], env=env,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             raise OracleError(f"rwkv package oracle timed out after {timeout} s on {ckpt}") from e
@@ -177,10 +177,6 @@ def state_by_layer(state: list, version: str) -> list[dict[str, np.ndarray]]:
 def _worker(job_path: str) -> None:
     with open(job_path) as f:
         job = json.load(f)
-    # Never let this file's folder shadow the package.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-
     import torch
 
     version, tmp = job["version"], job["tmp"]

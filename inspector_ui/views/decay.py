@@ -1,0 +1,434 @@
+"""Time decay page: per-channel decays per layer (the RWKV-4 paper figure), per-token decays of v6/v7, retention
+and the size of the recurrent state.
+
+Model and prompt come from the shared sidebar (`inspector_ui.frame.page_setup`, in the page): session-state key
+`model` (a registry name such as "shared: tiny-rwkv-4v0-660K-FP32.bin") and `prompt`, both also read from the URL.
+Opened first, the page shows the app's default model. Tests pick the model with
+`at.session_state["model"] = "shared: <file>"` before `at.run()`.
+
+Compare mode (`ctx.runs` holds runs A and B): the static views (paper figure, layer x channel heat map) appear side by
+side only when the models differ (compare "model"); the per-token views (tokens x heads half-life, channel spectrum,
+retention, state size) stand in two columns for both runs, under one set of controls (layer, token, head, source
+token), with one colour scale for both half-life heat maps and, where both runs have the same architecture and
+token count, a heat map of B - A.
+
+Trace file (Source = trace file, no model): the per-token decays come from the trace's `w_l{l}` [T, C] (float32):
+log10 h = log10(ln 2 / -ln w), w clipped into [1e-38, 1 - 1e-7]. The static views need the checkpoint's parameters
+and the state size needs the model, so those show a one-line note.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from inspector_ui.frame import PageContext, gated
+from rwkv_core.analysis import decay as D
+from rwkv_core.figures import decay as FD
+
+ABOUT = ("How fast every channel forgets: the per-step decay λ of each layer and channel (the RWKV-4 paper's "
+         "figure), for RWKV-6/7 the decay each token sets, how much of a token's write survives, and how big the "
+         "recurrent state grows.")
+
+
+HELP = r"""
+**Per-step decay λ** multiplies the recurrent WKV state once per token; channel c forgets at its own rate.
+
+| version | λ | where from |
+|---|---|---|
+| v4 | $\exp(-\exp(w_c))$, static | `att.time_decay` [C] |
+| v5.1 | $\exp(-\exp(w_h))$, static, one per head | `att.time_decay` [H] |
+| v5.2 | $\exp(-\exp(w_{h,c}))$, static | `att.time_decay` [H, N] |
+| v6 | $\exp(-\exp(d_t))$, $d_t = w + \tanh(x_w W_1) W_2$ | `time_decay` + LoRA `time_decay_w1/w2` |
+| v7 | $\exp(-e^{-0.5}\,\sigma(d_t))$, $d_t = w_0 + \tanh(x_w w_1) w_2$ | `w0` + LoRA `w1/w2`; λ > 0.545 |
+
+The *static* decay of v6/v7 is the data-independent part ($d = $ `time_decay` resp. `w0`).
+
+* **rate** $\rho = -\ln\lambda$ ($e^{d}$ for v4–v6, $e^{-0.5}\sigma(d)$ for v7); **half-life** $h = \ln 2/\rho$ tokens,
+  computed as $\log_{10} h = \log_{10}\ln 2 - d\,\log_{10} e$ (v4–v6) so it never overflows. v7: $h \ge 1.14$.
+* **retention** of token *i*'s write when token *t* reads it, per channel:
+  v4–v6 $R_{i\to t} = \prod_{j=i+1}^{t-1} \lambda_j$ (token *t* reads the state before its own decay; token *i* reads
+  its own write only through the bonus *u*); v7 $R_{i\to t} = \prod_{j=i+1}^{t} \lambda_j$ (update first, then read;
+  the diagonal part only — v7's transition also removes along $\hat\kappa$). Heads show the median (or mean, max)
+  over their channels.
+* **long-memory channels**: half-life longer than the prompt.
+* **state size**: after each token, per head, $\lVert S\rVert_F$ and $\max |S_{ij}|$ of the $N\times N$ WKV state.
+  v4 has no matrix state: it keeps per channel $aa$, $bb$, $pp$ (numerator $aa\,e^{pp}$, denominator $bb\,e^{pp}$);
+  shown is $aa/bb$ — the decay-weighted average of past values — over all channels.
+
+Layers and heads are numbered from 0. Source: RWKV-4 paper (Fig. "time decays… sorted along the channel axis"),
+Finch Eq. 17–19, RWKV-7 Eq. 12; `docs/tracing-and-decay.md` §4–5.
+"""
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+TRACE_CAPTION = ("From the trace file's w (the per-step decay the model used at each token). A trace holds w in "
+                 "float32: w that rounds to 1 is clipped to 1 − 1e-7, so half-lives beyond ~1e7 tokens "
+                 "(ln 2 / 1e-7 ≈ 6.9e6) are clipped; w that underflows to 0 is clipped to 1e-38.")
+
+
+@dataclass
+class View:
+    """One run as the decay page sees it: a live model (parameters, forward passes) or an uploaded trace."""
+
+    label: str  # "A" or "B"
+    suffix: str  # widget-key suffix: "" for run A, "_b" for run B
+    title: str
+    cfg: Any  # rwkv_core.config.ModelConfig
+    tokens: list[int]
+    token_texts: list[str]  # short, raw (for selectboxes)
+    token_labels: list[str]  # short, HTML-escaped (for figures)
+    tokenizer_name: str
+    key: Optional[tuple] = None  # hashable identity of the loaded model, e.g. (name, device, dtype)
+    model: Any = None  # rwkv_core.model.RWKV, or None for a trace
+    trace: Any = None  # rwkv_core.trace_file.Trace, or None
+    run_work: Callable[[Callable[[], Any]], Any] = field(default=lambda fn: fn())
+
+    @property
+    def has_model(self) -> bool:
+        return self.model is not None
+
+    @property
+    def n_head(self) -> int:
+        return D.heads_of(self.cfg)[0]
+
+    @property
+    def layers(self) -> list[int]:
+        """Layers whose per-token decays this run can give (a trace: the layers it holds)."""
+        return list(range(self.cfg.n_layer)) if self.has_model else list(self.trace.layers)
+
+
+def _short(label: str, width: int = 10) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def _view(run, suffix: str) -> View:
+    texts = [_short(t) for t in run.token_texts]
+    labels = [html.escape(t, quote=False) for t in texts]  # plotly renders a few tags in labels
+    if run.has_model:
+        lm = run.loaded
+        return View(run.label, suffix, run.title, run.cfg, list(run.tokens), texts, labels, lm.tokenizer.kind,
+                    key=tuple(run.model_key), model=lm.model, run_work=lambda fn: gated(fn, "Computing decays"))
+    kind = str(run.trace.meta.get("tokenizer_kind", "") or "trace file")
+    return View(run.label, suffix, run.title, run.cfg, list(run.tokens), texts, labels, kind, trace=run.trace)
+
+
+# ------------------------------------------------------------------------------------------------ cached numbers
+
+
+# Cached by the model's key and the tokens; the View object itself (leading underscore) is not hashed.
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def static_numbers(model_key: tuple, _acq: View) -> tuple[D.StaticDecay, np.ndarray]:
+    """Static decays (raw parameters, float64) and the bonus [L, C]."""
+    return D.static_decay(_acq.model), D.static_bonus(_acq.model)
+
+
+@st.cache_data(show_spinner="Computing per-token decays…", max_entries=64)
+def token_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: View) -> D.TokenDecay:
+    """Per-token decays of one layer (one layer at a time: [T, C] float64 stays small for big models)."""
+    return _acq.run_work(lambda: D.token_decays(_acq.model, list(tokens), layers=[layer]))
+
+
+@st.cache_data(show_spinner="Measuring the state after every token…", max_entries=16)
+def state_numbers(model_key: tuple, tokens: tuple[int, ...], _acq: View) -> D.StateSizes:
+    return _acq.run_work(lambda: D.state_sizes(_acq.model, list(tokens)))
+
+
+def view_token_decays(v: View, layer: int) -> Optional[D.TokenDecay]:
+    """Per-token decays of one layer of a run, or None when the run lacks that layer (or the trace its w)."""
+    if layer not in v.layers:
+        return None
+    if v.has_model:
+        return token_numbers(v.key, tuple(v.tokens), layer, v)
+    w = v.trace.arrays.get(f"w_l{layer}")
+    if w is None or w.ndim != 2 or w.shape[0] != len(v.tokens) or w.shape[1] != v.cfg.dim_att:
+        return None
+    return D.trace_token_decays(w, v.cfg, v.tokens, layer)
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False, float_format="%.10g").encode()
+
+
+def show(fig, config: dict, **kwargs):
+    return st.plotly_chart(fig, config=config, **kwargs)
+
+
+def _clamp_state(key: str, options: list, fallback) -> None:
+    """Keep a selectbox's stored value valid when the options change (new prompt or model)."""
+    if key in st.session_state and st.session_state[key] not in options:
+        st.session_state[key] = fallback
+
+
+def _columns(n: int) -> list:
+    return [st.container()] if n == 1 else list(st.columns(n))
+
+
+def _run_heading(col, v: View, n: int) -> None:
+    if n > 1:
+        col.markdown(f"**Run {v.label}** · {_short(v.title, 60)}")
+
+
+
+# ------------------------------------------------------------------------------------------------ page
+
+
+def static_section(views: list[View], config: dict) -> None:
+    """Static views of each model (one per different model: run A alone unless compare = "model")."""
+    st.header("Static decay per layer and channel")
+    c1, c2, c3 = st.columns(3)
+    y_mode = c1.radio("y axis", ["decay λ", "half-life (log)"], horizontal=True, key="decay_paper_y")
+    n_head = max(v.n_head for v in views)
+    head_opts = ["all heads"] + [f"head {h}" for h in range(n_head)]
+    _clamp_state("decay_head_filter", head_opts, "all heads")
+    head_choice = c2.selectbox("Channels", head_opts, key="decay_head_filter", disabled=n_head == 1,
+                               help="Restrict the views to one head's N channels." if n_head > 1
+                               else "v4 has no heads: all channels.")
+    sort_heat = c3.toggle("Sort heat map channels", value=False, key="decay_heat_sorted")
+    value = "decay" if y_mode == "decay λ" else "half_life"
+    for col, v in zip(_columns(len(views)), views):
+        with col:
+            _run_heading(col, v, len(views))
+            sd, bonus = static_numbers(v.key, v)
+            head = None if head_choice == "all heads" else int(head_choice.split()[1])
+            if head is not None and head >= sd.n_head:
+                st.caption(f"This model has {sd.n_head} head(s): showing all channels.")
+                head = None
+            T = len(v.tokens)
+            show(FD.paper_figure(sd.decay, sd.log10_half_life, sd.head_size, head=head, y=value), config,
+                 key=f"decay_paper_fig{v.suffix}")
+            show(FD.layer_channel_heatmap(sd.decay, sd.log10_half_life, sd.head_size, sort=sort_heat, head=head,
+                                          value="decay" if value == "decay" else "log10_half_life"),
+                 config, key=f"decay_heat_fig{v.suffix}")
+            summary = D.head_summary(sd.log10_half_life, sd.n_head, T)
+            st.subheader("Per-head summary")
+            st.caption(f"Half-lives in tokens; **n_long** = channels whose half-life exceeds the prompt length "
+                       f"({T} tokens).")
+            st.dataframe(summary, hide_index=True, width="stretch")
+            d1, d2 = st.columns(2)
+            d1.download_button("Static decays (CSV)", csv_bytes(sd.table()), file_name=f"static_decay{v.suffix}.csv",
+                               mime="text/csv", on_click="ignore", key=f"decay_dl_static{v.suffix}")
+            d2.download_button("Per-head summary (CSV)", csv_bytes(summary),
+                               file_name=f"decay_head_summary{v.suffix}.csv", mime="text/csv", on_click="ignore",
+                               key=f"decay_dl_summary{v.suffix}")
+            with st.expander("Bonus of the current token (u / r_k)"):
+                show(FD.bonus_heatmap(bonus, version=sd.version), config, key=f"decay_bonus_fig{v.suffix}")
+
+
+def shared_range(*arrays: np.ndarray) -> tuple[Optional[float], Optional[float]]:
+    """(zmin, zmax) over the finite values of all arrays: one colour scale for both runs."""
+    finite = [a[np.isfinite(a)] for a in arrays]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        return None, None
+    return float(min(a.min() for a in finite)), float(max(a.max() for a in finite))
+
+
+def same_shape(a: View, b: View) -> bool:
+    """Same architecture (version, heads, head size, channels) and token count: B - A is defined cell by cell."""
+    ca, cb = a.cfg, b.cfg
+    return (str(ca.version) == str(cb.version) and D.heads_of(ca) == D.heads_of(cb) and ca.dim_att == cb.dim_att
+            and len(a.tokens) == len(b.tokens))
+
+
+def dynamic_section(views: list[View], config: dict) -> None:
+    """Per-token views of every run with a data-dependent decay, in one column per run, under one set of controls."""
+    st.header("Per-token decay (data-dependent)")
+    layer_opts = sorted(set().union(*(v.layers for v in views)))
+    if not layer_opts:
+        st.info("The trace file holds no layers.")
+        return
+    _clamp_state("decay_dyn_layer", layer_opts, layer_opts[-1])
+    layer = st.selectbox("Layer", layer_opts, key="decay_dyn_layer", index=len(layer_opts) - 1)
+    tds = [view_token_decays(v, layer) for v in views]
+    live = [(v, td) for v, td in zip(views, tds) if td is not None]
+    if not live:
+        st.info(f"No run holds the per-token decays of layer {layer}.")
+        return
+    T = min(len(v.tokens) for v, _ in live)
+    H = min(td.n_head for _, td in live)
+    token_opts, head_opts = list(range(T)), list(range(H))
+    _clamp_state("decay_sel_token", token_opts, 0)
+    _clamp_state("decay_sel_head", head_opts, 0)
+    # a click on a heat map (its state arrives before this run) moves the selection boxes
+    for v, _ in live:
+        ev_key = f"decay_token_head{v.suffix}"
+        event_state = st.session_state.get(ev_key)
+        clicked = FD.cell_from_selection(event_state["selection"]) if event_state else None
+        if clicked and clicked != st.session_state.get(f"decay_last_click{v.suffix}"):
+            st.session_state[f"decay_last_click{v.suffix}"] = clicked
+            if clicked[0] in token_opts and clicked[1] in head_opts:
+                st.session_state["decay_sel_token"], st.session_state["decay_sel_head"] = clicked
+    cell = (st.session_state.get("decay_sel_token", 0), st.session_state.get("decay_sel_head", 0))
+    meds = {v.label: td.head_median_log10_half_life(layer) for v, td in live}  # [T, H] each
+    zmin, zmax = shared_range(*meds.values()) if len(live) > 1 else (None, None)
+    cols = _columns(len(views))
+    for col, v, td in zip(cols, views, tds):
+        with col:
+            _run_heading(col, v, len(views))
+            if td is None:
+                st.info(f"Run {v.label} has no per-token decays of layer {layer}.")
+                continue
+            fig = FD.token_head_heatmap(meds[v.label], v.token_labels, layer=layer, selected=cell,
+                                        zmin=zmin, zmax=zmax)
+            st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
+                            key=f"decay_token_head{v.suffix}")
+            if v.trace is not None:
+                st.caption(TRACE_CAPTION)
+            with st.expander(f"Per-head summary over the prompt, layer {layer}"):
+                st.caption("avg = half-life of the mean rate over tokens (median over channels); p5/p50/p95 over "
+                           "tokens of the per-token median half-life; min_at_token = where the head forgets most; "
+                           f"n_long = channels whose average half-life exceeds the prompt ({len(v.tokens)} tokens).")
+                st.dataframe(D.token_head_summary(td, layer), hide_index=True, width="stretch")
+    if len(live) > 1:
+        st.caption("Both heat maps share one colour scale (log10 half-life from "
+                   f"{zmin:.2f} to {zmax:.2f})." if zmin is not None else "Both heat maps share one colour scale.")
+    if len(live) == 2 and same_shape(live[0][0], live[1][0]):
+        (va, _), (vb, _) = live
+        diff = meds[vb.label] - meds[va.label]
+        show(FD.token_head_difference_heatmap(diff, va.token_labels, layer=layer), config, key="decay_token_head_diff")
+        st.caption("B − A of the per-head median log10 half-life, token by token (token labels of run A).")
+    elif len(live) == 2:
+        st.caption("No B − A heat map: the runs differ in architecture or token count.")
+    st.caption("Click a cell (or choose below) to see that token's channel spectrum."
+               + (" In compare mode the choices go up to the shorter prompt and the smaller head count."
+                  if len(live) > 1 else ""))
+    first = live[0][0]
+    c1, c2, c3, c4 = st.columns(4)
+    t = c1.selectbox("Token", token_opts, key="decay_sel_token", format_func=lambda i: f"{i}: {first.token_texts[i]}")
+    h = c2.selectbox("Head", head_opts, key="decay_sel_head")
+    spec_y = c3.radio("Spectrum y", ["half-life (log)", "decay λ"], horizontal=True, key="decay_spec_y")
+    spec_sort = c4.toggle("Sorted spectrum", value=False, key="decay_spec_sort")
+    for col, v, td in zip(_columns(len(views)), views, tds):
+        if td is None:
+            continue
+        with col:
+            N = td.head_size
+            sl = slice(h * N, (h + 1) * N)
+            li = td.index(layer)
+            s_decay = s_lh = None
+            if v.has_model:
+                sd, _ = static_numbers(v.key, v)
+                s_decay, s_lh = sd.decay[layer, sl], sd.log10_half_life[layer, sl]
+            fig = FD.channel_spectrum_figure(
+                td.decay[li, t, sl], td.log10_half_life[li, t, sl], s_decay, s_lh,
+                channels=np.arange(sl.start, sl.stop), token_label=f"{t}: {v.token_labels[t]}", layer=layer, head=h,
+                y="decay" if spec_y == "decay λ" else "half_life", sort=spec_sort)
+            show(fig, config, key=f"decay_spectrum_fig{v.suffix}")
+
+    st.subheader("Retention from a source token")
+    c1, c2, c3 = st.columns(3)
+    _clamp_state("decay_ret_source", token_opts, 0)
+    source = c1.selectbox("Source token i", token_opts, key="decay_ret_source",
+                          format_func=lambda i: f"{i}: {first.token_texts[i]}")
+    agg = c2.radio("Head aggregate", ["median", "mean", "max"], horizontal=True, key="decay_ret_agg")
+    log_y = c3.toggle("Log y", value=True, key="decay_ret_log")
+    for col, v, td in zip(_columns(len(views)), views, tds):
+        if td is None:
+            continue
+        with col:
+            Tv, li = len(v.tokens), td.index(layer)
+            ret = D.retention(td.log_decay[li], source, td.version)  # [T, C]
+            by_head = D.retention_by_head(ret, td.n_head, agg)
+            if D.first_read(source, td.version) >= Tv:
+                st.info("The source is the last token: no later token reads its write.")
+            else:
+                show(FD.retention_figure(by_head, v.token_labels, source=source, layer=layer, agg=agg, log_y=log_y),
+                     config, key=f"decay_ret_fig{v.suffix}")
+            first_t = "t = i" if D.reads_after_update(td.version) else "t = i + 1"
+            st.caption(f"v{td.version}: the write of token i is first read through the state at {first_t}, "
+                       "where R = 1.")
+            Hv, N = td.n_head, td.head_size
+            long = pd.DataFrame({
+                "layer": layer, "token": np.repeat(np.arange(Tv), Hv * N),
+                "head": np.tile(np.repeat(np.arange(Hv), N), Tv), "channel": np.tile(np.arange(Hv * N), Tv),
+                "decay": td.decay[li].reshape(-1), "half_life": td.half_life[li].reshape(-1),
+                f"retention_from_{source}": ret.reshape(-1)})
+            st.download_button(f"Per-token decays and retention, layer {layer} (CSV)", csv_bytes(long),
+                               file_name=f"token_decay_layer{layer}{v.suffix}.csv", mime="text/csv",
+                               on_click="ignore", key=f"decay_dl_tokens{v.suffix}")
+
+
+def state_section(views: list[View], config: dict) -> None:
+    st.header("Size of the recurrent state")
+    with_model = [v for v in views if v.has_model]
+    if not with_model:
+        st.info("The state size is measured by running the model: a trace file does not hold the states.")
+        return
+    c1, c2, c3 = st.columns(3)
+    layer_opts = sorted(set().union(*(range(v.cfg.n_layer) for v in with_model)))
+    _clamp_state("decay_state_layer", layer_opts, layer_opts[-1])
+    layer = c1.selectbox("Layer", layer_opts, key="decay_state_layer", index=len(layer_opts) - 1)
+    metric = c2.radio("Measure", ["Frobenius norm", "max |entry|"], horizontal=True, key="decay_state_metric")
+    log_y = c3.toggle("Log y", value=False, key="decay_state_log")
+    key = "frobenius" if metric == "Frobenius norm" else "max_abs"
+    for col, v in zip(_columns(len(views)), views):
+        with col:
+            _run_heading(col, v, len(views))
+            if not v.has_model:
+                st.info("The state size needs the model: a trace file does not hold the states.")
+                continue
+            ss = state_numbers(v.key, tuple(v.tokens), v)
+            if layer not in ss.layers:
+                st.info(f"Run {v.label}'s model has no layer {layer}.")
+                continue
+            values = getattr(ss, key)[ss.index(layer)]  # [T, H]
+            show(FD.state_size_figure(values, v.token_labels, layer=layer, metric=key, version=ss.version,
+                                      log_y=log_y), config, key=f"decay_state_fig{v.suffix}")
+            if ss.version == "4":
+                st.caption("v4 keeps per channel aa, bb, pp (numerator aa·e^pp, denominator bb·e^pp); shown is "
+                           "aa/bb, the decay-weighted average of past values, over all channels.")
+            T, H = values.shape
+            n = len(ss.layers)
+            table = pd.DataFrame({"layer": np.repeat(ss.layers, T * H), "token": np.tile(np.repeat(np.arange(T), H), n),
+                                  "head": np.tile(np.arange(H), T * n),
+                                  "frobenius": ss.frobenius.reshape(-1), "max_abs": ss.max_abs.reshape(-1)})
+            st.download_button("State sizes, all layers (CSV)", csv_bytes(table), file_name=f"state_size{v.suffix}.csv",
+                               mime="text/csv", on_click="ignore", key=f"decay_dl_state{v.suffix}")
+
+
+def _describe(v: View) -> str:
+    cfg = v.cfg
+    H = D.heads_of(cfg)[0]
+    heads = "no heads (per channel)" if cfg.version == "4" else f"{H} heads × {cfg.head_size}"
+    return (f"{v.title}: RWKV v{cfg.version}, {cfg.n_layer} layers, {cfg.n_embd} channels, {heads}; "
+            f"prompt of {len(v.tokens)} tokens ({v.tokenizer_name}).")
+
+
+def render(ctx: PageContext) -> None:
+    """The time decay page below the shared sidebar: static, per-token and state-size sections."""
+    views = [_view(r, "" if i == 0 else "_b") for i, r in enumerate(ctx.runs)]
+    compare = ctx.compare_what if ctx.compare else "off"
+    fmt = st.sidebar.radio("Camera button saves", ["png", "svg"], horizontal=True, key="decay_img_fmt",
+                           help="Format of the image the chart toolbar's camera button downloads.")
+    config = FD.image_config(fmt, filename="rwkv-decay")
+    for v in views:
+        st.caption(_describe(v))
+    with st.expander("Formulas and what the views show"):
+        st.markdown(HELP)
+    for v in views:
+        if not D.is_dynamic(v.cfg.version):
+            who = f"Run {v.label}: " if len(views) > 1 else ""
+            rest = ("No per-token views for this run." if len(views) > 1 else
+                    "Only the static views (and the state size) are shown." if v.has_model else
+                    "There are no per-token views, and the static ones need the model's parameters.")
+            st.info(f"{who}RWKV v{v.cfg.version}: the decay does not depend on the input — every token decays the "
+                    f"state by the same λ. {rest}")
+    # static views: per different model (two only when the models differ)
+    static_views = [v for v in (views if compare == "model" else views[:1]) if v.has_model]
+    if static_views:
+        static_section(static_views, config)
+    else:
+        st.caption("Static decays per layer and channel: these need the checkpoint's parameters, which a trace "
+                   "file lacks; choose Source = model for them.")
+    dynamic = [v for v in views if D.is_dynamic(v.cfg.version)]
+    if dynamic:
+        dynamic_section(dynamic, config)
+    state_section(views, config)

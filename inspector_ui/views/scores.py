@@ -1,0 +1,668 @@
+"""Shared page code of the two score pages: Attention (R·W·K scores A) and Influence spans (W·K norm S).
+
+`render(ctx, ATTN)` / `render(ctx, SPAN)` draw a whole page below `page_setup`: controls
+bound to the URL (layer, head, tok, diag, scale, cb, ov; spans also thr, rel, logy), the token view of every run
+(earlier tokens coloured by the selected token's row, later tokens by its column), the layer x head overview grid
+(click a tile to open that head), the T x T heat map of the open head, span curves and reach (spans page), the
+difference of two runs in compare mode, CSV downloads and the formula.
+
+Numbers come from `rwkv_core.analysis.scores`: the inputs of every layer are captured once per (model, prompt) under the
+work gate and kept with `st.cache_resource` (tensors, shared read-only: no copy per rerun); the selected token's
+rows/columns of all (layer, head) and the full matrices of the open head are cached with `st.cache_data`.
+Figures and token colours come from `rwkv_core.figures.scores`; the reach of every source token of a layer is drawn
+here (`reach_figure`).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from inspector_ui.frame import (PLOTLY_CONFIG, PLOTLY_CONFIG_SVG, PageContext, Run, bind, gated, offer_predictions,
+                                publish, show_error)
+from inspector_ui.token_view import prediction_tips, token_view
+from rwkv_core.figures import scores as FS
+from rwkv_core.analysis import scores as S
+from rwkv_core.errors import RWKVInspectorError
+
+ATTN, SPAN = "attn", "span"
+MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
+LAYER_REACH_MAX_T = 1024  # the per-layer reach summary (all source tokens) is computed up to this length at once
+SCALE_OPTIONS = ["auto", "-3", "-2", "-1", "0", "1", "2", "3"]
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def run_id(run: Run) -> tuple:
+    """A hashable identity of what a run computed: (model, device, dtype, token digest) or the trace's digest."""
+    tok = hashlib.sha1(np.asarray(run.tokens, dtype=np.int64).tobytes()).hexdigest()
+    if run.model_key is not None:
+        return ("model", *run.model_key, tok)
+    h = hashlib.sha1(tok.encode())
+    h.update(repr(sorted(run.trace.meta.items(), key=lambda kv: kv[0])).encode())
+    for l in run.trace.layers[:1]:
+        for name in ("r", "k", "w"):
+            a = run.trace.arrays.get(f"{name}_l{l}")
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+    return ("trace", h.hexdigest())
+
+
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
+def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreInputs]:
+    """Every layer's score inputs for one prompt: one forward of the shared model, under the work gate. Its logits
+    become the token view's predictions (no second forward)."""
+    def capture() -> list[S.ScoreInputs]:
+        logits, inputs = S.capture_with_logits(_model, list(tokens))
+        offer_predictions(rid[1:4], tokens, logits)
+        return inputs
+
+    return gated(capture, "Capturing r, k, v and the decays")
+
+
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
+def _trace_inputs(rid: tuple, _run: Run) -> list[S.ScoreInputs]:
+    """From a trace file's arrays, no model (v7: the modified key ktilde; underflowed decays are floored)."""
+    return S.inputs_from_trace(_run.trace.arrays, _run.cfg, _run.trace.layers)
+
+
+def score_inputs(run: Run) -> list[S.ScoreInputs]:
+    """The score inputs of every available layer of a run (cached)."""
+    rid = run_id(run)
+    if run.model_key is not None:
+        return _model_inputs(rid, run.loaded.model, tuple(run.tokens))
+    return _trace_inputs(rid, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) -> dict[str, np.ndarray]:
+    """The selected token's row and column (A, and S with spans) for every (layer, head): [L, H, T] numpy."""
+    rc = gated(lambda: S.row_and_column(_inputs, sel, diagonal=diagonal, spans=spans), "Scoring the selected token")
+    return {k: v.detach().cpu().numpy() for k, v in rc.items() if isinstance(v, torch.Tensor)}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def head_matrix(rid: tuple, layer: int, head: int, what: str, diagonal: bool, _si: S.ScoreInputs) -> np.ndarray:
+    """A (what="attn") or S (what="span") of one head: [T, T] float32, zero above the diagonal."""
+    if what == ATTN:
+        fn = lambda: S.full_scores(_si, head, diagonal=diagonal)  # noqa: E731
+    else:
+        fn = lambda: S.full_spans(_si, head)  # noqa: E731
+    return gated(fn, "Computing the head's matrix").detach().cpu().numpy()
+
+
+def reach_from_spans(Sm: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reach of every source token i from a span matrix S [T(j), T(i)]: the first distance d = j - i at which
+    S[j, i] < threshold * S[i, i]; censored (never fell within the prompt) -> d = T - i, a lower bound."""
+    T = Sm.shape[0]
+    j = np.arange(T)[:, None]
+    i = np.arange(T)[None, :]
+    d0 = np.diagonal(Sm)[None, :]
+    below = (Sm < threshold * d0) & (j >= i)
+    hit = below.any(0)
+    first = np.where(hit, below.argmax(0), T).astype(float)
+    reach = first - np.arange(T)
+    zero0 = np.diagonal(Sm) <= 0
+    reach = np.where(zero0, 0.0, reach)
+    return reach, (~hit) & (~zero0)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def layer_reach(rid: tuple, layer: int, threshold: float, _si: S.ScoreInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Reach of every source token for every head of one layer: (reach [H, T], censored [H, T])."""
+    rs, cs = [], []
+    for h in range(_si.H):
+        r, c = reach_from_spans(head_matrix(rid, layer, h, SPAN, True, _si), threshold)
+        rs.append(r)
+        cs.append(c)
+    return np.stack(rs), np.stack(cs)
+
+
+# ------------------------------------------------------------------------------------------------ colours
+
+
+def token_css(values: Sequence[float], factor: float, colorblind: bool = False,
+              selected: Optional[int] = None) -> list[Optional[str]]:
+    """Token backgrounds (`figures_scores.token_colors`: red/green, or orange/purple, alpha = |v| x factor); the
+    selected token gets none (the view draws it blue)."""
+    cols: list[Optional[str]] = list(FS.token_colors(np.asarray(values, dtype=np.float64), factor, colorblind))
+    if selected is not None and 0 <= selected < len(cols):
+        cols[selected] = None
+    return cols
+
+
+def scale_factor(choice: str, shown: Sequence[np.ndarray]) -> float:
+    """Multiplier of |score| for the colour intensity: 10^s, or 1 / max |shown values| ("auto")."""
+    if choice != "auto":
+        return float(10.0 ** int(choice))
+    vals = [np.abs(np.asarray(x, dtype=np.float64)) for x in shown if np.size(x)]
+    vals = [v[np.isfinite(v)] for v in vals]
+    m = max((float(v.max()) for v in vals if v.size), default=0.0)
+    return 1.0 / m if m > 0 else 1.0
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def heat_window(T: int, sel: int, size: int = MAX_HEATMAP) -> tuple[int, int]:
+    """[start, stop) of at most `size` tokens, ending at the selected token where possible (then centred)."""
+    if T <= size:
+        return 0, T
+    start = min(max(0, sel - size // 2), T - size)
+    return start, start + size
+
+
+def window_heatmap(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float, signed: bool, colorblind: bool,
+                   window: tuple[int, int], value_name: str, title: str) -> go.Figure:
+    """`figures_scores.heatmap_figure` of the tokens [a, b) of a T x T matrix (token indices kept)."""
+    a, b = window
+    return FS.heatmap_figure(M[a:b, a:b], list(texts[a:b]), title, diverging=signed, colorblind=colorblind,
+                             zmax=zmax, sel=sel, value_name=value_name, offset=a)
+
+
+def cell_from_selection(state) -> Optional[tuple[int, int]]:
+    """(layer, head) of the clicked tile of `figures_scores.overview_grid_figure`, from a plotly chart's selection
+    state, or None."""
+    try:
+        points = (state or {}).get("selection", {}).get("points") or []
+    except AttributeError:
+        return None
+    for p in points:
+        c = p.get("customdata")
+        if isinstance(c, dict):  # how Streamlit hands over a row of a 2-D customdata array: {"0": .., "1": ..}
+            c = [c.get(str(i), c.get(i)) for i in range(len(c))]
+        try:
+            if isinstance(c, (list, tuple)) and len(c) >= 2:
+                return int(round(float(c[0]))), int(round(float(c[1])))
+            if p.get("x") is not None and p.get("y") is not None:  # the tile's own coordinates: head, layer
+                return int(round(float(p["y"]))), int(round(float(p["x"])))
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def reach_figure(reach: np.ndarray, censored: np.ndarray, *, open_head: int, title: str) -> go.Figure:
+    """Per head: the reach of every source token (box over those that fell below the threshold; the censored ones,
+    whose span never fell within the prompt, as triangles at their lower bound)."""
+    H, T = reach.shape
+    fig = go.Figure()
+    for h in range(H):
+        ok = ~censored[h]
+        fig.add_trace(go.Box(y=reach[h, ok], x=[f"head {h}"] * int(ok.sum()), name=f"head {h}", boxpoints="all",
+                             jitter=0.4, pointpos=0, marker=dict(size=3), showlegend=False,
+                             line=dict(width=2.5 if h == open_head else 1.2),
+                             hovertemplate=f"head {h}: reach %{{y}} tokens<extra></extra>"))
+        if censored[h].any():
+            fig.add_trace(go.Scatter(y=reach[h, ~ok], x=[f"head {h}"] * int((~ok).sum()), mode="markers",
+                                     marker=dict(symbol="triangle-up", size=4, color="rgba(120,120,120,0.35)"),
+                                     showlegend=False,
+                                     hovertemplate=f"head {h}: ≥ %{{y}} tokens (still above the threshold at the "
+                                                   "end of the prompt)<extra></extra>"))
+    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_yaxes(title_text="reach (tokens)", rangemode="tozero")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ help texts
+
+
+ATTN_HELP = r"""
+**Score** $A[h,j,i]$: the coefficient of $v_i$ in head $h$'s WKV output at token $j$ (before `ln_x` and the gate), so
+that $\sum_{i\le j} A[h,j,i]\,v_i = \mathrm{wkv}_j$ exactly. Tokens are numbered from 0; query $j$ reads source
+$i \le j$. Earlier tokens are coloured by $A[h,\mathrm{sel},i]$ (what the selected token reads), later tokens by
+$A[h,j,\mathrm{sel}]$ (who reads it); red positive, green negative (orange / purple in the colour-blind palette).
+A score's sign alone means little: negating a head's keys and values gives the same model with every score of that
+head flipped, so a head can read its source through a large negative score (the v6 demo's lookup head, layer 2
+head 1, does); look at $|A|$ for where a head reads.
+
+* **v5 / v6** (R·W·K dot, as web-rwkv-inspector): $A[h,j,i] = \sum_{c\in h} r_j[c]\,\Big(\prod_{t=i+1}^{j-1}
+  w_t[c]\Big)\,k_i[c]$ for $i<j$; the diagonal is the bonus $A[h,j,j] = \sum_{c\in h} r_j[c]\,u[c]\,k_j[c]$.
+* **v7**: $A[h,j,i] = \tilde k_i\,G_{i+1}G_{i+2}\cdots G_j\,r_j^\top$ for $i<j$ and $\tilde k_j\cdot r_j$ for $i=j$,
+  with $\tilde k$ the modified key and $G_t = \mathrm{diag}(w_t) - \hat\kappa_t^\top(\hat\kappa_t\odot a_t)$ (the
+  state is updated before it is read). v7's separate bonus $\sum_c r_j[c]\,\tilde k_j[c]\,r_k[c]$, added after
+  `ln_x`, is not part of $A$.
+* **v4** has no heads: per channel $c$, $A_c[j,i]$ is the normalised weight of token $i$ in token $j$'s wkv (each
+  row sums to 1 per channel). A "head" here is a **group of 64 consecutive channels** and the score shown is the
+  **mean of the per-channel weights over the group** (rows of the mean still sum to 1).
+
+The diagonal toggle drops $A[j,j]$ (the bonus term; v4 keeps its normaliser). Colour intensity is
+$|A|\cdot 10^{s}$ clipped to 1, or with *auto* $|A| / \max|A|$ over the shown row and column (shared by both runs in
+compare mode). Overview tiles: the largest $|A[h,\mathrm{sel},i]|$ over earlier tokens ($i<\mathrm{sel}$), or the
+largest $|A[h,j,\mathrm{sel}]|$ over later ones ($j>\mathrm{sel}$).
+"""
+
+SPAN_HELP = r"""
+**Influence span** $S[h,j,i]$ ($i\le j$, W·K norm): the norm over the head's channels of what is left in the state,
+after token $j$ has been processed, of token $i$'s key; it ignores $r$ and $v$ and is always $\ge 0$.
+
+* **v5 / v6**: $S[h,j,i] = \big\lVert k_i \odot \prod_{t=i+1}^{j} w_t \big\rVert_2$ for $i<j$, and $\lVert k_j\rVert$ at
+  $i=j$. Like **web-rwkv-inspector's code, the product includes $w_j$** (its README picture stops at $j-1$).
+* **v7**: $S[h,j,i] = \lVert \tilde k_i\,G_{i+1}\cdots G_j\rVert$, $\lVert\tilde k_j\rVert$ at $i=j$, with
+  $G_t = \mathrm{diag}(w_t) - \hat\kappa_t^\top(\hat\kappa_t\odot a_t)$ (update, then read).
+* **v4** (no heads; groups of 64 channels): the L2 norm over the group of token $i$'s share of the state's
+  normaliser after token $j$, $e^{k_i+\sum_{t=i+1}^{j}\log w_t} / \sum_{i'\le j} e^{k_{i'}+\sum_{t=i'+1}^{j}\log w_t}$.
+
+Earlier tokens are coloured by $S[h,\mathrm{sel},i]$ (how much of their key is still in the state after the
+selected token), later tokens by $S[h,j,\mathrm{sel}]$ (how long the selected token's key stays). **Reach**: the first
+distance $d = j-i$ at which the span falls below the threshold times its value at $d=0$; when it never does within
+the prompt the reach is censored (a lower bound, drawn as triangles).
+"""
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+@dataclass
+class RunScores:
+    run: Run
+    rid: tuple
+    inputs: list  # ScoreInputs per available layer
+    layers: list[int]
+    rc: Optional[dict] = None
+    sel: int = 0
+    ok: bool = True  # the open layer/head exists in this run
+    values: Optional[np.ndarray] = None  # per token: row (i <= sel) / column (i > sel) of the open head
+    matrix: Optional[np.ndarray] = None
+
+
+def _cast_bool(s: str) -> bool:
+    return str(s).lower() in ("1", "true", "yes", "on")
+
+
+def _clamp(key: str, options: Sequence, fallback) -> None:
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = fallback
+
+
+def _tv_key(P: str, label: str, tok: int, sel: int) -> str:
+    return f"{P}_tv_{label}_{tok}_{sel}"
+
+
+def _grid_key(P: str, label: str, layer: int, head: int, ov: str, sel: int) -> str:
+    return f"{P}_grid_{label}_{layer}_{head}_{ov}_{sel}"
+
+
+def _apply_clicks(P: str, lengths: dict[str, int]) -> None:
+    """Clicks of the last run move the selection, before any widget of this run is drawn.
+
+    The token views and grids are keyed by the selection they showed, so a click is exactly "a state that
+    differs from what that element was drawn with" (a click on the same token again after choosing another one
+    in the number box still counts: the element is then a new one). `lengths`: token count per run label (a run
+    shorter than the selection shows its last token)."""
+    tok = st.session_state.get("tok")
+    labels = list(lengths)
+    if isinstance(tok, int) and labels:
+        for label in labels + ["diff"]:
+            drawn = min(tok, lengths.get(label, lengths[labels[0]]) - 1)
+            state = st.session_state.get(_tv_key(P, label, tok, drawn))
+            try:
+                sel = state.get("selected") if state is not None else None
+            except AttributeError:
+                sel = None
+            if sel is not None and int(sel) != drawn:
+                st.session_state["tok"] = int(sel)
+                break
+    layer, head, ov = st.session_state.get("layer"), st.session_state.get("head"), st.session_state.get("ov")
+    for label in labels:
+        cell = cell_from_selection(st.session_state.get(_grid_key(P, label, layer, head, ov, tok)))
+        if cell is not None and cell != (layer, head):
+            st.session_state["layer"], st.session_state["head"] = cell
+            break
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False, float_format="%.8g").encode()
+
+
+def _tips(run: Run):
+    try:
+        pred = run.predictions()
+    except Exception:  # noqa: BLE001 - no predictions is no reason to lose the page
+        return None
+    if pred is None:
+        return None
+    display = run.loaded.tokenizer.display if run.loaded is not None else (lambda i: str(i))
+    return prediction_tips(pred[0], pred[1], run.tokens, display)
+
+
+def _same_shape(a: RunScores, b: RunScores) -> bool:
+    sa, sb = a.inputs[0], b.inputs[0]
+    return (a.run.cfg.version == b.run.cfg.version and len(a.run.tokens) == len(b.run.tokens)
+            and a.layers == b.layers and (sa.H, sa.N) == (sb.H, sb.N))
+
+
+ABOUT = {
+    ATTN: "Which earlier tokens each token reads from: the exact coefficient A[h, j, i] of v_i in head h's WKV output "
+            "at token j. Click a token to select it; click a tile of the overview to open a head.",
+    SPAN: "How much of each token's key is still in a head's state after later tokens: S[h, j, i] = the norm of "
+            "token i's key after the decays (and, v7, removals) of tokens i+1..j.",
+}
+
+
+def render(ctx: PageContext, mode: str) -> None:
+    """The Attention (mode=ATTN) or Influence spans (mode=SPAN) page below `page_setup`."""
+    P = "att" if mode == ATTN else "spn"
+    runs = ctx.runs
+    try:
+        scored = []
+        for run in runs:
+            inputs = score_inputs(run)
+            if not inputs:
+                raise RWKVInspectorError("no layers to score")
+            scored.append(RunScores(run, run_id(run), inputs, [si.layer for si in inputs]))
+    except RWKVInspectorError as e:
+        show_error(e)
+        st.stop()
+    A0 = scored[0]
+    layers = A0.layers
+    H = A0.inputs[0].H
+    T_max = max(len(r.run.tokens) for r in scored)
+    version = A0.run.cfg.version
+    value_name = "A" if mode == ATTN else "S"
+
+    # ---- state: URL, clicks of the last run, clamping
+    bind("layer", layers[-1] if mode == ATTN else layers[0], int)
+    bind("head", 0, int)
+    T0 = len(A0.run.tokens)
+    default_tok = T0 - 1 if mode == ATTN else T0 // 4  # spans: an early token, whose key has a prompt to live in
+    bind("tok", default_tok, int)
+    bind("diag", True, _cast_bool)
+    bind("scale", "auto")
+    bind("cb", False, _cast_bool)
+    ov_options = ["row", "col"] if mode == ATTN else ["reach", "end"]
+    bind("ov", ov_options[0])
+    if mode == SPAN:
+        bind("thr", 0.1, float)
+        bind("rel", True, _cast_bool)
+        bind("logy", False, _cast_bool)
+    for k, fb in (("layer", layers[-1]), ("head", 0), ("tok", default_tok)):
+        if not isinstance(st.session_state.get(k), int) or isinstance(st.session_state.get(k), bool):
+            st.session_state[k] = fb
+    _apply_clicks(P, {r.run.label: len(r.run.tokens) for r in scored})
+    _clamp("layer", layers, layers[-1])
+    _clamp("head", list(range(H)), 0)
+    if not 0 <= st.session_state["tok"] < T_max:
+        st.session_state["tok"] = T_max - 1
+    _clamp("scale", SCALE_OPTIONS, "auto")
+    _clamp("ov", ov_options, ov_options[0])
+    thr0 = st.session_state.get("thr")
+    if mode == SPAN and not (isinstance(thr0, float) and 0.01 <= thr0 <= 0.5):  # the slider's range
+        st.session_state["thr"] = 0.1
+
+    # ---- controls
+    c = st.columns([1, 1, 1.1, 2, 1.7])
+    heads_word = "group" if version == "4" else "head"
+    c[0].selectbox("Layer", layers, key="layer")
+    c[1].selectbox("Head" if version != "4" else "Group", list(range(H)), key="head",
+                   help="v4 has no heads: a 'head' is a group of 64 consecutive channels." if version == "4" else None)
+    c[2].number_input("Selected token", min_value=0, max_value=T_max - 1, step=1, key="tok",
+                      help="Or click a token below.")
+    c[3].select_slider("Intensity scale", SCALE_OPTIONS, key="scale",
+                       format_func=lambda s: "auto" if s == "auto" else f"10^{s}",
+                       help="Colour intensity = |value| × 10^s (clipped to 1); auto divides by the largest |value| "
+                            "of the shown row and column (shared by both runs in compare mode).")
+    with c[4]:
+        if mode == ATTN:
+            st.toggle("Diagonal (bonus)", key="diag",
+                      help="Include A[j, j]: the bonus term u (v4-v6), k̃_j·r_j (v7).")
+        else:
+            st.toggle("Relative curves", key="rel", help="Span curves divided by their value at d = 0.")
+        st.toggle("Colour-blind palette", key="cb", help="Orange / purple instead of red / green.")
+    bind("img", "png")
+    _clamp("img", ["png", "svg"], "png")
+    st.sidebar.radio("Chart camera button saves", ["png", "svg"], key="img", horizontal=True,
+                     help="Format of the image that the camera button of every chart on this page downloads.")
+    config = dict(PLOTLY_CONFIG if st.session_state["img"] == "png" else PLOTLY_CONFIG_SVG)
+    config["toImageButtonOptions"] = {**config["toImageButtonOptions"], "filename": f"rwkv-{mode}"}
+    layer, head, sel_req = st.session_state["layer"], st.session_state["head"], st.session_state["tok"]
+    diag = bool(st.session_state["diag"]) if mode == ATTN else True
+    cb = bool(st.session_state["cb"])
+    keys = ["layer", "head", "tok", "scale", "cb", "ov", "img"] + (["diag"] if mode == ATTN else ["thr", "rel", "logy"])
+    publish(*keys)
+
+    with st.expander("Formula and how to read this page"):
+        st.markdown(ATTN_HELP if mode == ATTN else SPAN_HELP)
+    if version == "4":
+        st.info("RWKV-4 has no heads: scores are per-channel normalised weights (each row sums to 1 per channel), "
+                "averaged over groups of 64 consecutive channels; each group is shown as a 'head'.")
+    elif version == "7" and mode == ATTN:
+        st.caption("v7: A uses the modified key k̃ and the full transition G (decay and in-context removal); "
+                   "the separate r_k bonus (added after ln_x) is not included.")
+
+    # ---- numbers of every run
+    for rs in scored:
+        T = len(rs.run.tokens)
+        rs.sel = min(sel_req, T - 1)
+        rs.ok = layer in rs.layers and head < rs.inputs[0].H
+        try:
+            rs.rc = row_col(rs.rid, rs.sel, diag, mode == SPAN, rs.inputs)
+        except RWKVInspectorError as e:
+            show_error(e)
+            st.stop()
+        if rs.ok:
+            li = rs.layers.index(layer)
+            row, col = (rs.rc["row"], rs.rc["col"]) if mode == ATTN else (rs.rc["span_row"], rs.rc["span_col"])
+            v = np.where(np.arange(T) <= rs.sel, row[li, head], col[li, head])
+            rs.values = v
+
+    def shown(rs: RunScores) -> np.ndarray:
+        mask = np.arange(len(rs.values)) != rs.sel
+        return rs.values[mask]
+
+    factor = scale_factor(st.session_state["scale"], [shown(rs) for rs in scored if rs.values is not None])
+
+    # ---- token views
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        with col:
+            run = rs.run
+            if len(scored) > 1:
+                st.subheader(run.title)
+            if not rs.ok:
+                st.warning(f"{run.label} has no layer {layer} / {heads_word} {head}: it has layers {rs.layers} and "
+                           f"{rs.inputs[0].H} {heads_word}s.")
+                continue
+            what = "reads" if mode == ATTN else "keeps"
+            st.caption(f"Layer {layer}, {heads_word} {head}, token {run.token_name(rs.sel)} selected (blue): earlier "
+                       f"tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by {value_name}[j, {rs.sel}]"
+                       f" ({'who reads it' if mode == ATTN else 'how long its key stays'}). Hover: top-16 predictions.")
+            token_view(run.token_texts, key=_tv_key(P, run.label, st.session_state["tok"], rs.sel),
+                       colors=token_css(rs.values, factor, cb, rs.sel), values=list(map(float, rs.values)),
+                       value_name=value_name, selected=rs.sel, tips=_tips(run))
+            df = pd.DataFrame({"token": np.arange(len(run.tokens)), "text": run.token_texts, "id": run.tokens,
+                               "role": np.where(np.arange(len(run.tokens)) < rs.sel, f"source ({value_name}[sel, i])",
+                                                np.where(np.arange(len(run.tokens)) == rs.sel, "selected",
+                                                         f"query ({value_name}[j, sel])")),
+                               value_name: rs.values})
+            st.download_button(f"Token values (CSV){' ' + run.label if len(scored) > 1 else ''}", _csv(df),
+                               file_name=f"{mode}_tokens_L{layer}_H{head}_sel{rs.sel}_{run.label}.csv",
+                               mime="text/csv", on_click="ignore", key=f"{P}_dl_tok_{run.label}")
+
+    if len(scored) == 2 and all(rs.ok for rs in scored) and _same_shape(*scored):
+        a, b = scored
+        st.subheader(f"Difference B − A ({value_name}, layer {layer}, {heads_word} {head})")
+        dv = b.values - a.values
+        dfac = scale_factor(st.session_state["scale"], [dv[np.arange(len(dv)) != a.sel]])
+        st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
+        token_view(b.run.token_texts, key=_tv_key(P, "diff", st.session_state["tok"], a.sel),
+                   colors=token_css(dv, dfac, cb, a.sel), values=list(map(float, dv)),
+                   value_name=f"{value_name}(B) − {value_name}(A)", selected=a.sel)
+
+    # ---- overview grid
+    st.subheader("Overview: every layer and " + heads_word + " for the selected token")
+    ov_labels = {"row": "max |A[sel, i]| over earlier tokens (what it reads)",
+                 "col": "max |A[j, sel]| over later tokens (who reads it)",
+                 "reach": "reach of the selected token's key (tokens until its span < threshold)",
+                 "end": "span left at the last token / span at the selected token"}
+    gc = st.columns([2, 1]) if mode == SPAN else [st.container()]
+    gc[0].radio("Tile value", ov_options, key="ov", format_func=ov_labels.get, horizontal=True)
+    if mode == SPAN:
+        gc[1].slider("Reach threshold", 0.01, 0.5, step=0.01, key="thr",
+                     help="Reach = first distance at which the span falls below this fraction of its start value.")
+    ov = st.session_state["ov"]
+    thr = float(st.session_state.get("thr", 0.1))
+    grids = []
+    for rs in scored:
+        rc_t = {k: torch.from_numpy(v) for k, v in rs.rc.items()}
+        rc_t["sel"] = rs.sel
+        if ov in ("row", "col"):
+            V = S.overview_values(rc_t, "row_max_abs" if ov == "row" else "col_max_abs").numpy()
+        elif ov == "reach":
+            V, _ = S.span_reach(S.span_curves(rc_t["span_col"], rs.sel), thr)
+        else:
+            sc = rs.rc["span_col"]
+            V = np.where(sc[..., rs.sel] > 0, sc[..., -1] / np.where(sc[..., rs.sel] > 0, sc[..., rs.sel], 1), 0.0)
+        grids.append(np.asarray(V, dtype=np.float64))
+    gmax = max(float(np.nanmax(np.abs(g))) if g.size else 0.0 for g in grids)
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    tile_name = {"row": "max|A|", "col": "max|A|", "reach": "reach", "end": "left"}[ov]
+    for col, rs, V in zip(cols, scored, grids):
+        with col:
+            fig = FS.overview_grid_figure(V, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", diverging=False,
+                                          colorblind=cb, layers=rs.layers, value_name=tile_name,
+                                          selected=(layer, head), zmax=gmax)
+            fig.update_yaxes(range=[max(rs.layers) + 0.5, min(rs.layers) - 0.5], autorange=False)  # no padding rows
+            fig.update_xaxes(range=[-0.5, V.shape[1] - 0.5], autorange=False)
+            st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
+                            key=_grid_key(P, rs.run.label, layer, head, ov, st.session_state["tok"]))
+            gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]), heads_word: np.tile(np.arange(V.shape[1]),
+                                len(rs.layers)), ov: V.reshape(-1)})
+            st.download_button(f"Overview (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(gdf),
+                               file_name=f"{mode}_overview_{ov}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
+                               on_click="ignore", key=f"{P}_dl_grid_{rs.run.label}")
+    note = (" A reach equal to the tokens left after the selected one is a lower bound (the span never fell below "
+            "the threshold within the prompt)." if ov == "reach" else "")
+    st.caption("Click a tile to open that layer and " + heads_word + f". The camera button of each chart saves a "
+               f"{st.session_state['img'].upper()} (sidebar: format)."
+               + note)
+
+    # ---- spans: curves and per-layer reach
+    if mode == SPAN:
+        _span_sections(P, scored, layer, head, thr, heads_word, config)
+
+    # ---- the open head's full matrix
+    st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}")
+    mats = []
+    for rs in scored:
+        if rs.ok:
+            si = rs.inputs[rs.layers.index(layer)]
+            try:
+                rs.matrix = head_matrix(rs.rid, layer, head, mode, diag, si)
+            except RWKVInspectorError as e:
+                show_error(e)
+                continue
+            a_, b_ = heat_window(len(rs.run.tokens), rs.sel)
+            mats.append(rs.matrix[a_:b_, a_:b_])
+    hmax = max((float(np.abs(m).max()) for m in mats if m.size), default=1.0)
+    if st.session_state["scale"] != "auto":
+        hmax = 1.0 / factor
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        if rs.matrix is None:
+            continue
+        with col:
+            T = len(rs.run.tokens)
+            win = heat_window(T, rs.sel)
+            if win != (0, T):
+                st.caption(f"{T} tokens: showing tokens {win[0]}–{win[1] - 1} around the selected one.")
+            fig = window_heatmap(rs.matrix, rs.run.token_texts, sel=rs.sel, zmax=hmax, signed=mode == ATTN,
+                                 colorblind=cb, window=win, value_name=value_name,
+                                 title=f"{rs.run.label}: {value_name}[j, i], layer {layer}, {heads_word} {head}"
+                                       + ("" if diag else " (no diagonal)"))
+            st.plotly_chart(fig, config=config, key=f"{P}_heat_{rs.run.label}")
+            M = rs.matrix
+            jj, ii = np.tril_indices(win[1] - win[0])
+            jj, ii = jj + win[0], ii + win[0]
+            mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: M[jj, ii]})
+            what = "Matrix" if win == (0, T) else f"Shown window {win[0]}–{win[1] - 1}"
+            st.download_button(f"{what} (CSV, i ≤ j){' ' + rs.run.label if len(scored) > 1 else ''}",
+                               data=lambda d=mdf: _csv(d),
+                               file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
+                               mime="text/csv", on_click="ignore", key=f"{P}_dl_mat_{rs.run.label}")
+    if len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored):
+        a, b = scored
+        D = b.matrix - a.matrix
+        win = heat_window(D.shape[0], a.sel)
+        dmax = float(np.abs(D[win[0]:win[1], win[0]:win[1]]).max()) or 1.0
+        fig = window_heatmap(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=cb, window=win,
+                             value_name=f"Δ{value_name}",
+                             title=f"B − A: {value_name}[j, i], layer {layer}, {heads_word} {head}")
+        st.plotly_chart(fig, config=config, key=f"{P}_heat_diff")
+    st.caption("Hover a cell for both tokens and the value; the blue frames are the selected token's row (what it "
+               "reads) and column (who reads it).")
+
+
+def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: float, heads_word: str,
+                   config: dict) -> None:
+    st.subheader(f"Span of the selected token's key against distance, layer {layer}")
+    c = st.columns(3)
+    c[0].toggle("Log y", key="logy")
+    rel, logy = bool(st.session_state["rel"]), bool(st.session_state["logy"])
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        if not rs.ok:
+            continue
+        with col:
+            li = rs.layers.index(layer)
+            curves = np.asarray(S.span_curves(torch.from_numpy(rs.rc["span_col"][li]), rs.sel))  # [H, D]
+            if curves.shape[-1] < 2:
+                st.info("The selected token is the last one: select an earlier token to see how long its key stays.")
+            fig = FS.span_curves_figure(curves, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}, layer {layer}",
+                                        sel=rs.sel, open_head=head, relative=rel, log_y=logy,
+                                        head_labels=[f"{heads_word} {h}" for h in range(curves.shape[0])])
+            st.plotly_chart(fig, config=config, key=f"{P}_curves_{rs.run.label}")
+            cdf = pd.DataFrame({"distance": np.tile(np.arange(curves.shape[1]), curves.shape[0]),
+                                heads_word: np.repeat(np.arange(curves.shape[0]), curves.shape[1]),
+                                "span": curves.reshape(-1)})
+            st.download_button(f"Span curves (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(cdf),
+                               file_name=f"span_curves_L{layer}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
+                               on_click="ignore", key=f"{P}_dl_curves_{rs.run.label}")
+
+    st.subheader(f"How far each {heads_word}'s influence reaches")
+    st.caption(f"Reach: tokens until the span of a key falls below {thr:g} × its value at the token itself "
+               "(threshold: above the overview). Triangles are lower bounds: the span had not fallen by the end of the "
+               "prompt.")
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        with col:
+            reach, cens = S.span_reach(S.span_curves(torch.from_numpy(rs.rc["span_col"]), rs.sel), thr)  # [L, H]
+            fig = FS.span_reach_figure(reach, f"{rs.run.label}: the key of token {rs.run.token_name(rs.sel)}, every "
+                                              "layer", censored=cens, layers=rs.layers, threshold=thr)
+            st.plotly_chart(fig, config=config, key=f"{P}_reach_layers_{rs.run.label}")
+    st.markdown(f"**Every source token of layer {layer}**, per {heads_word}")
+    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+    for col, rs in zip(cols, scored):
+        if not rs.ok:
+            continue
+        with col:
+            T = len(rs.run.tokens)
+            si = rs.inputs[rs.layers.index(layer)]
+            if T > LAYER_REACH_MAX_T and not st.toggle(f"Compute for all {T} source tokens ({si.H} full matrices)",
+                                                        key=f"{P}_reach_go_{rs.run.label}"):
+                continue
+            reach, cens = layer_reach(rs.rid, layer, thr, si)
+            fig = reach_figure(reach, cens, open_head=head,
+                               title=f"{rs.run.label}: reach to {thr:.0%} of the start span")
+            st.plotly_chart(fig, config=config, key=f"{P}_reach_{rs.run.label}")
+            rows = []
+            for h in range(reach.shape[0]):
+                ok = ~cens[h]
+                fmt = lambda q: f"{np.percentile(reach[h, ok], q):.0f}" if ok.any() else "—"  # noqa: E731
+                rows.append({heads_word: h, "median reach (fell below)": fmt(50), "p90 reach": fmt(90),
+                             "censored sources": f"{int(cens[h].sum())}/{T}"})
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+            rdf = pd.DataFrame({heads_word: np.repeat(np.arange(reach.shape[0]), T),
+                                "source": np.tile(np.arange(T), reach.shape[0]), "reach": reach.reshape(-1),
+                                "censored": cens.reshape(-1)})
+            st.download_button(f"Reach per source (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(rdf),
+                               file_name=f"span_reach_L{layer}_{rs.run.label}.csv", mime="text/csv",
+                               on_click="ignore", key=f"{P}_dl_reach_{rs.run.label}")
+    st.caption("Triangles: sources whose span never fell below the threshold before the prompt ended (the reach is "
+               "at least that); tokens near the end are always censored. The table's medians leave them out.")

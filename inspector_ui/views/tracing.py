@@ -1,0 +1,429 @@
+"""Causal tracing page: ROME's causal trace for RWKV (the RWKV paper's "information propagation" figure) and layer
+ablation, computed by `rwkv_core.analysis.tracing` and drawn by `rwkv_core.figures.tracing`.
+
+Model and prompt come from the shared sidebar (`inspector_ui.frame.page_setup`): a model by registry name, never by
+path, and the prompt traced is the sidebar prompt of each run, so compare mode (prompt or model) traces both runs
+with the same subject, answer and settings, side by side. The subject and answer default to the registry entry's
+tracing example when its prompt is the run's prompt, otherwise to the prompt's first word and the model's greedy
+next token. The heavy work (clean/corrupted runs, the grids, the ablations) holds the shared work gate: hooks live on
+the shared model object. Results are kept in `st.session_state["ct_results"]` keyed by (model, prompt, settings), so
+changing only a display option (metric, image format) redraws without recomputing. Settings are in the URL (ct_*).
+"""
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Callable
+
+import streamlit as st
+
+from inspector_ui.frame import PageContext, Run, bind, get_gate, predictions, publish, qp_get
+from rwkv_core.figures import tracing as FT
+from rwkv_core.analysis import tracing as TR
+from rwkv_core.errors import RWKVInspectorError
+
+# Character tokenizers of the reverse-digits model: rwkv_core.analysis.tracing's ("chars") and the registry's ("digits").
+CHAR_KINDS = ("chars", "digits")
+# (alternative subject, reference text for mean ablation)
+DIGITS_EXAMPLE = ("7", "1234567890,0987654321#80,08#")
+TEXT_EXAMPLE = ("The Colosseum", "The quick brown fox jumps over the lazy dog. Paris is the capital of France.")
+EXTRAS = ["resid and state separately", "window 1"]
+ABOUT = ("Where does the subject of a prompt reach the answer: up the layers at one token, or forward in time "
+         "through the recurrent state? ROME's causal trace (Meng et al. 2022) as in the RWKV paper's "
+         "information-propagation figure, with the RWKV-specific restore modes. The prompt is the sidebar's.")
+METRIC_NAMES = {"prob": "probability (ROME)", "logprob": "log-probability (RWKV paper)",
+                "first_prob": "first answer token's probability", "logit_diff": "logit difference",
+                "recovery": "normalised recovery"}
+
+
+def is_char_tokenizer(tokenizer) -> bool:
+    return getattr(tokenizer, "kind", None) in CHAR_KINDS
+
+
+# ------------------------------------------------------------------------------------------------ defaults
+
+
+def _greedy_answer(run: Run) -> str:
+    """The model's greedy continuation of the prompt as text: one token, or two where one token alone is not
+    text that tokenises back to itself (a byte of a multi-byte character, half a UTF-16 code unit)."""
+    tok = run.loaded.tokenizer
+    ids, got = list(run.tokens), []
+    try:
+        for _ in range(2):
+            top, _p = predictions(run.model_key, tuple(ids), 1)
+            nxt = int(top[-1, 0])
+            got.append(nxt)
+            ids.append(nxt)
+            text = tok.decode(got)
+            try:
+                if text and list(tok.encode(text).ids) == got:
+                    return text
+            except RWKVInspectorError:
+                pass
+        return tok.decode(got[:1])
+    except RWKVInspectorError:
+        return ""
+
+
+def default_subject_answer(run: Run) -> tuple[str, str]:
+    """The registry's tracing example when it is for this prompt, otherwise the first word of the prompt and the
+    model's greedy next token."""
+    ex = run.loaded.entry.tracing or {}
+    if ex.get("prompt") == run.prompt and ex.get("subject") and ex.get("answer"):
+        return ex["subject"], ex["answer"]
+    words = run.prompt.split()
+    return (words[0] if words else run.prompt), _greedy_answer(run)
+
+
+def _cast_bool(s: str) -> bool:
+    if str(s).lower() in ("true", "1", "yes"):
+        return True
+    if str(s).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(s)
+
+
+def _bind_choice(key: str, options, default) -> None:
+    bind(key, default)
+    if st.session_state[key] not in options:
+        st.session_state[key] = default
+
+
+def _bind_number(key: str, default, lo, hi, cast: Callable) -> None:
+    bind(key, default, cast)
+    v = st.session_state[key]
+    try:
+        v = cast(v)
+        ok = lo <= v <= hi
+    except (TypeError, ValueError):
+        ok = False
+    st.session_state[key] = v if ok else default
+
+
+def _bind_extras() -> None:
+    if "ct_extra" not in st.session_state:
+        raw = qp_get("ct_extra", "") or ""
+        st.session_state["ct_extra"] = [x for x in EXTRAS if x in raw.split("|")]
+    else:
+        st.session_state["ct_extra"] = [x for x in st.session_state["ct_extra"] if x in EXTRAS]
+
+
+def _publish_extras() -> None:
+    v = "|".join(st.session_state.get("ct_extra") or [])
+    if not v:
+        st.query_params.pop("ct_extra", None)
+    elif st.query_params.get("ct_extra") != v:
+        st.query_params["ct_extra"] = v
+
+
+def bind_settings(runs: list[Run], n_layer: int) -> None:
+    """Seed every setting from the URL once per session; the subject and answer follow run A's model and prompt
+    (new defaults when either changes)."""
+    a = runs[0]
+    ex_key = (a.model_key[0], a.prompt)
+    if "ct_subject" not in st.session_state or "ct_answer" not in st.session_state:
+        from_url = qp_get("ct_subject") is not None and qp_get("ct_answer") is not None
+        subj, ans = ("", "") if from_url else default_subject_answer(a)
+        bind("ct_subject", subj)
+        bind("ct_answer", ans)
+        st.session_state["ct_defaults_for"] = ex_key
+    elif st.session_state.get("ct_defaults_for") != ex_key:
+        st.session_state["ct_subject"], st.session_state["ct_answer"] = default_subject_answer(a)
+        st.session_state["ct_defaults_for"] = ex_key
+    else:
+        bind("ct_subject", "")
+        bind("ct_answer", "")
+    example = DIGITS_EXAMPLE if is_char_tokenizer(a.loaded.tokenizer) else TEXT_EXAMPLE
+    bind("ct_answer2", "")
+    _bind_choice("ct_corruption", ("noise", "replace"), "noise")
+    bind("ct_alt", example[0])
+    _bind_number("ct_samples", 10, 1, 100, int)
+    _bind_number("ct_noise", 3.0, 0.0, 100.0, float)
+    _bind_number("ct_seed", 1, 0, 2 ** 31 - 1, int)
+    _bind_choice("ct_site", tuple(TR.NOISE_SITES), "resid_pre")
+    _bind_choice("ct_mode", TR.MODES, "both")
+    _bind_number("ct_window", min(10, n_layer), 1, max(1, n_layer), int)
+    bind("ct_vfirst", True, _cast_bool)
+    if not isinstance(st.session_state["ct_vfirst"], bool):
+        st.session_state["ct_vfirst"] = True
+    _bind_extras()
+    _bind_choice("ct_metric", TR.METRICS, "prob")
+    _bind_choice("ct_imgfmt", ("png", "svg"), "png")
+    _bind_choice("ct_abl_target", TR.ABLATION_TARGETS, "block")
+    _bind_choice("ct_abl_repl", ("zero", "mean", "corrupt"), "zero")
+    if "ct_abl_ref" not in st.session_state:
+        st.session_state["ct_abl_ref"] = example[1]
+    else:
+        st.session_state["ct_abl_ref"] = st.session_state["ct_abl_ref"]
+
+
+URL_KEYS = ("ct_subject", "ct_answer", "ct_answer2", "ct_corruption", "ct_alt", "ct_samples", "ct_noise", "ct_seed",
+            "ct_site", "ct_mode", "ct_window", "ct_vfirst", "ct_metric", "ct_imgfmt", "ct_abl_target", "ct_abl_repl")
+
+
+# ------------------------------------------------------------------------------------------------ work
+
+
+def _waiting(box) -> Callable[[int], None]:
+    def on_wait(ahead: int) -> None:
+        box.info(f"Waiting for the shared model: {ahead} job(s) ahead of you. Press Stop to cancel.")
+    return on_wait
+
+
+def _request_stop() -> None:
+    st.session_state["ct_stop"] = True
+
+
+def _one_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def trace_one(run: Run, settings: dict, specs: list) -> dict:
+    """Prepare and trace every spec of one run with a progress bar (in the current container), holding the work
+    gate; the Stop flag is checked between batches. An input error becomes {"error": message}."""
+    bar = st.progress(0.0, text="Waiting for the model…")
+    box = st.empty()
+    try:
+        with get_gate().slot(_waiting(box)):
+            box.empty()
+            start = time.perf_counter()
+
+            def progress(done: int, total: int) -> None:
+                el = time.perf_counter() - start
+                left = el / done * (total - done) if done else float("nan")
+                bar.progress(done / total, text=f"Tracing: {done} / {total} cells · {el:.0f} s elapsed · "
+                                                f"about {left:.0f} s left")
+
+            bar.progress(0.0, text="Clean and corrupted runs…")
+            setup = TR.prepare_trace(run.loaded.model, run.loaded.tokenizer, run.prompt, **settings)
+            bar.progress(0.0, text="Clean and corrupted runs done; tracing…")
+            results = TR.trace_grids(setup, specs, metric="prob", progress=progress,
+                                     should_stop=lambda: bool(st.session_state.get("ct_stop")))
+    except RWKVInspectorError as e:
+        return {"error": _one_line(e)}
+    finally:
+        bar.empty()
+        box.empty()
+    return {"results": results, "setup": setup, "ablations": {}}
+
+
+def ablate_one(setup: TR.TraceSetup, run: Run, abl_key: tuple) -> Any:
+    target, replacement, reset_token, reference = abl_key
+    ref_ids = list(run.loaded.tokenizer.encode(reference).ids) if replacement == "mean" else None
+    token = setup.subject[1] - 1 if reset_token < 0 else min(reset_token, setup.T - 1)
+    box = st.empty()
+    try:
+        with get_gate().slot(_waiting(box)):
+            box.empty()
+            with st.spinner("Ablating every layer…"):
+                return TR.ablate_layers(setup, target, replacement, reference_tokens=ref_ids, reset_token=token)
+    finally:
+        box.empty()
+
+
+# ------------------------------------------------------------------------------------------------ drawing
+
+
+def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool = False) -> None:
+    """Metrics, heat maps and downloads of one run (in the current container)."""
+    results: list[TR.TraceResult] = entry["results"]
+    setup: TR.TraceSetup = entry["setup"]
+    for w in setup.warnings:
+        st.warning(w)
+    if not results[0].complete:
+        st.warning("Stopped early: the grids are incomplete (blank cells were not computed).")
+    if narrow:  # half a page: two rows of two, so small numbers (6.15e-17) are not cut
+        m1, m2 = st.columns(2)
+        m3, m4 = st.columns(2)
+    else:
+        m1, m2, m3, m4 = st.columns(4)
+    lbl = {"prob": f"p({setup.answer_text!r})", "logprob": f"log p({setup.answer_text!r})",
+           "first_prob": "p(first answer token)", "logit_diff": "logit difference", "recovery": "recovery"}[metric]
+    m1.metric(f"clean {lbl}", f"{setup.clean.get(metric, 1.0):.4g}" if metric != "recovery" else "1")
+    m2.metric(f"corrupted {lbl}", f"{setup.corrupt.get(metric, 0.0):.4g}" if metric != "recovery" else "0")
+    m3.metric("subject tokens", f"{setup.subject[0]}…{setup.subject[1] - 1}")
+    m4.metric("noise std" if setup.corruption == "noise" else "replacement",
+              f"{setup.noise * setup.sigma:.3g}" if setup.corruption == "noise" else str(setup.alt_subject))
+    if metric == "logit_diff" and not setup.answer2_ids:
+        st.info("The logit difference needs a second answer; the grids are blank.")
+    for i, res in enumerate(results):
+        name = {"block": f"State ({res.mode})", "att": f"Time-mix window {res.window}",
+                "ffn": f"Channel-mix window {res.window}"}[res.kind]
+        shown = res.with_metric(metric)
+        fname = f"causal_trace_{res.kind}_{res.mode if res.kind == 'block' else f'w{res.window}'}_{metric}"
+        if P != "A":
+            fname += f"_{P}"
+        st.subheader(name)
+        st.plotly_chart(FT.trace_heatmap(shown), key=f"ct_fig_{P}_{i}", config=FT.image_config(fname, img_format))
+        npz = io.BytesIO()
+        shown.to_npz(npz)
+        b1, b2, _ = st.columns([1, 1, 2] if narrow else [1, 1, 5])
+        b1.download_button("Grid (CSV)", shown.to_csv(), file_name=fname + ".csv", mime="text/csv",
+                           key=f"ct_csv_{P}_{i}", on_click="ignore")
+        b2.download_button("Grid (npz)", npz.getvalue(), file_name=fname + ".npz",
+                           mime="application/octet-stream", key=f"ct_npz_{P}_{i}", on_click="ignore")
+
+
+# ------------------------------------------------------------------------------------------------ page
+
+
+def render(ctx: PageContext) -> None:
+    """The causal tracing page below the shared sidebar: settings form, grids of each run, layer ablation."""
+    runs = ctx.runs
+    if any(not r.has_model for r in runs):
+        st.info("Causal tracing needs a live model: it runs the model again with the subject corrupted and parts of "
+                "the clean run restored. Choose **Source: model** in the sidebar.")
+        return
+
+    for run in runs:
+        cfg = run.cfg
+        st.sidebar.caption(f"{run.label}: RWKV v{cfg.version}, {cfg.n_layer} layers, width {cfg.n_embd}, vocabulary "
+                           f"{cfg.vocab_size} ({run.loaded.tokenizer.kind} tokenizer)")
+    max_layers = max(r.cfg.n_layer for r in runs)
+    any_v7 = any(str(r.cfg.version).startswith("7") for r in runs)
+    bind_settings(runs, max_layers)
+
+    with st.expander("How it works, and what each mode restores"):
+        st.markdown("""
+    The prompt is the sidebar's (in compare mode both runs are traced with the same subject, answer and settings).
+
+    1. **Clean run**: the prompt, then the answer teacher-forced; the metric is the answer's probability (all its
+       tokens). **Corrupted run**: the subject's tokens corrupted — Gaussian noise (GN) on their input to block 0, or
+       the subject replaced by another of the same token length (STR).
+    2. For every prompt token *t* (rows, subject starred) and layer *l* (columns, from 1), the corrupted run once more
+       with something of the clean run **restored** at *t*; the colour is the metric (samples averaged as ROME does:
+       the mean of probabilities). Bright cells are where the clean information matters.
+    - **Block / both** (default, the RWKV paper's "states and activation"): the residual stream after block *l* at
+      token *t* **and** layer *l*'s recurrent state after *t*.
+    - **Block / resid**: only the residual stream (ROME's hidden state): the path *up the layers* at token *t*.
+    - **Block / state**: only layer *l*'s recurrent state after *t* (time-mix token shift, WKV state, channel-mix
+      token shift), which reaches only later tokens: the path *forward in time*.
+    - **Time-mix window** (Reds, ROME's attention): the time-mix output at token *t* in a window of layers centred on
+      *l* (default 10, as ROME; windows inflate peaks, so compare with window 1).
+    - **Channel-mix window** (Greens, ROME's MLP): the same for the channel-mix output.
+    - **Restore v_first** (RWKV-7): layer 0's value at token *t* enters every layer; with this on it is restored in
+      the layers above *l* together with the residual, otherwise the corrupted subject keeps leaking in.
+    - **Noise site**: *block-0 input* (after ln0, the default: RWKV renormalises its small embedding at once) or the
+      raw *embedding* (ROME). The noise std is the multiple times the std of that tensor over every vocabulary row.
+    - **Layer ablation** (below): the clean run with one layer's output replaced (zero, a reference-text mean, or the
+      corrupted run's value), or its WKV state reset after one token; bars show the change of the metric.
+    """)
+
+    with st.form("ct_form"):
+        c1, c2, c3 = st.columns([3, 1, 1])
+        subject = c1.text_input("Subject (first occurrence in the prompt)", key="ct_subject")
+        answer = c2.text_input("Answer", key="ct_answer",
+                               help="Tokenised on its own: include a leading space where the vocabulary has one. "
+                                    "Defaults to the model's greedy next token.")
+        answer2 = c3.text_input("Second answer (optional)", key="ct_answer2",
+                                help="For the logit difference logit(answer) − logit(second answer), first tokens.")
+        c1, c2, c3, c4, c5 = st.columns(5)
+        corruption = c1.radio("Corruption", ["noise", "replace"], key="ct_corruption", horizontal=True,
+                              format_func=lambda v: {"noise": "Gaussian noise", "replace": "subject replacement"}[v])
+        alt_subject = c2.text_input("Replacement subject (STR)", key="ct_alt",
+                                    help="Same number of tokens as the subject.")
+        samples = c3.number_input("Noise samples", 1, 100, key="ct_samples")
+        noise = c4.number_input("Noise × embedding std", 0.0, 100.0, step=0.5, key="ct_noise")
+        seed = c5.number_input("Seed", 0, 2 ** 31 - 1, key="ct_seed")
+        c1, c2, c3, c4, c5 = st.columns(5)
+        noise_site = c1.selectbox("Noise site", list(TR.NOISE_SITES), key="ct_site",
+                                  format_func=lambda v: {"resid_pre": "block-0 input (after ln0)", "embed": "embedding"}[v])
+        mode = c2.selectbox("Block restore mode", list(TR.MODES), key="ct_mode",
+                            format_func=lambda v: {"both": "both (resid + state)", "resid": "resid",
+                                                   "state": "state"}[v])
+        window = c3.number_input("Window (layers)", 1, max(1, max_layers), key="ct_window")
+        v_first = c4.checkbox("Restore v_first (v7)", key="ct_vfirst", disabled=not any_v7)
+        extra = c5.multiselect("Also trace", EXTRAS, key="ct_extra")
+        submitted = st.form_submit_button("Trace", type="primary")
+
+    d1, d2, _ = st.columns([2, 1, 3])
+    metric = d1.selectbox("Metric shown", list(TR.METRICS), key="ct_metric", format_func=METRIC_NAMES.get)
+    img_format = d2.radio("Image download", ["png", "svg"], key="ct_imgfmt", horizontal=True,
+                          help="Format of the camera button in each chart's toolbar.")
+    publish(*URL_KEYS)
+    _publish_extras()
+
+    settings = dict(subject=subject, answer=answer, answer2=answer2 or None, corruption=corruption,
+                    alt_subject=alt_subject if corruption == "replace" else None, samples=int(samples),
+                    noise=float(noise), noise_site=noise_site, seed=int(seed))
+    specs = [TR.TraceSpec(k, mode, int(window), bool(v_first)) for k in ("block", "att", "ffn")]
+    if "resid and state separately" in extra:
+        specs += [TR.TraceSpec("block", m, int(window), bool(v_first)) for m in ("resid", "state") if m != mode]
+    if "window 1" in extra and int(window) != 1:
+        specs += [TR.TraceSpec("att", mode, 1, bool(v_first)), TR.TraceSpec("ffn", mode, 1, bool(v_first))]
+    spec_key = tuple((s.kind, s.mode, s.window, s.restore_v_first) for s in specs)
+    trace_keys = [(run.model_key, run.prompt, tuple(sorted(settings.items())), spec_key) for run in runs]
+    results_store: dict = st.session_state.setdefault("ct_results", {})
+
+    cols = st.columns(2) if ctx.compare else [st.container()]
+    if ctx.compare:
+        for col, run in zip(cols, runs):
+            col.markdown(f"**{run.title}** · `{run.prompt}`")
+
+    if submitted:
+        st.session_state["ct_stop"] = False
+        stop_slot = st.empty()
+        stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
+        for col, run, key in zip(cols, runs, trace_keys):
+            if st.session_state.get("ct_stop"):
+                break
+            with col:
+                results_store[key] = trace_one(run, settings, specs)
+        stop_slot.empty()
+        for k in [k for k in results_store if k not in trace_keys]:  # keep only what is shown: setups hold the runs
+            del results_store[k]
+
+    entries = [results_store.get(k) for k in trace_keys]
+    for col, entry in zip(cols, entries):
+        with col:
+            if entry is None:
+                if st.session_state.get("ct_stop"):
+                    st.warning("Stopped. Press **Trace** to start again.")
+                else:
+                    st.info("Set the subject and answer (the prompt is the sidebar's), then press **Trace**.")
+            elif "error" in entry:
+                st.error(entry["error"])
+
+    for col, run, entry in zip(cols, runs, entries):
+        if entry is not None and "results" in entry:
+            with col:
+                show_trace(entry, run.label, metric, img_format, ctx.compare)
+
+    traced = [(col, run, e) for col, run, e in zip(cols, runs, entries) if e is not None and "results" in e]
+    if traced:
+        st.subheader("Layer ablation")
+        a1, a2, a3, a4 = st.columns([1, 1, 1, 3])
+        target = a1.selectbox("Ablate", list(TR.ABLATION_TARGETS), key="ct_abl_target",
+                              format_func=lambda v: {"block": "whole block output", "att": "time-mix output",
+                                                     "ffn": "channel-mix output", "state": "WKV state (reset)"}[v])
+        replacement = a2.selectbox("Replace with", ["zero", "mean", "corrupt"], key="ct_abl_repl",
+                                   format_func=lambda v: {"zero": "zero", "mean": "reference-text mean",
+                                                          "corrupt": "corrupted run's value"}[v])
+        max_t = max(e["setup"].T for _, _, e in traced)
+        if not -1 <= int(st.session_state.get("ct_abl_token", -1)) <= max_t - 1:
+            st.session_state["ct_abl_token"] = -1
+        reset_token = a3.number_input("Reset after token", -1, max_t - 1, -1, key="ct_abl_token",
+                                      disabled=target != "state",
+                                      help="For the state reset: the token after which the layer's WKV state is reset; "
+                                           "-1: the subject's last token.")
+        reference = a4.text_input("Reference text (mean ablation)", key="ct_abl_ref", disabled=replacement != "mean")
+        abl_key = (target, replacement, int(reset_token), reference if replacement == "mean" else None)
+        abl_cols = st.columns(2) if ctx.compare else [st.container()]
+        for run, entry in [(r, e) for _, r, e in traced]:
+            with abl_cols[runs.index(run)]:
+                if ctx.compare:
+                    st.caption(run.title)
+                abl = entry["ablations"].get(abl_key)
+                if abl is None:
+                    try:
+                        abl = ablate_one(entry["setup"], run, abl_key)
+                        entry["ablations"][abl_key] = abl
+                    except RWKVInspectorError as e:
+                        st.error(_one_line(e))
+                if abl is not None:
+                    abl_metric = metric if metric in abl.delta else "prob"
+                    fname = f"layer_ablation_{target}_{replacement}_{abl_metric}" + ("" if run.label == "A" else "_B")
+                    st.plotly_chart(FT.ablation_bars(abl, abl_metric), key=f"ct_abl_fig_{run.label}",
+                                    config=FT.image_config(fname, img_format))
+        st.caption("Noising: the clean run with one layer ablated at every token (the state reset: after one "
+                   "token); the bar is the change of the metric at the answer. Negative = the layer is needed.")

@@ -1,0 +1,1 @@
+"""The project's demo models: the generated corpus, training, evaluation and model cards."""

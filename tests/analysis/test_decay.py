@@ -1,0 +1,543 @@
+"""Time decay: static and per-token decays, half-life, retention, state size, figures, CSV/CLI and the page.
+
+Reference values are computed here independently from the raw checkpoint tensors (formulas of rwkv-math §9),
+from the w the forward pass used (hook `blocks.{l}.att.hook_w`) and from RNN-mode states (`forward_rnn`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rwkv_core.analysis import decay as D
+from rwkv_core.figures import decay as FD
+from rwkv_core.io.checkpoint import load_checkpoint, load_model
+from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
+from tests.conftest import REPO, shared_file
+
+PAGE = REPO / "pages" / "3_Time_decay.py"
+
+
+VERSIONS = ("4", "5.1", "5.2", "6", "7")
+TINY = {
+    "4": "tiny-rwkv-4v0-660K-FP32.bin",
+    "5.1": "tiny-rwkv-5v1-730K-FP32.bin",
+    "5.2": "tiny-rwkv-5v2-730K-FP32.bin",
+    "6": "tiny-rwkv-6v0-1m-FP32.bin",
+    "7": "tiny-rwkv-7v0-834K-FP32.bin",
+    "7-digits": "260123_reverse_L2_only_rwkv7.pth",
+}
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    """version -> (path, raw state_dict) of a small random official checkpoint (2 layers, C 64, N 16)."""
+    out = {}
+    root = tmp_path_factory.mktemp("decay_ckpt")
+    for v in VERSIONS:
+        sd = random_state_dict(v, n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=3)
+        path = root / f"random-v{v}.pth"
+        save_checkpoint(sd, path)
+        out[v] = (path, sd)
+    return out
+
+
+def formula_decay(sd: dict, version: str, n_layer: int, dtype=torch.float64) -> np.ndarray:
+    """lambda [L, C] straight from the raw tensors (rwkv-math §9), in `dtype`."""
+    rows = []
+    for l in range(n_layer):
+        p = f"blocks.{l}.att."
+        if version == "7":
+            w0 = sd[p + "w0"].to(dtype).reshape(-1)
+            lam = torch.exp(-math.exp(-0.5) * torch.sigmoid(w0))
+        else:
+            td = sd[p + "time_decay"].to(dtype)
+            lam = torch.exp(-torch.exp(td))
+            if version == "5.1":  # one per head, repeated over the head's channels
+                C = sd[p + "key.weight"].shape[0]
+                lam = lam.repeat_interleave(C // lam.numel())
+            lam = lam.reshape(-1)
+        rows.append(lam.double().numpy())
+    return np.stack(rows)
+
+
+def hook_w_all_layers(model, tokens) -> np.ndarray:
+    """[L, T, C] w captured through hook_w in one forward (a read-only hook leaves the forward unchanged)."""
+    names = [f"blocks.{l}.att.hook_w" for l in range(model.cfg.n_layer)]
+    _, _, cache = model.run_with_cache(tokens, names_filter=names)
+    return np.stack([cache[n][0].double().numpy() for n in names])
+
+
+# ------------------------------------------------------------------------------------------------ static
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_static_decay_random_checkpoints_equal_formula(random_ckpt, version):
+    path, sd = random_ckpt[version]
+    st = D.static_decay(path)  # through load_checkpoint: the raw tensors
+    ref = formula_decay(sd, version, 2)
+    assert st.decay.shape == (2, 64)
+    np.testing.assert_allclose(st.decay, ref, rtol=1e-12, atol=0)
+    # fp32 evaluation of the formula (what the issue asks for) agrees to fp32 rounding
+    np.testing.assert_allclose(st.decay, formula_decay(sd, version, 2, torch.float32), rtol=2e-6, atol=1e-7)
+    # the decays have a real spread (not a degenerate test)
+    assert st.decay.max() - st.decay.min() > 0.2
+    # half-life = ln 2 / (-ln lambda) and rate = -ln lambda
+    np.testing.assert_allclose(st.half_life, math.log(2) / -np.log(ref), rtol=1e-9)
+    np.testing.assert_allclose(st.rate, -np.log(ref), rtol=1e-9)
+    # the same numbers from the model's parameters and from the Checkpoint object
+    np.testing.assert_allclose(D.static_decay(load_model(path)).decay, st.decay, rtol=1e-12)
+    np.testing.assert_allclose(D.static_decay(load_checkpoint(path)).decay, st.decay, rtol=1e-12)
+    H = 1 if version == "4" else 4
+    assert (st.n_head, st.head_size) == (H, 64 // H)
+    if version == "5.1":  # constant within each head
+        assert np.all(np.ptp(st.by_head(st.decay), axis=-1) == 0)
+    if version == "7":
+        assert st.decay.min() > D.V7_MIN_DECAY and st.half_life.min() >= D.V7_MIN_HALF_LIFE
+
+
+@pytest.mark.parametrize("key", list(TINY))
+def test_static_decay_tiny_models_equal_formula(key):
+    path = shared_file(TINY[key])
+    ckpt = load_checkpoint(path)
+    version = ckpt.config.version
+    st = D.static_decay(ckpt)
+    ref = formula_decay(ckpt.state_dict, version, ckpt.config.n_layer)
+    np.testing.assert_allclose(st.decay, ref, rtol=1e-12, atol=0)
+    assert st.decay.shape == (ckpt.config.n_layer, ckpt.config.n_embd)
+    assert np.isfinite(st.log10_half_life).all()
+    # the profiles the shared README describes
+    if key in ("4", "5.1", "5.2"):
+        assert 0.25 < st.decay.min() and st.decay.max() < 0.45
+    elif key == "6":
+        assert 0.65 < st.decay.min() < 0.67 and 0.997 < st.decay.max() < 0.999
+        assert 250 < st.half_life.max() < 350
+    elif key == "7-digits":
+        assert 1 - st.decay.max() < 1e-7 and st.decay.min() < 0.55
+        assert st.half_life.max() > 1e6  # finite although lambda is within 1e-7 of 1
+
+
+def test_static_bonus_shapes(random_ckpt):
+    for v in VERSIONS:
+        path, sd = random_ckpt[v]
+        b = D.static_bonus(path)
+        assert b.shape == (2, 64)
+        if v == "5.2":
+            np.testing.assert_allclose(b[1], sd["blocks.1.att.time_faaaa"].double().reshape(-1).numpy())
+        if v == "5.1":
+            np.testing.assert_allclose(b[0, :16], math.exp(float(sd["blocks.0.att.time_first"][0])), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ per-token
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_token_decays_random_equal_hook_w(random_ckpt, version):
+    path, _ = random_ckpt[version]
+    model = load_model(path)
+    tokens = [5, 200, 17, 99, 3, 3, 250, 42, 7]
+    td = D.token_decays(model, tokens)
+    w = hook_w_all_layers(model, tokens)
+    assert td.log_decay.shape == w.shape == (2, len(tokens), 64)
+    np.testing.assert_allclose(td.decay, w, rtol=2e-5, atol=1e-6)
+    spread = np.ptp(td.log_decay, axis=1).max()
+    assert (spread > 1e-3) if D.is_dynamic(version) else (spread == 0)
+
+
+@pytest.mark.parametrize("key", ["6", "7", "7-digits"])
+def test_token_decays_tiny_equal_hook_w(key):
+    model = load_model(shared_file(TINY[key]))
+    text = "Eiffel Tower, Paris"
+    if key == "7-digits":  # vocabulary '0'-'9' -> 0-9, ',' -> 10, '#' -> 11
+        tokens = ["0123456789,#".index(c) for c in "31415926,62951413#"]
+    else:
+        tokens = list(text.encode("utf-16-le")) if key == "6" else list(text.encode())
+    td = D.token_decays(model, tokens)
+    w = hook_w_all_layers(model, tokens)
+    tiny = w < 1e-30  # fp32 underflow to 0 (tiny v6, layer 9): compare in absolute terms only
+    np.testing.assert_allclose(td.decay[~tiny], w[~tiny], rtol=2e-5, atol=1e-7)
+    assert np.all(td.decay[tiny] < 1e-30)
+    assert np.isfinite(td.log10_half_life).all()  # also where w is 0 or 1 in fp32
+    # a subset of layers gives the same rows
+    sub = D.token_decays(model, tokens, layers=[1])
+    np.testing.assert_array_equal(sub.log_decay[0], td.log_decay[1])
+    # the static decay is the LoRA-free part: d_t - d_static is what the LoRA added, and it varies by token
+    st = D.static_decay(model)
+    assert np.ptp(td.logit[0] - st.logit[0][None], axis=0).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ formulas by hand
+
+
+def test_half_life_hand_cases():
+    ln2 = math.log(2)
+    np.testing.assert_allclose(D.half_life(np.log([0.5, 2 ** -0.1, 0.25])), [1.0, 10.0, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(D.half_life_from_decay([0.5]), [1.0])
+    assert D.half_life(np.array([0.0]))[0] == np.inf
+    # v4-v6 from the logit d: rho = e^d
+    d = np.array([math.log(ln2), 0.0, -50.0, 50.0])
+    lh = D.log10_half_life_from_logit(d, "6")
+    np.testing.assert_allclose(lh[:2], [0.0, math.log10(ln2)], atol=1e-15)
+    np.testing.assert_allclose(lh[2:], [math.log10(ln2) + 50 * math.log10(math.e),
+                                        math.log10(ln2) - 50 * math.log10(math.e)], rtol=1e-14)
+    lam = np.exp(D.log_decay_from_logit(d, "4"))
+    assert lam[2] == 1.0 and lam[3] == 0.0  # float64 cannot hold them, the half-life still is finite
+    np.testing.assert_allclose(lam[0], 0.5, rtol=1e-15)
+    # v7: rho = e^-0.5 sigmoid(d)
+    d7 = np.array([0.0, 40.0, -40.0])
+    rho = math.exp(-0.5) * np.array([0.5, 1 / (1 + math.exp(-40)), 1 / (1 + math.exp(40))])
+    np.testing.assert_allclose(D.log_decay_from_logit(d7, "7"), -rho, rtol=1e-14)
+    np.testing.assert_allclose(10 ** D.log10_half_life_from_logit(d7, "7"), ln2 / rho, rtol=1e-12)
+    np.testing.assert_allclose(10 ** D.log10_half_life_from_logit(np.array([0.0]), "7"), 2.2855, rtol=1e-4)
+    assert abs(D.V7_MIN_HALF_LIFE - 1.1428) < 1e-4 and abs(D.V7_MIN_DECAY - 0.5452) < 1e-4
+
+
+def test_retention_hand_cases():
+    lam = np.array([[0.5, 1.0], [0.25, 0.5], [0.8, 0.5], [0.9, 0.5]])  # [T=4, C=2]
+    logw = np.log(lam)
+    r6 = D.retention(logw, 0, "6")  # read before own decay: prod_{j=1}^{t-1}
+    np.testing.assert_allclose(r6[1:], [[1.0, 1.0], [0.25, 0.5], [0.2, 0.25]], rtol=1e-14)
+    assert np.isnan(r6[0]).all()
+    r7 = D.retention(logw, 0, "7")  # update then read: prod_{j=1}^{t}
+    np.testing.assert_allclose(r7, [[1.0, 1.0], [0.25, 0.5], [0.2, 0.25], [0.18, 0.125]], rtol=1e-14)
+    r4 = D.retention(logw, 1, "4")
+    assert np.isnan(r4[:2]).all()
+    np.testing.assert_allclose(r4[2:], [[1.0, 1.0], [0.8, 0.5]], rtol=1e-14)
+    assert np.isnan(D.retention(logw, 3, "6")).all()  # nobody reads the last token through the state
+    assert D.first_read(2, "6") == 3 and D.first_read(2, "7") == 2
+    # long spans: summed in log space, no underflow to a wrong value
+    long = np.full((3000, 1), math.log(0.999))
+    np.testing.assert_allclose(D.log_retention(long, 0, "7")[-1], 2999 * math.log(0.999), rtol=1e-12)
+    # aggregation over the channels of each head
+    by = D.retention_by_head(r7, 1, "median")
+    np.testing.assert_allclose(by[:, 0], [1.0, 0.375, 0.225, 0.1525])
+    np.testing.assert_allclose(D.retention_by_head(r7, 2, "max"), r7)
+    with pytest.raises(ValueError):
+        D.log_retention(logw, 4, "6")
+
+
+def test_head_summary_hand_case():
+    # 1 layer, 2 heads of 3 channels; half-lives 1, 10, 100 | 0.5, 2, 1000
+    lh = np.log10([[1.0, 10.0, 100.0, 0.5, 2.0, 1000.0]])
+    s = D.head_summary(lh, 2, context_length=50)
+    assert list(s.columns[:6]) == ["layer", "head", "median_half_life", "max_half_life", "min_half_life", "n_long"]
+    np.testing.assert_allclose(s["median_half_life"], [10.0, 2.0])
+    np.testing.assert_allclose(s["max_half_life"], [100.0, 1000.0])
+    assert list(s["n_long"]) == [1, 1] and list(s["n_channels"]) == [3, 3]
+
+
+# ------------------------------------------------------------------------------------------------ state size
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_state_sizes_equal_rnn_states(random_ckpt, version):
+    model = load_model(random_ckpt[version][0])
+    tokens = [9, 120, 33, 33, 250, 1]
+    ss = D.state_sizes(model, tokens)
+    H = 1 if version == "4" else 4
+    assert ss.frobenius.shape == ss.max_abs.shape == (2, len(tokens), H)
+    for t in range(len(tokens)):
+        _, state = model.forward_rnn(tokens[: t + 1])
+        s = state.wkv[:, 0].double()  # [L, H, N, N] or v4 [L, 3, C]
+        if version == "4":
+            content = s[:, 0] / s[:, 1]  # aa / bb
+            frob, peak = content.norm(dim=-1)[:, None], content.abs().amax(-1)[:, None]
+        else:
+            frob = s.pow(2).sum((-2, -1)).sqrt()
+            peak = s.abs().amax((-2, -1))
+        np.testing.assert_allclose(ss.frobenius[:, t], frob.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ss.max_abs[:, t], peak.numpy(), rtol=1e-4, atol=1e-6)
+    assert np.all(ss.frobenius > 0) and np.all(ss.max_abs <= ss.frobenius + 1e-12)
+
+
+def test_state_size_of_explicit_tensor():
+    s = torch.zeros(2, 2, 2)
+    s[0] = torch.tensor([[3.0, 0.0], [0.0, -4.0]])
+    f, m = D.state_size(s, "6")
+    np.testing.assert_allclose(f, [5.0, 0.0]) and np.testing.assert_allclose(m, [4.0, 0.0])
+    v4 = torch.tensor([[2.0, -6.0], [1.0, 2.0], [0.0, 5.0]])  # aa, bb, pp -> aa/bb = [2, -3]
+    f, m = D.state_size(v4, "4")
+    np.testing.assert_allclose(f, [math.sqrt(13)]) and np.testing.assert_allclose(m, [3.0])
+
+
+# ------------------------------------------------------------------------------------------------ CSV and CLI
+
+
+def test_write_static_csv(random_ckpt, tmp_path):
+    for v in ("4", "6"):
+        path, sd = random_ckpt[v]
+        out = tmp_path / f"decay{v}.csv"
+        n = D.write_static_csv(path, out)
+        df = pd.read_csv(out)
+        assert n == len(df) == 2 * 64
+        assert list(df.columns) == ["layer", "head", "channel", "decay", "half_life"]
+        ref = formula_decay(sd, v, 2)
+        np.testing.assert_allclose(df["decay"].to_numpy().reshape(2, 64), ref, rtol=1e-15)
+        np.testing.assert_allclose(df["half_life"], math.log(2) / -np.log(df["decay"]), rtol=1e-9)
+        assert list(df["channel"][:3]) == [0, 1, 2] and df["layer"].iloc[-1] == 1
+        assert set(df["head"]) == ({0} if v == "4" else {0, 1, 2, 3})
+    assert D.decay_cli([str(random_ckpt["7"][0]), "--out", str(tmp_path / "cli.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "cli.csv")) == 128
+    assert D.decay_cli([str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.csv")]) == 1
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+@pytest.fixture(scope="module")
+def static6(random_ckpt):
+    return D.static_decay(random_ckpt["6"][0])
+
+
+def _all_traces_hover(fig):
+    return all(tr.hovertemplate for tr in fig.data)
+
+
+def test_paper_figure(static6):
+    fig = FD.paper_figure(static6.decay, static6.log10_half_life, static6.head_size)
+    lines = [tr for tr in fig.data if tr.mode == "lines"]
+    assert len(lines) == 2 and all(len(tr.y) == 64 for tr in lines)
+    for tr, layer in zip(lines, range(2)):
+        assert np.all(np.diff(tr.y) <= 0)  # sorted descending
+        np.testing.assert_allclose(sorted(tr.y, reverse=True), np.sort(static6.decay[layer])[::-1])
+    assert lines[0].line.color != lines[1].line.color
+    assert tuple(fig.layout.yaxis.range) == (0, 1.02)
+    assert "decay" in fig.layout.yaxis.title.text and "rank" in fig.layout.xaxis.title.text
+    assert "sorted" in fig.layout.title.text and _all_traces_hover(fig)
+    fig = FD.paper_figure(static6.decay, static6.log10_half_life, 16, head=2, y="half_life")
+    lines = [tr for tr in fig.data if tr.mode == "lines"]
+    assert all(len(tr.y) == 16 for tr in lines) and fig.layout.yaxis.type == "log"
+    assert set(lines[0].customdata[:, 0]) == set(range(32, 48)) and "head 2" in fig.layout.title.text
+    with pytest.raises(ValueError):
+        FD.paper_figure(static6.decay, static6.log10_half_life, 16, head=4)
+
+
+def test_layer_channel_heatmap(static6):
+    fig = FD.layer_channel_heatmap(static6.decay, static6.log10_half_life, 16)
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (2, 64) and np.allclose(z, static6.decay)
+    assert fig.layout.xaxis.title.text == "channel" and fig.layout.yaxis.title.text == "layer"
+    fig = FD.layer_channel_heatmap(static6.decay, static6.log10_half_life, 16, sort=True, value="log10_half_life")
+    z = np.asarray(fig.data[0].z)
+    assert np.all(np.diff(z, axis=1) <= 0) and "sorted" in fig.layout.title.text
+    assert _all_traces_hover(fig)
+    fig = FD.bonus_heatmap(np.ones((2, 64)), version="6")
+    assert np.asarray(fig.data[0].z).shape == (2, 64) and _all_traces_hover(fig)
+
+
+def test_token_views():
+    T, H, N = 7, 3, 4
+    rng = np.random.default_rng(0)
+    med = rng.normal(size=(T, H))
+    labels = [f"t{i}" for i in range(T)]
+    fig = FD.token_head_heatmap(med, labels, layer=1, selected=(2, 1))
+    assert np.asarray(fig.data[0].z).shape == (H, T) and len(fig.data[1].x) == T * H
+    assert fig.layout.xaxis.title.text == "token" and fig.layout.yaxis.title.text == "head"
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == 1.5 and "layer 1" in fig.layout.title.text
+    assert _all_traces_hover(fig)
+    fig.to_json()  # serialisable (customdata with strings)
+    lam = rng.uniform(0.5, 1, N)
+    fig = FD.channel_spectrum_figure(lam, np.log10(np.log(2) / -np.log(lam)), lam ** 2,
+                                     np.log10(np.log(2) / -np.log(lam ** 2)), channels=range(4, 8),
+                                     token_label="3 x", layer=0, head=1)
+    assert len(fig.data) == 2 and list(fig.data[0].x) == [4, 5, 6, 7] and _all_traces_hover(fig)
+    assert "static" in fig.data[0].name and "head 1" in fig.layout.title.text
+    r = D.retention_by_head(D.retention(np.log(rng.uniform(0.5, 1, (T, H * N))), 2, "6"), H)
+    fig = FD.retention_figure(r, labels, source=2, layer=0)
+    assert len(fig.data) == H and list(fig.data[0].x) == [3, 4, 5, 6] and fig.data[0].y[0] == 1.0
+    assert fig.layout.yaxis.type == "log" and _all_traces_hover(fig)
+    fig = FD.state_size_figure(rng.uniform(size=(T, H)), labels, layer=0, metric="max_abs")
+    assert len(fig.data) == H and len(fig.data[0].y) == T and "max" in fig.layout.yaxis.title.text
+    assert _all_traces_hover(fig)
+    assert FD.image_config("svg")["toImageButtonOptions"]["format"] == "svg"
+
+
+def test_cell_from_selection():
+    point = {"curve_number": 1, "x": 4, "y": 2, "customdata": [4, 2, 3.5]}
+    assert FD.cell_from_selection({"points": [point]}) == (4, 2)
+    assert FD.cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}) == (3, 1)
+    # what Streamlit actually returns for a 2-D customdata row: a dict keyed by position (x/y point elsewhere)
+    assert FD.cell_from_selection({"points": [{"customdata": {"0": 4, "1": 2}, "x": 9, "y": 9}]}) == (4, 2)
+    assert FD.cell_from_selection({"points": []}) is None and FD.cell_from_selection(None) is None
+
+
+# ------------------------------------------------------------------------------------------------ page
+
+
+def _page(model: str):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.session_state["model"] = f"shared: {model}"  # a name of the shared sidebar's model registry
+    return at
+
+
+@pytest.mark.parametrize("key", ["4", "6", "7-digits"])
+def test_page_runs(key):
+    shared_file(TINY[key])
+    at = _page(TINY[key])
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    charts = at.get("plotly_chart")
+    if key == "4":
+        assert any("does not depend on the input" in i.value for i in at.info)
+        assert len(charts) == 4  # paper, heat map, bonus, state size
+    else:
+        assert len(charts) == 7  # + tokens x heads, spectrum, retention
+        # fallback selection: choose token 3, head 1 without clicking
+        at.selectbox(key="decay_sel_token").set_value(3)
+        at.selectbox(key="decay_sel_head").set_value(1)
+        at.run()
+        assert not at.exception
+        assert at.selectbox(key="decay_sel_token").value == 3
+    assert len(at.get("download_button")) >= 3
+
+
+def test_token_head_summary_hand_case():
+    # 1 layer, 3 tokens, 1 head of 2 channels; rates per token and channel
+    rho = np.array([[[1.0, 0.1], [0.5, 0.1], [0.3, 0.1]]])  # [L, T, C]
+    lh = np.log10(np.log(2) / rho)
+    td = D.TokenDecay("6", 1, 2, [0, 1, 2], [0], np.log(rho))  # v6: rho = e^d
+    np.testing.assert_allclose(td.log_decay, -rho, rtol=1e-14)
+    np.testing.assert_allclose(td.log10_half_life, lh, rtol=1e-12)
+    s = D.token_head_summary(td, 0)
+    avg = np.median(np.log10(np.log(2) / np.array([0.6, 0.1])))  # mean rates 0.6 and 0.1
+    np.testing.assert_allclose(s["avg_half_life"], [10 ** avg])
+    assert s["min_at_token"][0] == 0 and s["n_long"][0] == 1  # ln2/0.1 = 6.9 > 3 tokens
+    np.testing.assert_allclose(s["min_half_life"], [10 ** np.median(lh[0, 0])])
+
+
+# ------------------------------------------------------------------------------------------------ page: compare, trace
+
+
+def _arr(x) -> np.ndarray:
+    """A plotly JSON array: a list or the typed-array form {"dtype", "bdata" (base64), "shape"}."""
+    if isinstance(x, dict) and "bdata" in x:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
+        shape = x.get("shape")
+        if shape:
+            a = a.reshape([int(n) for n in str(shape).split(",")] if isinstance(shape, str) else shape)
+        return a.astype(float)
+    return np.asarray(x, dtype=float)
+
+
+def _token_head_maps(at) -> list[dict]:
+    """The tokens x heads half-life heat maps on the page (their heat map trace), A first."""
+    import json
+
+    out = []
+    for c in at.get("plotly_chart"):
+        spec = json.loads(c.proto.spec)
+        title = (spec.get("layout", {}).get("title") or {}).get("text", "")
+        if title.startswith("Median half-life per token and head"):
+            out.append(spec["data"][0])
+    return out
+
+
+def _figure_titles(at) -> list[str]:
+    import json
+
+    return [(json.loads(c.proto.spec).get("layout", {}).get("title") or {}).get("text", "")
+            for c in at.get("plotly_chart")]
+
+
+@pytest.mark.parametrize("compare", ["prompt", "model"])
+def test_page_compare(compare):
+    shared_file(TINY["6"])
+    shared_file(TINY["7"])
+    at = _page(TINY["6"])
+    at.session_state["compare"] = compare
+    if compare == "model":
+        at.session_state["model_b"] = f"shared: {TINY['7']}"
+    else:
+        at.session_state["prompt"] = "Hello world"
+        at.session_state["prompt_b"] = "Hello there"  # same length: the B - A map is shown
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    maps = _token_head_maps(at)
+    assert len(maps) == 2
+    assert maps[0]["zmin"] == maps[1]["zmin"] and maps[0]["zmax"] == maps[1]["zmax"]
+    assert maps[0]["zmin"] < maps[0]["zmax"]
+    zs = [_arr(m["z"]) for m in maps]
+    assert min(np.nanmin(z) for z in zs) == pytest.approx(maps[0]["zmin"])
+    assert max(np.nanmax(z) for z in zs) == pytest.approx(maps[0]["zmax"])
+    titles = _figure_titles(at)
+    n_paper = sum(t.startswith("Time decay per layer") for t in titles)
+    assert n_paper == (2 if compare == "model" else 1)  # static views twice only for two models
+    assert sum(t.startswith("Retention of token") for t in titles) == 2
+    assert sum(t.startswith("State size after each token") for t in titles) == 2
+    diff = [t for t in titles if t.startswith("Difference B − A")]
+    if compare == "prompt":  # same model, same token count
+        assert len(diff) == 1
+        import json
+
+        spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                    if (json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "").startswith("Difference"))
+        np.testing.assert_allclose(_arr(spec["data"][0]["z"]), zs[1] - zs[0], atol=1e-9)
+    # one set of controls moves both columns: token 3, the last head both runs have
+    h = len(at.selectbox(key="decay_sel_head").options) - 1
+    at.selectbox(key="decay_sel_token").set_value(3)
+    at.selectbox(key="decay_sel_head").set_value(h)
+    at.run()
+    assert not at.exception, at.exception
+    assert sum("token 3:" in t for t in _figure_titles(at) if t.startswith(f"Channel decays of head {h},")) == 2
+
+
+def test_page_trace_file():
+    import io
+
+    from rwkv_core.io.trace_file import build_trace, save_trace
+
+    model = load_model(shared_file(TINY["6"]))
+    tokens = list(b"Hello world, decay")
+    arrays = build_trace(model, tokens, token_texts=[chr(t) for t in tokens], tokenizer_kind="bytes",
+                         checkpoint_name=TINY["6"])
+    buf = io.BytesIO()
+    save_trace(arrays, buf)
+    at = _page(TINY["6"])
+    at.run()
+    at.sidebar.radio(key="source").set_value("trace file")
+    at.run()
+    at.file_uploader(key="trace_upload").set_value(("t.npz", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    maps = _token_head_maps(at)
+    assert len(maps) == 1
+    layer = model.cfg.n_layer - 1  # the page's default layer
+    live = D.token_decays(model, tokens, layers=[layer]).head_median_log10_half_life(layer)  # [T, H]
+    np.testing.assert_allclose(_arr(maps[0]["z"]).T, live, atol=1e-3)
+    captions = " ".join(c.value for c in at.caption)
+    assert "float32" in captions and "1e7" in captions
+    assert "lacks" in captions  # static views: a one-line note
+    assert any("state size needs the model" in i.value.lower() or "does not hold the states" in i.value
+               for i in at.info)
+    titles = _figure_titles(at)
+    assert not any(t.startswith("Time decay per layer") or t.startswith("State size") for t in titles)
+    assert any(t.startswith("Retention of token") for t in titles)
+    # another layer and a source token: still clean, and equal to the live model
+    at.selectbox(key="decay_dyn_layer").set_value(2)
+    at.selectbox(key="decay_ret_source").set_value(4)
+    at.run()
+    assert not at.exception, at.exception
+    live = D.token_decays(model, tokens, layers=[2]).head_median_log10_half_life(2)
+    np.testing.assert_allclose(_arr(_token_head_maps(at)[0]["z"]).T, live, atol=1e-3)
+
+
+def test_trace_log10_half_life_clips():
+    w = np.array([[0.0, 1.0, 0.5, np.float32(0.9999)]], dtype=np.float32)
+    lh = D.trace_log10_half_life(w)
+    assert np.all(np.isfinite(lh))
+    np.testing.assert_allclose(lh[0, 2], 0.0, atol=1e-12)  # lambda = 0.5: half-life 1 token
+    assert 6.8 < lh[0, 1] < 6.9  # w = 1 clipped to 1 - 1e-7: log10(ln2 / 1e-7) = 6.84
+    td = D.trace_token_decays(np.tile(w, (3, 1)), type("C", (), {"version": "6", "n_head": 2, "head_size": 2,
+                                                                     "dim_att": 4})(), [1, 2, 3], 0)
+    np.testing.assert_allclose(td.log10_half_life[0, 0], lh[0], rtol=1e-12)
+    np.testing.assert_allclose(td.decay[0, 0, 2:], [0.5, np.float32(0.9999)], rtol=1e-12)
