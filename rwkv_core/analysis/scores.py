@@ -49,10 +49,10 @@ import numpy as np
 import torch
 
 from rwkv_core.errors import InputError
+from rwkv_core.model.wkv import V7_MAX_CHUNK_EXP, v7_chunk_terms
 
 V4_GROUP_SIZE = 64  # v4 channels per display "head"
 LOGW_FLOOR = -1e4  # per-step log-decays below this (decay < e^-10000, i.e. 0 in any float) are clamped to it
-V7_MAX_CHUNK_EXP = 40.0  # v7 chunk length is chosen so that chunk-local decay exponents stay within e^{+-40}
 V7_LOGW_FLOOR = -V7_MAX_CHUNK_EXP  # v7 models have log w >= -e^-0.5; arbitrary v7 inputs are clamped here
 SPAN_VARIANTS = ("state", "read")
 
@@ -534,7 +534,7 @@ def row_and_column(si_list: Union[ScoreInputs, Sequence[ScoreInputs]], sel: int,
     key lasts; for v7 much cheaper than the span row, which needs O(T N^2) per head), plus "layers" (the inputs'
     layer ids) and "sel". v4-v6: float64 sums of log-decays relative to the selected token, all heads of a layer
     at once. v7: r_sel is pushed backwards and k~_sel forwards through the transitions, a loop over tokens batched
-    over all layers and heads; the v7 span row is done in chunks (`_v7_row_col_chunked`).
+    over all layers and heads; the v7 span row is done in chunks (`_v7_row_chunked`).
     """
     if isinstance(si_list, ScoreInputs):
         si_list = [si_list]
@@ -558,7 +558,7 @@ def row_and_column(si_list: Union[ScoreInputs, Sequence[ScoreInputs]], sel: int,
         out = _v7_row_col_loop(st["r"], st["k"], st["logw"], st["kk"], st["a"], s, "col" if spans else False)
         if spans is True:
             flat = [st[n].reshape(-1, T, N) for n in ("r", "k", "logw", "kk", "a")]
-            res = _v7_row_col_chunked(*flat, s, True, column=False)
+            res = _v7_row_chunked(*flat, s, True)
             out["span_row"] = res["span_row"].reshape(len(si_list), H, T)
         if not diagonal:
             out["row"][..., s] = 0.0
@@ -629,14 +629,14 @@ def _v7_prep(r, k, logw, kk, a, L: int, pad_front: int = 0) -> dict:
     """Chunk-local pieces of the v7 transition for inputs [B, T, N] cut into chunks of L tokens: [B, nC, L, ...].
 
     Padding tokens (at the front, `pad_front`, and at the end up to a multiple of L) write nothing, decay nothing
-    and remove nothing (G = I). With c the inclusive cumulative log-decay inside a chunk (|c| <= 40):
+    and remove nothing (G = I). The terms of `wkv.v7_chunk_terms` without values (c the inclusive cumulative
+    log-decay inside a chunk, |c| <= 40), among them:
       W_a, U   removals Z[t] = P(t-1) . alpha_t of a state P entering the chunk (Z = W_a P^T) and of the chunk's
-               own writes (U[t, i], t > i), from the unit lower-triangular system of `wkv.wkv7_chunked`;
-      P_in     each in-chunk write k~_i pushed to the chunk's end (k~_i G_{i+1} ... G_e);
-      C        (implicitly) the chunk's transition G_b ... G_e = diag(dec) + W_a^T b_end.
+               own writes (U[t, i], t > i);
+    plus P_in, each in-chunk write k~_i pushed to the chunk's end (k~_i G_{i+1} ... G_e). The chunk's transition
+    G_b ... G_e = diag(dec) + W_a^T b_end is implicit.
     """
     B, T, N = r.shape
-    alpha, beta = -kk, kk * a
     pad_end = (-(T + pad_front)) % L
 
     def padded(x):
@@ -644,31 +644,12 @@ def _v7_prep(r, k, logw, kk, a, L: int, pad_front: int = 0) -> dict:
             x = torch.cat([x.new_zeros(B, pad_front, N), x, x.new_zeros(B, pad_end, N)], 1)
         return x.reshape(B, -1, L, N)
 
-    rc, kc, lw, ac, bc = (padded(x) for x in (r, k, logw, alpha, beta))
-    dev = r.device
-    c = torch.cumsum(lw, 2)
-    ce = c - lw
-    ec = torch.exp(c)
-    a_t = ac * torch.exp(ce)
-    r_t = rc * ec
-    inv = torch.exp(-c)
-    b_i, k_i = bc * inv, kc * inv
-    strict = torch.ones(L, L, dtype=torch.bool, device=dev).tril(-1)
-    incl = torch.ones(L, L, dtype=torch.bool, device=dev).tril(0)
-    tr = lambda x: x.transpose(-1, -2)
-    M_b = (a_t @ tr(b_i)).masked_fill(~strict, 0.0)  # [B, nC, L(t), L(s)]
-    M_k = (a_t @ tr(k_i)).masked_fill(~strict, 0.0)
-    Q_b = (r_t @ tr(b_i)).masked_fill(~incl, 0.0)
-    Q_k = (r_t @ tr(k_i)).masked_fill(~incl, 0.0)
-    sys_ = torch.eye(L, dtype=r.dtype, device=dev) - M_b
-    W_a = torch.linalg.solve_triangular(sys_, a_t, upper=False, unitriangular=True)  # [B, nC, L, N]
-    U = torch.linalg.solve_triangular(sys_, M_k, upper=False, unitriangular=True)  # [B, nC, L(t), L(i)]
-    c_last = c[:, :, -1:, :]
-    keep = torch.exp(c_last - c)
-    b_end, k_end = bc * keep, kc * keep
-    P_in = tr(U) @ b_end + k_end  # [B, nC, L, N]
-    return dict(L=L, nC=rc.shape[1], ec=ec, r_t=r_t, b_i=b_i, k_i=k_i, Q_b=Q_b, Q_k=Q_k, W_a=W_a, U=U,
-                b_end=b_end, dec=torch.exp(c_last[:, :, 0, :]), P_in=P_in, incl=incl)
+    rc, kc, lw, ac, bc = (padded(x) for x in (r, k, logw, -kk, kk * a))  # alpha = -kk, beta = kk * a
+    ch = v7_chunk_terms(rc, kc, ac, bc, lw)
+    P_in = ch.U.transpose(-1, -2) @ ch.b_end + ch.k_end  # [B, nC, L, N]
+    incl = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(0)
+    return dict(L=L, nC=rc.shape[1], ec=ch.ec, r_t=ch.r_t, b_i=ch.b_i, k_i=ch.k_i, Q_b=ch.Q_b, Q_k=ch.Q_k,
+                W_a=ch.W_a, U=ch.U, b_end=ch.b_end, dec=ch.dec, P_in=P_in, incl=incl)
 
 
 def _v7_full(r, k, logw, kk, a, *, scores: bool, spans: bool, chunk: Optional[int] = None):
@@ -721,27 +702,24 @@ def _v7_full(r, k, logw, kk, a, *, scores: bool, spans: bool, chunk: Optional[in
     return (A[:T, :T] if scores else None), (S[:T, :T] if spans else None)
 
 
-def _v7_row_col_chunked(r, k, logw, kk, a, s, spans, chunk: Optional[int] = None, column: bool = True) -> dict:
-    """v7 row A[s, :] and column A[:, s] (and spans) for B = layers x heads at once, inputs [B, T, N], in chunks.
+def _v7_row_chunked(r, k, logw, kk, a, s, spans: bool, chunk: Optional[int] = None) -> dict:
+    """v7 row A[s, :] (and with `spans` the span row S[s, :]) for B = layers x heads at once, inputs [B, T, N], in
+    chunks: {"row": [B, T], "span_row": [B, T]}.
 
-    Row: r_s is pushed backwards, q <- G_b ... G_e q = dec * q + W_a^T (b_end q), one chunk at a time, and
-    A[s, i] = (k~_i pushed to its chunk's end) . q. Column: k~_s is pushed forwards, p <- p G_b ... G_e, with the
-    reads inside a chunk from its removals Z = W_a p. Chunks are aligned so that one ends at s. Span row needs the
-    operator M = G_{e+1} ... G_s itself ([B, N, N], O(T N^2) per head): ||k~_i M|| is not a single push.
-    spans: False, True, or "col" (only the span column, cheap). column=False: only the row part.
+    r_s is pushed backwards, q <- G_b ... G_e q = dec * q + W_a^T (b_end q), one chunk at a time, and
+    A[s, i] = (k~_i pushed to its chunk's end) . q. Chunks are aligned so that one ends at s. The span row needs
+    the operator M = G_{e+1} ... G_s itself ([B, N, N], O(T N^2) per head): ||k~_i M|| is not a single push.
     """
     B, T, N = r.shape
     dev = r.device
     L = chunk or _v7_chunk_len(logw)
-    out = {"row": torch.zeros(B, T, device=dev), "col": torch.zeros(B, T, device=dev)}
-    want_row_span = spans is True
-    want_col_span = bool(spans)
-    # ---- row: tokens 0..s, padded at the front so that the last chunk ends at s
+    out = {"row": torch.zeros(B, T, device=dev)}
+    # tokens 0..s, padded at the front so that the last chunk ends at s
     pad = (-(s + 1)) % L
     pl = _v7_prep(r[:, :s + 1], k[:, :s + 1], logw[:, :s + 1], kk[:, :s + 1], a[:, :s + 1], L, pad_front=pad)
     row = torch.zeros(B, pl["nC"] * L, device=dev)
     q = r[:, s].clone()  # [B, N] = G_{e+1} ... G_s r_s
-    if want_row_span:
+    if spans:
         span_row = torch.zeros(B, pl["nC"] * L, device=dev)
         M = torch.eye(N, device=dev).expand(B, N, N).clone()
     for ci in range(pl["nC"] - 1, -1, -1):
@@ -749,36 +727,14 @@ def _v7_row_col_chunked(r, k, logw, kk, a, s, spans, chunk: Optional[int] = None
         P_in = pl["P_in"][:, ci]  # [B, L, N]
         row[:, sl] = torch.bmm(P_in, q[:, :, None])[..., 0]
         W_a, b_end, dec = pl["W_a"][:, ci], pl["b_end"][:, ci], pl["dec"][:, ci]
-        if want_row_span:
+        if spans:
             span_row[:, sl] = torch.linalg.vector_norm(torch.bmm(P_in, M), dim=-1)
             M = dec[:, :, None] * M + torch.bmm(W_a.transpose(1, 2), torch.bmm(b_end, M))
         q = dec * q + torch.bmm(W_a.transpose(1, 2), torch.bmm(b_end, q[:, :, None]))[..., 0]
     out["row"][:, :s + 1] = row[:, pad:]
-    if want_row_span:
+    if spans:
         out["span_row"] = torch.zeros(B, T, device=dev)
         out["span_row"][:, :s + 1] = span_row[:, pad:]
-    # ---- column: A[s, s] and tokens s+1..T-1
-    p = k[:, s].clone()  # [B, N]
-    out["col"][:, s] = (p * r[:, s]).sum(-1)
-    if want_col_span:
-        out["span_col"] = torch.zeros(B, T, device=dev)
-        out["span_col"][:, s] = torch.linalg.vector_norm(p, dim=-1)
-    if column and s + 1 < T:
-        pr = _v7_prep(r[:, s + 1:], k[:, s + 1:], logw[:, s + 1:], kk[:, s + 1:], a[:, s + 1:], L)
-        n_right = T - s - 1
-        col = torch.zeros(B, pr["nC"] * L, device=dev)
-        span_col = torch.zeros(B, pr["nC"] * L, device=dev) if want_col_span else None
-        for ci in range(pr["nC"]):
-            sl = slice(ci * L, (ci + 1) * L)
-            Z = torch.bmm(pr["W_a"][:, ci], p[:, :, None])  # [B, L, 1] removals of p's component
-            col[:, sl] = (torch.bmm(pr["r_t"][:, ci], p[:, :, None]) + torch.bmm(pr["Q_b"][:, ci], Z))[..., 0]
-            if want_col_span:
-                X = p[:, None, :] + torch.cumsum(Z * pr["b_i"][:, ci], 1)  # [B, L, N]
-                span_col[:, sl] = torch.linalg.vector_norm(X * pr["ec"][:, ci], dim=-1)
-            p = p * pr["dec"][:, ci] + torch.bmm(Z.transpose(1, 2), pr["b_end"][:, ci])[:, 0]
-        out["col"][:, s + 1:] = col[:, :n_right]
-        if want_col_span:
-            out["span_col"][:, s + 1:] = span_col[:, :n_right]
     return out
 
 

@@ -194,38 +194,20 @@ def save_official(model: RWKV, path: Path) -> None:
 
 
 def wkv7_chunked_train(r, logw, k, v, alpha, beta, state, chunk: int = 16, need_state: bool = True):
-    """`rwkv_core.wkv.wkv7_chunked` with the chunk loop written for autograd: chunks are taken with `unbind` and
-    the outputs joined with `stack` (indexing and slice assignment inside the loop make every backward step
-    allocate and add full-size gradient tensors). Same operations, same values; the state is always formed."""
+    """`rwkv_core.model.wkv.wkv7_chunked` with the chunk loop written for autograd: chunks are taken with `unbind`
+    and the outputs joined with `stack` (indexing and slice assignment inside the loop make every backward step
+    allocate and add full-size gradient tensors). The same chunk terms (`wkv.v7_chunk_terms`), the same values;
+    the state is always formed."""
     B, T, H, N = r.shape
     L = chunk
-    if T <= 1 or float(-logw.detach().min()) * L > 40.0:
+    if T <= 1 or not wkv.v7_chunk_fits(logw, L):
         return wkv.wkv7_serial(r, logw, k, v, alpha, beta, state)
     rc, kc, vc, ac, bc, lw = (wkv._to_chunks(x, L) for x in (r, k, v, alpha, beta, logw))  # [B, H, nC, L, N]
-    c = torch.cumsum(lw, 3)
-    ce = c - lw
-    a_t = ac * torch.exp(ce)
-    r_t = rc * torch.exp(c)
-    inv = torch.exp(-c)
-    b_i, k_i = bc * inv, kc * inv
-    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
-    incl = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(0)
-    M_b = (a_t @ b_i.transpose(-1, -2)).masked_fill(~strict, 0.0)  # [B, H, nC, L(t), L(i)]
-    M_k = (a_t @ k_i.transpose(-1, -2)).masked_fill(~strict, 0.0)
-    Q_b = (r_t @ b_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
-    Q_k = (r_t @ k_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
-    eye = torch.eye(L, dtype=r.dtype, device=r.device)
-    sys_ = eye - M_b
-    W_a = torch.linalg.solve_triangular(sys_, a_t, upper=False, unitriangular=True)  # [B, H, nC, L, N(key)]
-    U = torch.linalg.solve_triangular(sys_, M_k @ vc, upper=False, unitriangular=True)  # [B, H, nC, L, N(value)]
-    y_local = Q_k @ vc
-    c_last = c[:, :, :, -1:, :]
-    keep = torch.exp(c_last - c)
-    b_end, k_end = bc * keep, kc * keep
-    dec = torch.exp(c_last[:, :, :, 0, :])  # [B, H, nC, N]
+    ch = wkv.v7_chunk_terms(rc, kc, ac, bc, lw, vc)
+    y_local = ch.Q_k @ vc
     ys = []
     for W_j, U_j, r_j, Qb_j, yl_j, dec_j, be_j, ke_j, v_j in zip(
-            *(x.unbind(2) for x in (W_a, U, r_t, Q_b, y_local, dec, b_end, k_end, vc))):
+            *(x.unbind(2) for x in (ch.W_a, ch.U, ch.r_t, ch.Q_b, y_local, ch.dec, ch.b_end, ch.k_end, vc))):
         S_T = state.transpose(-1, -2)  # [B, H, key, value]
         Z = W_j @ S_T + U_j  # [B, H, L, value]
         ys.append(r_j @ S_T + Qb_j @ Z + yl_j)

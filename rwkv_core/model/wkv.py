@@ -13,6 +13,9 @@ State layouts are those of the official implementation:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 V4_PP_INIT = -1e30  # the log-scale of the empty past (weight 0)
@@ -221,47 +224,91 @@ def wkv7_serial(r, logw, k, v, alpha, beta, state, need_state: bool = True):
     return torch.stack(ys, 1), state
 
 
+V7_MAX_CHUNK_EXP = 40.0  # v7 chunks are cut so that the chunk-local decay exponents stay within e^{+-40}
+
+
+def v7_chunk_fits(logw: torch.Tensor, L: int) -> bool:
+    """Whether chunks of L tokens keep every chunk-local decay exponent of `logw` within e^{+-V7_MAX_CHUNK_EXP}
+    (always for v7 models, whose per-step log-decay is >= -e^-0.5, at L <= 16)."""
+    return not float(-logw.detach().min()) * L > V7_MAX_CHUNK_EXP
+
+
+@dataclass
+class V7ChunkTerms:
+    """The chunk-local algebra of the v7 transition, for inputs cut into chunks of L tokens: [..., L, N].
+
+    With c the inclusive cumulative log-decay inside a chunk and G_t = diag(w_t) + alpha_t^T beta_t, the state is
+    linear in its writes, so everything inside a chunk is a diagonal-decay linear attention once the removals
+    Z_t = S_{t-1} alpha_t^T are known; they solve the unit lower-triangular system (I - M_b) Z = ... . Decay
+    factors are split as e^{c_t} * e^{-c_i} (see `v7_chunk_fits`). Shared by the WKV kernel, the training
+    kernel (`rwkv_core.demo.train`) and the v7 scores and spans (`rwkv_core.analysis.scores`).
+    """
+
+    ec: torch.Tensor  # [..., L, N] e^{c_t}
+    r_t: torch.Tensor  # [..., L, N] r_t e^{c_t}
+    b_i: torch.Tensor  # [..., L, N] beta_i e^{-c_i}
+    k_i: torch.Tensor  # [..., L, N] k_i e^{-c_i}
+    Q_b: torch.Tensor  # [..., L(t), L(i)] reads of the removal directions, i <= t
+    Q_k: torch.Tensor  # [..., L(t), L(i)] reads of the writes, i <= t
+    W_a: torch.Tensor  # [..., L, N(key)] removals of the state entering the chunk: Z = W_a S^T + U
+    U: torch.Tensor  # [..., L, M] removals of the chunk's own writes (M = value width, or L without values)
+    b_end: torch.Tensor  # [..., L, N] beta_i decayed to the chunk's end
+    k_end: torch.Tensor  # [..., L, N] k_i decayed to the chunk's end
+    dec: torch.Tensor  # [..., N] the chunk's whole decay e^{c_last}
+
+
+def v7_chunk_terms(rc: torch.Tensor, kc: torch.Tensor, ac: torch.Tensor, bc: torch.Tensor, lw: torch.Tensor,
+                   vc: Optional[torch.Tensor] = None) -> V7ChunkTerms:
+    """`V7ChunkTerms` of chunked r, k (the key written, k~), alpha, beta and log-decays [..., L, N].
+
+    With values vc [..., L, N] the chunk's own removals U are those of the values (what the WKV output needs);
+    without, U [..., L(t), L(i)] is the removal of every single write (what scores and spans need).
+    """
+    L = rc.shape[-2]
+    c = torch.cumsum(lw, -2)  # [..., L, N] inclusive
+    ce = c - lw  # exclusive
+    ec = torch.exp(c)
+    a_t = ac * torch.exp(ce)  # alpha_t e^{ce_t}
+    r_t = rc * ec  # r_t e^{c_t}
+    inv = torch.exp(-c)
+    b_i, k_i = bc * inv, kc * inv  # beta_i e^{-c_i}, k_i e^{-c_i}
+    strict = torch.ones(L, L, dtype=torch.bool, device=rc.device).tril(-1)
+    incl = torch.ones(L, L, dtype=torch.bool, device=rc.device).tril(0)
+    M_b = (a_t @ b_i.transpose(-1, -2)).masked_fill(~strict, 0.0)  # [..., L(t), L(i)]
+    M_k = (a_t @ k_i.transpose(-1, -2)).masked_fill(~strict, 0.0)
+    Q_b = (r_t @ b_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
+    Q_k = (r_t @ k_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
+    sys_ = torch.eye(L, dtype=rc.dtype, device=rc.device) - M_b
+    W_a = torch.linalg.solve_triangular(sys_, a_t, upper=False, unitriangular=True)  # [..., L, N(key)]
+    U = torch.linalg.solve_triangular(sys_, M_k if vc is None else M_k @ vc, upper=False, unitriangular=True)
+    c_last = c[..., -1:, :]  # [..., 1, N]
+    keep = torch.exp(c_last - c)
+    return V7ChunkTerms(ec=ec, r_t=r_t, b_i=b_i, k_i=k_i, Q_b=Q_b, Q_k=Q_k, W_a=W_a, U=U, b_end=bc * keep,
+                        k_end=kc * keep, dec=torch.exp(c_last[..., 0, :]))
+
+
 def wkv7_chunked(r, logw, k, v, alpha, beta, state, chunk: int = 16, need_state: bool = True):
     """v7 WKV over chunks; equal to `wkv7_serial`.
 
     Inside a chunk the removed values z_t = S_{t-1} alpha_t^T solve a unit lower-triangular system (the state is
-    linear in its writes), after which everything is a diagonal-decay linear attention. Decay factors are split
-    as exp(c_t) * exp(-c_i): v7's per-step log-decay is >= -e^-0.5, so within 16 tokens they stay below e^10.
-    A decay outside that range (not a v7 model) falls back to the serial form.
+    linear in its writes), after which everything is a diagonal-decay linear attention (`v7_chunk_terms`).
+    Decay factors are split as exp(c_t) * exp(-c_i): v7's per-step log-decay is >= -e^-0.5, so within 16 tokens
+    they stay below e^10. A decay outside that range (not a v7 model) falls back to the serial form.
     """
     B, T, H, N = r.shape
     L = _chunk_len(chunk, T, need_state)
-    if T <= 1 or float(-logw.detach().min()) * L > 40.0:
+    if T <= 1 or not v7_chunk_fits(logw, L):
         return wkv7_serial(r, logw, k, v, alpha, beta, state)
     rc, kc, vc, ac, bc, lw = (_to_chunks(x, L) for x in (r, k, v, alpha, beta, logw))  # [B, H, nC, L, N]
-    c = torch.cumsum(lw, 3)
-    ce = c - lw
-    a_t = ac * torch.exp(ce)  # alpha_t e^{ce_t}
-    r_t = rc * torch.exp(c)  # r_t e^{c_t}
-    inv = torch.exp(-c)
-    b_i, k_i = bc * inv, kc * inv  # beta_i e^{-c_i}, k_i e^{-c_i}
-    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
-    incl = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(0)
-    M_b = (a_t @ b_i.transpose(-1, -2)).masked_fill(~strict, 0.0)  # [.., L(t), L(i)]
-    M_k = (a_t @ k_i.transpose(-1, -2)).masked_fill(~strict, 0.0)
-    Q_b = (r_t @ b_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
-    Q_k = (r_t @ k_i.transpose(-1, -2)).masked_fill(~incl, 0.0)
-    eye = torch.eye(L, dtype=r.dtype, device=r.device)
-    sys_ = eye - M_b
-    W_a = torch.linalg.solve_triangular(sys_, a_t, upper=False, unitriangular=True)  # [.., L, N(key)]
-    U = torch.linalg.solve_triangular(sys_, M_k @ vc, upper=False, unitriangular=True)  # [.., L, N(value)]
-    y_local = Q_k @ vc  # the part independent of the incoming state, except through Z
-    c_last = c[:, :, :, -1:, :]
-    keep = torch.exp(c_last - c)
-    b_end, k_end = bc * keep, kc * keep  # [B, H, nC, L, N]
-    dec = torch.exp(c_last[:, :, :, 0, :])  # [B, H, nC, N]
+    ch = v7_chunk_terms(rc, kc, ac, bc, lw, vc)
+    y_local = ch.Q_k @ vc  # the part independent of the incoming state, except through Z
     nC = rc.shape[2]
     y = torch.empty_like(vc)
     for j in range(nC):
         S_T = state.transpose(-1, -2)  # [B or Bs, H, key, value]
-        Z = _shared_mm(W_a[:, :, j], S_T) + U[:, :, j]  # [B, H, L, value]
-        y[:, :, j] = _shared_mm(r_t[:, :, j], S_T) + Q_b[:, :, j] @ Z + y_local[:, :, j]
+        Z = _shared_mm(ch.W_a[:, :, j], S_T) + ch.U[:, :, j]  # [B, H, L, value]
+        y[:, :, j] = _shared_mm(ch.r_t[:, :, j], S_T) + ch.Q_b[:, :, j] @ Z + y_local[:, :, j]
         if j + 1 < nC or need_state:
-            state = (_rows(state, B) * dec[:, :, j, None, :] + Z.transpose(-1, -2) @ b_end[:, :, j]
-                     + vc[:, :, j].transpose(-1, -2) @ k_end[:, :, j])
+            state = (_rows(state, B) * ch.dec[:, :, j, None, :] + Z.transpose(-1, -2) @ ch.b_end[:, :, j]
+                     + vc[:, :, j].transpose(-1, -2) @ ch.k_end[:, :, j])
     return _from_chunks(y, T), (state if need_state else None)
