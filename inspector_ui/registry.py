@@ -6,16 +6,15 @@ upload can make the server open a path outside the configured folders. Pure Pyth
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from inspector_ui import settings
 from rwkv_core.paths import DEMO_MODELS_DIR, shared_weights_dir
 from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS
 
 CHECKPOINT_SUFFIXES = (".pth", ".bin", ".safetensors", ".st")
-MODEL_DIRS_ENV = "RWKV_INSPECTOR_MODEL_DIRS"  # os.pathsep-separated folders of checkpoints
 
 ENGLISH = "The Eiffel Tower is located in the city of Paris. The Colosseum is located in the city of Rome."
 INSPECTOR_DEMO = ("Instruction: Write a story using the following information.\n\n"
@@ -109,8 +108,8 @@ def _shared_entries() -> list[ModelEntry]:
 
 
 def configured_dirs() -> list[Path]:
-    raw = os.environ.get(MODEL_DIRS_ENV, "")
-    return [Path(d).resolve() for d in raw.split(os.pathsep) if d.strip() and Path(d).is_dir()]
+    """The configured checkpoint folders that exist, resolved."""
+    return [d.resolve() for d in settings.model_dirs() if d.is_dir()]
 
 
 def _folder_entries() -> list[ModelEntry]:

@@ -15,14 +15,14 @@ PAGE_IDS = [p.stem for p in PAGES]
 
 
 def uses_frame(page: Path) -> bool:
-    """Whether the page builds the shared sidebar (inspector_ui.frame.page_setup)."""
+    """Whether the page builds the shared sidebar (inspector_ui.sidebar.page_setup)."""
     return "page_setup(" in page.read_text(encoding="utf-8")
 
 
 def frame_page(page: Path) -> Path:
     """Skip a page that does not build the shared sidebar (test_page_builds_the_shared_sidebar fails for it)."""
     if not uses_frame(page):
-        pytest.skip(f"{page.name} does not call inspector_ui.frame.page_setup yet")
+        pytest.skip(f"{page.name} does not call inspector_ui.sidebar.page_setup yet")
     return page
 
 

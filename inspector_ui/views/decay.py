@@ -1,7 +1,7 @@
 """Time decay page: per-channel decays per layer (the RWKV-4 paper figure), per-token decays of v6/v7, retention
 and the size of the recurrent state.
 
-Model and prompt come from the shared sidebar (`inspector_ui.frame.page_setup`, in the page): session-state key
+Model and prompt come from the shared sidebar (`inspector_ui.sidebar.page_setup`, in the page): session-state key
 `model` (a registry name such as "shared: tiny-rwkv-4v0-660K-FP32.bin") and `prompt`, both also read from the URL.
 Opened first, the page shows the app's default model. Tests pick the model with
 `at.session_state["model"] = "shared: <file>"` before `at.run()`.
@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from inspector_ui.frame import PageContext, gated
+from inspector_ui.session import PageContext
+
+from inspector_ui.widgets import gated
 from rwkv_core.analysis import decay as D
 from rwkv_core.figures import decay as FD
 

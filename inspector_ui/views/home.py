@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from inspector_ui.frame import PageContext, full_trace_bytes
-from inspector_ui.token_view import prediction_tips, token_view
+from inspector_ui.session import PageContext, full_trace_bytes
+from inspector_ui.widgets import prediction_tips, token_view
 
 ABOUT = ("Look inside an RWKV language model while it reads a prompt: what each head "
          "reads (R·W·K), how long tokens stay in the state (W·K norm), the decay of every channel, and where "

@@ -24,9 +24,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from inspector_ui.frame import (PLOTLY_CONFIG, PLOTLY_CONFIG_SVG, PageContext, Run, bind, gated, offer_predictions,
-                                publish, show_error)
-from inspector_ui.token_view import prediction_tips, token_view
+from inspector_ui.session import PageContext, Run, bind, offer_predictions, publish
+from inspector_ui.widgets import gated, prediction_tips, show_error, token_view
 from rwkv_core.figures import scores as FS
 from rwkv_core.analysis import scores as S
 from rwkv_core.errors import RWKVInspectorError
@@ -34,6 +33,8 @@ from rwkv_core.errors import RWKVInspectorError
 ATTN, SPAN = "attn", "span"
 MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
 LAYER_REACH_MAX_T = 1024  # the per-layer reach summary (all source tokens) is computed up to this length at once
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+PLOTLY_CONFIG_SVG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 SCALE_OPTIONS = ["auto", "-3", "-2", "-1", "0", "1", "2", "3"]
 
 

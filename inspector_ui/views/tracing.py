@@ -1,7 +1,7 @@
 """Causal tracing page: ROME's causal trace for RWKV (the RWKV paper's "information propagation" figure) and layer
 ablation, computed by `rwkv_core.analysis.tracing` and drawn by `rwkv_core.figures.tracing`.
 
-Model and prompt come from the shared sidebar (`inspector_ui.frame.page_setup`): a model by registry name, never by
+Model and prompt come from the shared sidebar (`inspector_ui.sidebar.page_setup`): a model by registry name, never by
 path, and the prompt traced is the sidebar prompt of each run, so compare mode (prompt or model) traces both runs
 with the same subject, answer and settings, side by side. The subject and answer default to the registry entry's
 tracing example when its prompt is the run's prompt, otherwise to the prompt's first word and the model's greedy
@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from inspector_ui.frame import PageContext, Run, bind, get_gate, predictions, publish, qp_get
+from inspector_ui.resources import get_gate
+
+from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
 from rwkv_core.figures import tracing as FT
 from rwkv_core.analysis import tracing as TR
 from rwkv_core.errors import RWKVInspectorError

@@ -100,7 +100,7 @@ def _frame_params():
 def test_page_builds_the_shared_sidebar(page):
     """Issue 8: every page builds the shared sidebar (model by registry name, prompt, compare toggle, URL state) by
     calling the one helper module, so it works when opened first from a link."""
-    assert uses_frame(page), (f"{page.relative_to(REPO)} does not call inspector_ui.frame.page_setup: no shared "
+    assert uses_frame(page), (f"{page.relative_to(REPO)} does not call inspector_ui.sidebar.page_setup: no shared "
                               "model/prompt/compare sidebar, no URL state, no compare mode")
 
 
@@ -180,7 +180,7 @@ def test_from_url_compare_model(page):
 def test_from_url_single_and_long_prompt_id(page, tmp_path, monkeypatch):
     """model and prompt from the URL; a long prompt travels as prompt_id and comes back from the server's store."""
     _frame_page(page)
-    import inspector_ui.frame as frame
+    from inspector_ui import prompt_store, settings
 
     at = _ok(_app(page, model=DIGITS, prompt="2718,"), f"{page.name} single from URL")
     sb = _sidebar(at)
@@ -188,9 +188,9 @@ def test_from_url_single_and_long_prompt_id(page, tmp_path, monkeypatch):
     for text in _token_texts(at):
         assert text == "2718,"
 
-    monkeypatch.setattr(frame, "PROMPT_STORE", tmp_path / "prompts")
-    long_prompt = ("1234567890" * 45)[:frame.URL_PROMPT_CHARS + 20] + ","
-    pid = frame.store_prompt(long_prompt)
+    monkeypatch.setattr(settings, "PROMPT_STORE", tmp_path / "prompts")
+    long_prompt = ("1234567890" * 45)[:settings.URL_PROMPT_CHARS + 20] + ","
+    pid = prompt_store.store_prompt(long_prompt)
     at = _ok(_app(page, model=DIGITS, prompt_id=pid), f"{page.name} prompt_id")
     assert _sidebar(at)["prompt"] == long_prompt
     qp = _qp(at)
@@ -200,12 +200,12 @@ def test_from_url_single_and_long_prompt_id(page, tmp_path, monkeypatch):
 def test_a_long_prompt_that_cannot_be_stored_warns_and_the_page_works(tmp_path, monkeypatch):
     """A full disk or a read-only home (here: the store's parent is a file) must not stop the page: the prompt is
     left out of the link, with a one-line warning, and the view is drawn."""
-    import inspector_ui.frame as frame
+    from inspector_ui import settings
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    monkeypatch.setattr(frame, "PROMPT_STORE", blocker / "prompts")
-    long_prompt = ("1234567890" * 45)[:frame.URL_PROMPT_CHARS + 20] + ","
+    monkeypatch.setattr(settings, "PROMPT_STORE", blocker / "prompts")
+    long_prompt = ("1234567890" * 45)[:settings.URL_PROMPT_CHARS + 20] + ","
     page = REPO / "pages" / "1_Attention.py"
     at = _app(page, model=DIGITS, prompt=long_prompt)
     at.run()

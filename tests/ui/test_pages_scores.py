@@ -299,12 +299,12 @@ def test_token_colors_and_scale():
 def test_score_capture_gives_the_token_view_its_predictions_without_a_second_forward():
     """A score page's first load: the capture's logits become the token view's top-16 predictions (the same
     numbers a separate forward gives), so the model runs once per prompt, not twice."""
-    from inspector_ui import frame
+    from inspector_ui import resources, session
     from inspector_ui.views import scores as scores_view
 
     key = (V52, "cpu", "fp32")
     shared_file("tiny-rwkv-5v2-730K-FP32.bin")
-    lm = frame._loaded(key)
+    lm = resources.loaded_model(key)
     tokens = tuple(lm.tokenizer.encode("The Eiffel Tower is located in the city of").ids)
     rid = ("model", *key, "test-first-load")
     calls = []
@@ -312,12 +312,12 @@ def test_score_capture_gives_the_token_view_its_predictions_without_a_second_for
     lm.model.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)  # counts every forward
     try:
         scores_view._model_inputs.clear()
-        frame.predictions.clear()
+        session.predictions.clear()
         inputs = scores_view._model_inputs(rid, lm.model, tokens)
-        ids, probs = frame.predictions(key, tokens, 16)
+        ids, probs = session.predictions(key, tokens, 16)
         assert len(inputs) == lm.model.cfg.n_layer and len(calls) == 1
-        frame.predictions.clear()  # nothing offered any more: a forward of its own
-        ids2, probs2 = frame.predictions(key, tokens, 16)
+        session.predictions.clear()  # nothing offered any more: a forward of its own
+        ids2, probs2 = session.predictions(key, tokens, 16)
         assert len(calls) == 2
     finally:
         del lm.model.forward

@@ -1,4 +1,4 @@
-"""The process-wide resources of `inspector_ui.runtime`: the model pool (one instance per (name, device, dtype),
+"""The process-wide resources of `inspector_ui.resources`: the model pool (one instance per (name, device, dtype),
 least recently used evicted beyond the memory budget) and the work gate (FIFO, at most `slots` inside, a waiter that
 cancels gives up its place, `waiting()` counts). Threads record what they saw; every wait has a timeout, and nothing
 asserts on timing.
@@ -11,7 +11,8 @@ import time
 import pytest
 
 from inspector_ui.registry import ModelEntry
-from inspector_ui.runtime import ModelPool, WorkGate, default_budget_bytes
+from inspector_ui.resources import ModelPool, WorkGate
+from inspector_ui.settings import model_budget_bytes
 from tests.conftest import shared_file
 
 JOIN_S = 60  # generous: the machine may be loaded
@@ -115,9 +116,9 @@ def test_pool_failed_load_keeps_nothing(tmp_path):
 
 def test_default_budget_from_env(monkeypatch):
     monkeypatch.setenv("RWKV_INSPECTOR_MODEL_BUDGET_GB", "0.5")
-    assert default_budget_bytes() == 2**29
+    assert model_budget_bytes() == 2**29
     monkeypatch.delenv("RWKV_INSPECTOR_MODEL_BUDGET_GB")
-    assert default_budget_bytes() == 8 * 2**30
+    assert model_budget_bytes() == 8 * 2**30
 
 
 # ------------------------------------------------------------------------------------------------ WorkGate

@@ -174,18 +174,18 @@ def test_every_page_ignores_all_hostile_parameters_at_once(page, opened):
 
 
 def test_prompt_ids_are_only_our_own(tmp_path, monkeypatch, opened):
-    import inspector_ui.frame as frame
+    from inspector_ui import prompt_store, settings
 
-    monkeypatch.setattr(frame, "PROMPT_STORE", tmp_path / "prompts")
+    monkeypatch.setattr(settings, "PROMPT_STORE", tmp_path / "prompts")
     secret = tmp_path / "outside_secret.txt"
     secret.write_text("top secret")
-    pid = frame.store_prompt("hello " * 100)
+    pid = prompt_store.store_prompt("hello " * 100)
     opened.clear()  # the setup wrote the secret; from here on nothing may open it
-    assert frame.load_prompt(pid) == "hello " * 100
+    assert prompt_store.load_prompt(pid) == "hello " * 100
     for bad in ["../../etc/passwd", "/etc/passwd", str(secret), "../outside_secret", "0123456789abcdef/..",
                 "outside_secret.txt", "." * 16, "%2e%2e%2fpasswd%2e%2e", "", "0" * 64]:
-        assert frame.load_prompt(bad) is None, bad
-    assert frame.load_prompt("0123456789abcdef") is None  # well formed, not stored
+        assert prompt_store.load_prompt(bad) is None, bad
+    assert prompt_store.load_prompt("0123456789abcdef") is None  # well formed, not stored
     assert opened == []
 
 
@@ -193,52 +193,52 @@ def test_prompt_store_is_bounded_and_keeps_links_in_use(tmp_path, monkeypatch):
     """Beyond PROMPT_STORE_MAX_FILES the least recently stored or opened prompts go; a prompt whose link was just
     opened stays, and storing the same prompt again does not add a file."""
     import os
-    import inspector_ui.frame as frame
+    from inspector_ui import prompt_store, settings
 
-    monkeypatch.setattr(frame, "PROMPT_STORE", tmp_path / "prompts")
-    monkeypatch.setattr(frame, "PROMPT_STORE_MAX_FILES", 3)
+    monkeypatch.setattr(settings, "PROMPT_STORE", tmp_path / "prompts")
+    monkeypatch.setattr(settings, "PROMPT_STORE_MAX_FILES", 3)
     ids = []
     for i in range(3):
-        ids.append(frame.store_prompt(f"prompt {i} " * 60))
-        os.utime(frame.PROMPT_STORE / f"{ids[-1]}.txt", (1000 + i, 1000 + i))  # distinct ages, oldest first
-    assert frame.store_prompt("prompt 1 " * 60) == ids[1] and len(list(frame.PROMPT_STORE.iterdir())) == 3
-    os.utime(frame.PROMPT_STORE / f"{ids[1]}.txt", (1001, 1001))
-    assert frame.load_prompt(ids[0]) == "prompt 0 " * 60  # opening a link marks it recent
-    new = frame.store_prompt("prompt 3 " * 60)
-    left = {f.stem for f in frame.PROMPT_STORE.iterdir()}
+        ids.append(prompt_store.store_prompt(f"prompt {i} " * 60))
+        os.utime(settings.PROMPT_STORE / f"{ids[-1]}.txt", (1000 + i, 1000 + i))  # distinct ages, oldest first
+    assert prompt_store.store_prompt("prompt 1 " * 60) == ids[1] and len(list(settings.PROMPT_STORE.iterdir())) == 3
+    os.utime(settings.PROMPT_STORE / f"{ids[1]}.txt", (1001, 1001))
+    assert prompt_store.load_prompt(ids[0]) == "prompt 0 " * 60  # opening a link marks it recent
+    new = prompt_store.store_prompt("prompt 3 " * 60)
+    left = {f.stem for f in settings.PROMPT_STORE.iterdir()}
     assert left == {ids[0], ids[2], new}, left  # ids[1] was the least recently used
-    assert frame.load_prompt(ids[1]) is None
+    assert prompt_store.load_prompt(ids[1]) is None
 
 
 def test_prompt_store_removes_stale_temp_files_and_leaves_none_on_a_failed_write(tmp_path, monkeypatch):
     """A temp file left by a process that died between write and rename is removed once it is stale (a fresh one
     may be another process's write in progress); a write that fails removes its own temp file."""
     import os
-    import inspector_ui.frame as frame
+    from inspector_ui import prompt_store, settings
 
     store = tmp_path / "prompts"
-    monkeypatch.setattr(frame, "PROMPT_STORE", store)
+    monkeypatch.setattr(settings, "PROMPT_STORE", store)
     store.mkdir()
     stale, fresh = store / "0123456789abcdef.4242.tmp", store / "fedcba9876543210.4343.tmp"
     stale.write_text("half")
     fresh.write_text("half")
     os.utime(stale, (1000, 1000))
-    pid = frame.store_prompt("a long prompt " * 50)
-    assert not stale.exists() and fresh.exists() and frame.load_prompt(pid) == "a long prompt " * 50
+    pid = prompt_store.store_prompt("a long prompt " * 50)
+    assert not stale.exists() and fresh.exists() and prompt_store.load_prompt(pid) == "a long prompt " * 50
 
     def replace_fails(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(frame.os, "replace", replace_fails)
+    monkeypatch.setattr(prompt_store.os, "replace", replace_fails)
     with pytest.raises(OSError):
-        frame.store_prompt("another prompt " * 50)
+        prompt_store.store_prompt("another prompt " * 50)
     assert sorted(f.name for f in store.iterdir()) == sorted([fresh.name, f"{pid}.txt"])
 
 
 def test_registry_lists_configured_folders_by_name_only(tmp_path, monkeypatch, opened):
     """A configured folder offers its own plain checkpoint files, by name; not symlinks (to a file outside), not
     subfolders, not other files; every offered path lies in the configured, shared or demo folders."""
-    from inspector_ui import registry
+    from inspector_ui import registry, settings
     from rwkv_core.paths import DEMO_MODELS_DIR, shared_weights_dir
 
     folder = tmp_path / "team_models"
@@ -251,7 +251,7 @@ def test_registry_lists_configured_folders_by_name_only(tmp_path, monkeypatch, o
     (folder / "passwd.pth").symlink_to("/etc/passwd")
     (folder / "notes.txt").write_text("not a model")
     opened.clear()
-    monkeypatch.setenv(registry.MODEL_DIRS_ENV, os.pathsep.join([str(folder), str(tmp_path / "does-not-exist")]))
+    monkeypatch.setenv(settings.MODEL_DIRS_ENV, os.pathsep.join([str(folder), str(tmp_path / "does-not-exist")]))
     models = registry.list_models()
     team = [n for n in models if n.startswith("team_models/")]
     assert team == ["team_models/digits.pth"]
@@ -266,8 +266,8 @@ def test_a_card_beside_a_folder_checkpoint_names_its_tokenizer_and_no_path(tmp_p
     """`name.json` beside `name.pth` in a configured folder gives the tokenizer kind, prompts and tracing example
     (as the demo cards do); a tokenizer file is taken by plain name from the same folder only, a broken or hostile
     card falls back to "auto" and the default prompts, and the model still loads with the card's tokenizer."""
-    from inspector_ui import registry
-    from inspector_ui.runtime import make_tokenizer
+    from inspector_ui import registry, settings
+    from inspector_ui.resources import make_tokenizer
 
     folder = tmp_path / "team"
     folder.mkdir()
@@ -283,7 +283,7 @@ def test_a_card_beside_a_folder_checkpoint_names_its_tokenizer_and_no_path(tmp_p
         "tokenizer": "../../etc/passwd", "tokenizer_file": "../outside_secret.json", "prompts": "x",
         "tracing": {"prompt": 1}}))
     opened.clear()
-    monkeypatch.setenv(registry.MODEL_DIRS_ENV, str(folder))
+    monkeypatch.setenv(settings.MODEL_DIRS_ENV, str(folder))
     models = registry.list_models()
     d = models["team/digits.pth"]
     assert (d.tokenizer, d.prompts, d.description) == ("digits", ("12345,",), "reverses digits")
@@ -301,30 +301,30 @@ def test_a_card_beside_a_folder_checkpoint_names_its_tokenizer_and_no_path(tmp_p
 
 
 def test_configured_folder_model_opens_by_name_and_no_further(tmp_path, monkeypatch, opened):
-    import inspector_ui.frame as frame
-    from inspector_ui import registry
+    from inspector_ui import resources
+    from inspector_ui import settings
 
     folder = tmp_path / "srv_models"
     folder.mkdir()
     shutil.copy(shared_file(TINY_FILE), folder / "tiny.bin")  # byte vocabulary: the "auto" tokenizer fits
     (tmp_path / "outside_secret.pth").write_bytes(b"x" * 64)
     opened.clear()
-    monkeypatch.setenv(registry.MODEL_DIRS_ENV, str(folder))
-    frame.get_registry.clear()
+    monkeypatch.setenv(settings.MODEL_DIRS_ENV, str(folder))
+    resources.get_registry.clear()
     try:
         at = _run_clean(_app(PAGES[1], model="srv_models/tiny.bin", prompt="Hello"), "configured model")
         assert at.selectbox(key="model").value == "srv_models/tiny.bin"
         assert not at.error
         at = _run_clean(_app(PAGES[1], model="srv_models/../outside_secret.pth"), "a path beside the folder")
         assert at.selectbox(key="model").value == _default_model()
-        with pytest.raises(frame.RWKVInspectorError):
-            frame._loaded(("srv_models/../outside_secret.pth", "cpu", "fp32"))
-        with pytest.raises(frame.RWKVInspectorError):
-            frame._loaded((str(tmp_path / "outside_secret.pth"), "cpu", "fp32"))
+        with pytest.raises(resources.RWKVInspectorError):
+            resources.loaded_model(("srv_models/../outside_secret.pth", "cpu", "fp32"))
+        with pytest.raises(resources.RWKVInspectorError):
+            resources.loaded_model((str(tmp_path / "outside_secret.pth"), "cpu", "fp32"))
         assert opened == []
     finally:
-        monkeypatch.delenv(registry.MODEL_DIRS_ENV)
-        frame.get_registry.clear()
+        monkeypatch.delenv(settings.MODEL_DIRS_ENV)
+        resources.get_registry.clear()
 
 
 # ------------------------------------------------------------------------------------------------ HTML stays text
@@ -418,7 +418,7 @@ def _evil_checkpoint(path: Path, marker: Path, zipped: bool = True) -> bytes:
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
 @pytest.mark.parametrize("name", ["evil.pth", "evil.bin", "evil.safetensors"])
 def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch, zipped, name):
-    import inspector_ui.frame as frame
+    from inspector_ui import resources, settings
     from rwkv_core.io.checkpoint import load_checkpoint
     from rwkv_core.errors import CheckpointError
 
@@ -426,20 +426,20 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch, zipped, na
     data = _evil_checkpoint(tmp_path / "made.pth", marker, zipped)
     assert not marker.exists()
     upload_dir = tmp_path / "uploads"
-    monkeypatch.setattr(frame, "UPLOAD_DIR", upload_dir)
-    before = set(frame.get_extra_models())
+    monkeypatch.setattr(settings, "UPLOAD_DIR", upload_dir)
+    before = set(resources.get_extra_models())
     with pytest.raises(CheckpointError) as info:
-        frame.register_upload(name, data)
+        resources.register_upload(name, data)
     msg = str(info.value)
     assert "\n" not in msg and name in msg, msg
     assert not marker.exists(), "the pickle ran code"
     assert list(upload_dir.glob("*")) == []  # the refused file is not kept
-    assert set(frame.get_extra_models()) == before
+    assert set(resources.get_extra_models()) == before
     # the engine's loader and the shared pool refuse it the same way
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "made.pth")
     from inspector_ui.registry import ModelEntry
-    from inspector_ui.runtime import ModelPool
+    from inspector_ui.resources import ModelPool
 
     with pytest.raises(CheckpointError):
         ModelPool(1 << 30).get(ModelEntry("evil", str(tmp_path / "made.pth")))
@@ -447,41 +447,41 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch, zipped, na
 
 
 def test_upload_with_a_path_in_its_name_lands_in_the_upload_folder(tmp_path, monkeypatch):
-    import inspector_ui.frame as frame
+    from inspector_ui import resources, settings
 
     upload_dir = tmp_path / "uploads"
-    monkeypatch.setattr(frame, "UPLOAD_DIR", upload_dir)
+    monkeypatch.setattr(settings, "UPLOAD_DIR", upload_dir)
     data = shared_file(DIGITS_FILE).read_bytes()
-    entry = frame.register_upload("../../../tmp/outside_secret.pth", data)
+    entry = resources.register_upload("../../../tmp/outside_secret.pth", data)
     try:
         assert Path(entry.path).resolve().parent == upload_dir.resolve()
         assert entry.name.startswith("upload: outside_secret.pth [")
         assert not (tmp_path / "outside_secret.pth").exists()
     finally:
-        frame.get_extra_models().pop(entry.name, None)
-    with pytest.raises(frame.RWKVInspectorError):
-        frame.register_upload("model.exe", data)
+        resources.get_extra_models().pop(entry.name, None)
+    with pytest.raises(resources.RWKVInspectorError):
+        resources.register_upload("model.exe", data)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_oversized_upload_is_refused(tmp_path, monkeypatch):
-    import inspector_ui.frame as frame
+    from inspector_ui import resources, settings
 
     upload_dir = tmp_path / "uploads"
-    monkeypatch.setattr(frame, "UPLOAD_DIR", upload_dir)
-    monkeypatch.setattr(frame, "MAX_UPLOAD_MB", 1)
-    with pytest.raises(frame.RWKVInspectorError) as info:
-        frame.register_upload("big.pth", b"\x80" + b"\0" * (2**20))
+    monkeypatch.setattr(settings, "UPLOAD_DIR", upload_dir)
+    monkeypatch.setattr(settings, "MAX_UPLOAD_MB", 1)
+    with pytest.raises(resources.RWKVInspectorError) as info:
+        resources.register_upload("big.pth", b"\x80" + b"\0" * (2**20))
     assert "upload limit" in str(info.value) and "\n" not in str(info.value)
     assert not upload_dir.exists() or list(upload_dir.glob("*")) == []  # refused before anything is written
     # a file just under the limit is read (and here refused as not a checkpoint)
-    with pytest.raises(frame.RWKVInspectorError) as info:
-        frame.register_upload("small.pth", b"\x80" + b"\0" * 1000)
+    with pytest.raises(resources.RWKVInspectorError) as info:
+        resources.register_upload("small.pth", b"\x80" + b"\0" * 1000)
     assert "upload limit" not in str(info.value)
 
 
 def _frame_settings(env: dict) -> dict:
-    code = ("import json, inspector_ui.frame as f; print(json.dumps({'max': f.MAX_UPLOAD_MB, "
+    code = ("import json, inspector_ui.settings as f; print(json.dumps({'max': f.MAX_UPLOAD_MB, "
             "'upload': f.ALLOW_UPLOAD, 'hub': f.ALLOW_HUB, 'hosted': f.HOSTED}))")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_INSPECTOR_")}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, **env}, capture_output=True,
@@ -500,14 +500,14 @@ def test_upload_settings_from_the_environment():
 
 
 def test_hosted_server_shows_no_upload_box(monkeypatch):
-    import inspector_ui.frame as frame
+    from inspector_ui import settings
 
-    monkeypatch.setattr(frame, "ALLOW_UPLOAD", False)
-    monkeypatch.setattr(frame, "ALLOW_HUB", False)
+    monkeypatch.setattr(settings, "ALLOW_UPLOAD", False)
+    monkeypatch.setattr(settings, "ALLOW_HUB", False)
     at = _run_clean(_app(APP), "hosted")
     assert not [u for u in at.get("file_uploader") if "ckpt_upload" in str(u.proto.id)]
     assert not [t for t in at.get("text_input") if "hub_repo" in str(t.proto.id)]
-    monkeypatch.setattr(frame, "ALLOW_UPLOAD", True)
+    monkeypatch.setattr(settings, "ALLOW_UPLOAD", True)
     at = _run_clean(_app(APP), "laptop")
     assert [u for u in at.get("file_uploader") if "ckpt_upload" in str(u.proto.id)]
 
@@ -515,7 +515,7 @@ def test_hosted_server_shows_no_upload_box(monkeypatch):
 def test_streamlit_config_suits_a_shared_server():
     import tomllib
 
-    import inspector_ui.frame as frame
+    from inspector_ui import settings
 
     cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     server, client = cfg["server"], cfg["client"]
@@ -523,7 +523,7 @@ def test_streamlit_config_suits_a_shared_server():
     assert server["enableXsrfProtection"] is True
     assert server.get("enableCORS", True) is True
     assert 0 < server["maxUploadSize"] <= 1024
-    assert server["maxUploadSize"] >= frame.MAX_UPLOAD_MB or os.environ.get("RWKV_INSPECTOR_MAX_UPLOAD_MB")
+    assert server["maxUploadSize"] >= settings.MAX_UPLOAD_MB or os.environ.get("RWKV_INSPECTOR_MAX_UPLOAD_MB")
     assert client["toolbarMode"] == "viewer"
     assert client["showErrorDetails"] in ("none", "type")
     assert cfg["browser"]["gatherUsageStats"] is False

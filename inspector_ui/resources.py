@@ -1,0 +1,209 @@
+"""Process-wide resources shared by every session: the model pool, the work gate, and the models on offer.
+
+One model instance per (checkpoint, device, dtype) serves all sessions; the pool evicts the least recently used
+model when a memory budget would be exceeded. Hooks attached to a shared model are global state, so every forward
+pass runs while holding the work gate: one heavy job at a time (per gate slot), the others wait in line and are
+told their place. `ModelPool` and `WorkGate` take callbacks for waiting, and are tested without Streamlit.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict, deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import streamlit as st
+import torch
+
+from inspector_ui import settings
+from inspector_ui.registry import ModelEntry, list_models
+from rwkv_core.io.checkpoint import load_checkpoint, load_model
+from rwkv_core.io.tokenizer import Tokenizer, get_tokenizer, tokenizer_for_vocab
+from rwkv_core.errors import CheckpointError, RWKVInspectorError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    device: str
+    dtype: str
+    n_bytes: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.entry.name, self.device, self.dtype)
+
+
+def make_tokenizer(entry: ModelEntry, vocab_size: int) -> Tokenizer:
+    if entry.tokenizer == "auto":
+        return tokenizer_for_vocab(vocab_size, path=entry.tokenizer_file)
+    if entry.tokenizer in ("world", "hf"):
+        return tokenizer_for_vocab(vocab_size, kind=entry.tokenizer, path=entry.tokenizer_file)
+    return get_tokenizer(entry.tokenizer, entry.tokenizer_file)
+
+
+class ModelPool:
+    """Loaded models by (name, device, dtype), least recently used evicted beyond `budget_bytes`."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self._models: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, entry: ModelEntry, device: str = "cpu", dtype: str = "fp32") -> LoadedModel:
+        key = (entry.name, device, dtype)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            ckpt = load_checkpoint(entry.path)  # CheckpointError on anything wrong: nothing is kept
+            model = load_model(ckpt, device=device, dtype=DTYPES[dtype])
+            tok = make_tokenizer(entry, model.cfg.vocab_size)
+            n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            while self._models and self.total_bytes() + n_bytes > self.budget_bytes:
+                self._models.popitem(last=False)
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            loaded = LoadedModel(entry, model, tok, device, dtype, n_bytes)
+            self._models[key] = loaded
+            return loaded
+
+    def total_bytes(self) -> int:
+        return sum(m.n_bytes for m in self._models.values())
+
+    def loaded_names(self) -> list[tuple]:
+        return list(self._models)
+
+
+class WorkGate:
+    """First come, first served access to the compute device for `slots` jobs at a time."""
+
+    def __init__(self, slots: int = 1):
+        self._slots = slots
+        self._busy = 0
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    @contextmanager
+    def slot(self, on_wait: Optional[Callable[[int], None]] = None, poll_s: float = 0.3):
+        """Hold one slot for the block. `on_wait(jobs_ahead)` is called while waiting; if it raises (the user
+        cancelled, the session ended), the place in line is given up."""
+        me = object()
+        acquired = False
+        with self._cond:
+            self._queue.append(me)
+        try:
+            while True:
+                with self._cond:
+                    if self._queue[0] is me and self._busy < self._slots:
+                        self._queue.popleft()
+                        self._busy += 1
+                        acquired = True
+                        break
+                    ahead = self._busy + list(self._queue).index(me)
+                    self._cond.wait(timeout=poll_s)
+                if on_wait is not None:
+                    on_wait(ahead)
+            yield
+        finally:
+            with self._cond:
+                if acquired:
+                    self._busy -= 1
+                elif me in self._queue:
+                    self._queue.remove(me)
+                self._cond.notify_all()
+
+
+# ------------------------------------------------------------------------------------------------ shared by all sessions
+
+
+@st.cache_resource
+def get_pool() -> ModelPool:
+    return ModelPool(settings.model_budget_bytes())
+
+
+@st.cache_resource
+def get_gate() -> WorkGate:
+    return WorkGate(slots=1)
+
+
+@st.cache_resource(ttl=60)
+def get_registry() -> dict[str, ModelEntry]:
+    return list_models()
+
+
+@st.cache_resource
+def get_extra_models() -> dict[str, ModelEntry]:
+    """Models added at run time (uploads, hub downloads), by a name that carries their content hash."""
+    return {}
+
+
+def all_models() -> dict[str, ModelEntry]:
+    return {**get_registry(), **get_extra_models()}
+
+
+def device_choices() -> list[str]:
+    return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+
+
+def loaded_model(model_key: tuple[str, str, str]) -> LoadedModel:
+    name, device, dtype = model_key
+    entry = all_models().get(name) or list_models().get(name)
+    if entry is None:
+        raise RWKVInspectorError(f"model {name!r} is not offered by this server")
+    return get_pool().get(entry, device, dtype)
+
+
+def register_upload(name: str, data: bytes) -> ModelEntry:
+    """Keep an uploaded checkpoint under a content-hash name, after checking it loads; refuse oversized files."""
+    if len(data) > settings.MAX_UPLOAD_MB * 2**20:
+        raise RWKVInspectorError(f"{name}: {len(data) / 2**20:.0f} MB is over the {settings.MAX_UPLOAD_MB} MB upload limit")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".pth", ".bin", ".safetensors"):
+        raise RWKVInspectorError(f"{name}: expected a .pth, .bin or .safetensors checkpoint")
+    settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = settings.UPLOAD_DIR / f"{digest}{suffix}"
+    path.write_bytes(data)
+    try:
+        load_checkpoint(path)  # CheckpointError (one line) for anything wrong, hostile pickles included
+    except CheckpointError as e:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(name, e.problem) from None  # named as the user knows it, not by its digest
+    except RWKVInspectorError:
+        path.unlink(missing_ok=True)
+        raise
+    except Exception as e:  # a loader error that slipped through (torch.load reads *.safetensors by name, ...)
+        path.unlink(missing_ok=True)
+        detail = str(e).splitlines()[0][:120] if str(e) else ""
+        raise CheckpointError(name, f"not a usable checkpoint ({type(e).__name__}: {detail})") from None
+    entry = ModelEntry(f"upload: {Path(name).name} [{digest[:8]}]", str(path), "auto",
+                       prompts=("The Eiffel Tower is located in the city of",))
+    get_extra_models()[entry.name] = entry
+    return entry
+
+
+def register_hub(repo: str, filename: str) -> ModelEntry:
+    """Fetch an official checkpoint from the Hugging Face hub (cached by huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo_id=repo.strip(), filename=filename.strip())
+    except Exception as e:  # no network, unknown repository or file, ...
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise RWKVInspectorError(f"could not download {repo}/{filename} from the hub ({msg}); "
+                                 "without network, put the file in a configured model folder") from None
+    entry = ModelEntry(f"hub: {repo}/{filename}", path, "auto", prompts=("The Eiffel Tower is located in the city of",))
+    get_extra_models()[entry.name] = entry
+    return entry

@@ -1,0 +1,200 @@
+"""What a page draws from: a run (one prompt on one model, or one uploaded trace) with its cached, gated numbers,
+and the page's state in the URL (so a copied link restores the view)."""
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import streamlit as st
+import torch
+
+from inspector_ui import settings
+from inspector_ui.prompt_store import load_prompt, store_prompt
+from inspector_ui.resources import LoadedModel, loaded_model
+from inspector_ui.widgets import gated
+from rwkv_core.errors import RWKVInspectorError
+from rwkv_core.io.trace_file import Trace, build_trace, save_trace
+from rwkv_core.model.config import ModelConfig
+
+
+# ------------------------------------------------------------------------------------------------ cached numbers
+
+
+def top_k(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k next-token ids and probabilities of logits [T, V]: [T, k] each."""
+    probs = torch.softmax(logits.float(), -1)
+    p, i = probs.topk(min(k, probs.shape[-1]), -1)
+    return i.cpu().numpy(), p.cpu().numpy()
+
+
+_OFFERED: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+
+
+_OFFERED_LOCK = threading.Lock()
+
+
+def offer_predictions(model_key: tuple, tokens: tuple[int, ...], logits: torch.Tensor, k: int = 16) -> None:
+    """Leave the top-k of `logits` [T, V] (a forward of `tokens` on `model_key`) for the next `predictions` call."""
+    with _OFFERED_LOCK:
+        _OFFERED[(tuple(model_key), tuple(tokens), k)] = top_k(logits, k)
+        while len(_OFFERED) > 8:
+            _OFFERED.popitem(last=False)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k next-token ids and probabilities at every position: [T, k] each (one forward, unless offered)."""
+    with _OFFERED_LOCK:
+        offered = _OFFERED.pop((tuple(model_key), tuple(tokens), k), None)
+    if offered is not None:
+        return offered
+    lm = loaded_model(model_key)
+
+    def run():
+        with torch.no_grad():
+            logits, _ = lm.model(list(tokens))
+        return top_k(logits[0], k)
+
+    return gated(run)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def layer_capture(model_key: tuple, tokens: tuple[int, ...], layer: int) -> dict[str, np.ndarray]:
+    """The trace arrays of one layer (r_l, k_l, v_l, w_l, resid_l, bonus; v7 a, kk, ktilde), float32 on the CPU."""
+    lm = loaded_model(model_key)
+    arrays = gated(lambda: build_trace(lm.model, list(tokens), layers=[layer]))
+    return {k: v for k, v in arrays.items() if k.endswith(f"_l{layer}")}
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def full_trace_bytes(model_key: tuple, tokens: tuple[int, ...], token_texts: tuple[str, ...]) -> bytes:
+    """The whole trace file (.npz) of a prompt, for download."""
+    lm = loaded_model(model_key)
+    arrays = gated(lambda: build_trace(lm.model, list(tokens), token_texts=token_texts,
+                                       tokenizer_kind=lm.tokenizer.kind, checkpoint_name=Path(lm.entry.path).name))
+    buf = io.BytesIO()
+    save_trace(arrays, buf)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+@dataclass
+class Run:
+    """One prompt on one model (or one uploaded trace): what every page draws from."""
+
+    label: str
+    cfg: ModelConfig
+    tokens: list[int]
+    token_texts: list[str]
+    prompt: str = ""
+    model_key: Optional[tuple] = None  # (name, device, dtype) when a model is live
+    loaded: Optional[LoadedModel] = None
+    trace: Optional[Trace] = None
+    spans: list = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        src = self.model_key[0] if self.model_key else f"trace {self.trace.meta.get('checkpoint', '')}"
+        return f"{self.label}: {src}"
+
+    @property
+    def has_model(self) -> bool:
+        return self.loaded is not None
+
+    def predictions(self, k: int = 16) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        if self.model_key is not None:
+            return predictions(self.model_key, tuple(self.tokens), k)
+        if self.trace is not None and "logits" in self.trace.arrays:
+            return top_k(torch.from_numpy(self.trace.arrays["logits"]), k)
+        return None
+
+    def layer(self, l: int) -> dict[str, np.ndarray]:
+        """Arrays of layer l, keyed like the trace file (r_l{l}, ...)."""
+        if self.model_key is not None:
+            return layer_capture(self.model_key, tuple(self.tokens), l)
+        if l not in self.trace.layers:
+            raise RWKVInspectorError(f"the trace file has no layer {l}: it holds layers {self.trace.layers}")
+        return {k: v for k, v in self.trace.arrays.items() if k.endswith(f"_l{l}")}
+
+    def available_layers(self) -> list[int]:
+        return list(range(self.cfg.n_layer)) if self.model_key is not None else self.trace.layers
+
+    def token_name(self, i: Optional[int]) -> str:
+        return "" if i is None else f"{self.token_texts[i]!r}@{i}"
+
+
+@dataclass
+class PageContext:
+    runs: list[Run]
+    compare: bool
+    compare_what: str
+
+    @property
+    def run(self) -> Run:
+        return self.runs[0]
+
+
+# ------------------------------------------------------------------------------------------------ URL state
+
+
+def qp_get(key: str, default: Any = None, cast: Callable = str) -> Any:
+    """A value from the URL query parameters, or `default` if absent or malformed."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def bind(key: str, default: Any, cast: Callable = str) -> None:
+    """Seed a widget's session-state value from the URL, once per session (so links restore the view).
+
+    Later runs write the value back: a widget with the same key on another page is another widget to Streamlit,
+    which would otherwise forget the value on a page switch (the prompt came back empty, the model as default)."""
+    if key not in st.session_state:
+        st.session_state[key] = qp_get(key, default, cast)
+    else:
+        st.session_state[key] = st.session_state[key]
+
+
+def publish(*keys: str) -> None:
+    """Write the current values of these session-state keys into the URL."""
+    for k in keys:
+        v = st.session_state.get(k)
+        if v is None or v == "":
+            st.query_params.pop(k, None)
+        elif str(st.query_params.get(k)) != str(v):
+            st.query_params[k] = str(v)
+
+
+def publish_prompt(key: str) -> None:
+    text = st.session_state.get(key, "")
+    if len(text) > settings.URL_PROMPT_CHARS:
+        st.query_params.pop(key, None)
+        try:
+            st.query_params[f"{key}_id"] = store_prompt(text)
+        except OSError as e:  # a full disk or a read-only home must not stop the page
+            st.query_params.pop(f"{key}_id", None)
+            st.warning(f"This prompt is too long for the page's link and could not be stored for one "
+                       f"({e.strerror or e}); everything works, but a copied link will not carry the prompt.")
+    else:
+        st.query_params.pop(f"{key}_id", None)
+        publish(key)
+
+
+def seed_prompt(key: str, default: str) -> None:
+    if key in st.session_state:
+        st.session_state[key] = st.session_state[key]  # keep it across a page switch (see bind)
+        return
+    pid = qp_get(f"{key}_id")
+    text = load_prompt(pid) if pid else None
+    st.session_state[key] = text if text is not None else qp_get(key, default)

@@ -1,0 +1,187 @@
+"""The shared sidebar every page builds first: model (or trace file), device, prompt and compare mode.
+
+Every page starts with `ctx = page_setup("Title")`; `ctx.runs` holds one run (or two in compare mode). Any page works
+when opened first from a link: the sidebar's state comes from the URL.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import streamlit as st
+
+from inspector_ui import settings
+from inspector_ui.registry import ModelEntry, default_model_name
+from inspector_ui.resources import all_models, device_choices, get_pool, register_hub, register_upload
+from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
+from rwkv_core.errors import RWKVInspectorError
+from rwkv_core.io.trace_file import TraceFileError, load_trace
+from rwkv_core.model.config import ModelConfig
+
+
+def _model_picker(key: str, models: dict[str, ModelEntry], label: str) -> Optional[ModelEntry]:
+    names = list(models)
+    bind(key, default_model_name(models))
+    if st.session_state[key] not in models:
+        if st.session_state[key]:
+            st.sidebar.warning(f"Model {st.session_state[key]!r} is not offered here; showing the default.")
+        st.session_state[key] = default_model_name(models)
+    st.sidebar.selectbox(label, names, key=key, help="Models of the configured folders, the demo models and the "
+                                                      "shared test models. Files are chosen by name, never by path.")
+    entry = models[st.session_state[key]]
+    if entry.description:
+        st.sidebar.caption(entry.description)
+    return entry
+
+
+def _add_model_box() -> None:
+    """Upload a checkpoint or fetch one from the Hugging Face hub (each can be switched off for a hosted server)."""
+    if not (settings.ALLOW_UPLOAD or settings.ALLOW_HUB):
+        return
+    with st.sidebar.expander("Add a model"):
+        if settings.ALLOW_UPLOAD:
+            up = st.file_uploader(f"Checkpoint (.pth, .bin, .safetensors; at most {settings.MAX_UPLOAD_MB} MB)",
+                                  type=["pth", "bin", "safetensors"], key="ckpt_upload")
+            if up is not None:
+                try:
+                    entry = register_upload(up.name, up.getvalue())
+                    st.session_state.model = entry.name
+                    st.success(f"Loaded {up.name}")
+                except RWKVInspectorError as e:
+                    st.error(str(e))
+        if settings.ALLOW_HUB:
+            repo = st.text_input("Hub repository", placeholder="BlinkDL/rwkv-7-world", key="hub_repo")
+            fname = st.text_input("File in it", placeholder="RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth",
+                                  key="hub_file")
+            if st.button("Download", key="hub_go", disabled=not (repo and fname)):
+                try:
+                    with st.spinner("Downloading..."):
+                        entry = register_hub(repo, fname)
+                    st.session_state.model = entry.name
+                except RWKVInspectorError as e:
+                    st.error(str(e))
+
+
+def _prompt_box(key: str, entry: ModelEntry, label: str) -> str:
+    default = entry.prompts[0] if entry.prompts else "Hello"
+    seed_prompt(key, default)
+    if entry.prompts:
+        def use_example():
+            st.session_state[key] = st.session_state[f"{key}_example"]
+        st.sidebar.selectbox("Example prompts", entry.prompts, key=f"{key}_example", index=None,
+                             placeholder="Pick an example...", on_change=use_example)
+    st.sidebar.text_area(label, key=key, height=110)
+    return st.session_state[key]
+
+
+def _load_run(label: str, entry: ModelEntry, prompt: str, device: str, dtype: str) -> Run:
+    with st.spinner(f"Loading {entry.name}..."):
+        lm = get_pool().get(entry, device, dtype)
+    enc = lm.tokenizer.encode(prompt)
+    if len(enc.ids) == 0:
+        raise RWKVInspectorError("the prompt is empty: type some text in the sidebar")
+    if len(enc.ids) > settings.MAX_TOKENS:
+        raise RWKVInspectorError(f"the prompt has {len(enc.ids)} tokens; the limit here is {settings.MAX_TOKENS}: shorten it")
+    texts = [lm.tokenizer.display(i) if a == b else enc.text[a:b] for i, (a, b) in zip(enc.ids, enc.spans)]
+    return Run(label, lm.model.cfg, enc.ids, texts, prompt, lm.key, lm, spans=enc.spans)
+
+
+def _trace_config(raw: dict) -> ModelConfig:
+    """The model config of a trace's meta, checked field by field: the meta comes from the file, and a hostile or
+    hand-edited one must give a message, not a traceback."""
+    import dataclasses
+
+    try:
+        cfg = ModelConfig(**raw)
+        for f in dataclasses.fields(ModelConfig):
+            v = getattr(cfg, f.name)
+            if f.type in (int, "int"):
+                ok = type(v) is int and (v > 0 if f.name in ("n_layer", "n_embd", "vocab_size", "n_head") else v >= 0)
+            elif f.type in (float, "float"):
+                ok = type(v) in (int, float) and v >= 0
+            elif f.type in (bool, "bool"):
+                ok = type(v) is bool
+            elif f.name == "lora":
+                ok = isinstance(v, dict) and all(isinstance(k, str) and type(n) is int for k, n in v.items())
+            else:
+                ok = isinstance(v, str)
+            if not ok:
+                raise ValueError(f"{f.name} = {v!r}")
+    except (TypeError, ValueError) as e:
+        raise TraceFileError(f"the trace's model config is not usable ({str(e).splitlines()[0][:120]})") from None
+    return cfg
+
+
+def _trace_run(label: str, upload) -> Run:
+    try:
+        trace = load_trace(upload)
+    except RWKVInspectorError:
+        raise
+    except Exception as e:  # slipped through load_trace (a forged .npy header: TokenError, MemoryError, ...)
+        raise TraceFileError(f"not a usable trace file ({type(e).__name__})") from None
+    cfg = _trace_config(trace.meta["config"])
+    layers = trace.meta.get("layers")
+    if not (isinstance(layers, list) and all(type(l) is int and 0 <= l < cfg.n_layer for l in layers)):
+        raise TraceFileError(f"the trace's 'layers' must be a list of layer numbers 0..{cfg.n_layer - 1}")
+    tokens = [int(t) for t in trace.tokens]
+    texts = trace.meta.get("token_texts")
+    if not (isinstance(texts, list) and len(texts) == len(tokens) and all(isinstance(t, str) for t in texts)):
+        texts = [str(t) for t in tokens]  # no (usable) token texts: show the ids
+    return Run(label, cfg, tokens, texts, trace=trace)
+
+
+def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
+    """Page config, the shared sidebar, and the run(s) the page shows. Stops the page with a one-line message
+    when the input is unusable."""
+    st.set_page_config(page_title=f"{title} · RWKV Inspector", page_icon=icon, layout="wide")
+    st.title(title)
+    if about:
+        st.caption(about)
+    models = all_models()
+    sb = st.sidebar
+    sb.header("RWKV Inspector")
+    bind("source", "model")
+    sb.radio("Source", ["model", "trace file"], key="source", horizontal=True,
+             help="A live model, or a trace file (.npz) saved earlier: inspect it with no model and no GPU.")
+    bind("device", device_choices()[0])
+    bind("dtype", "fp32")
+    bind("compare", "off")
+    runs: list[Run] = []
+    try:
+        if st.session_state.source == "trace file":
+            up = sb.file_uploader("Trace file (.npz)", type=["npz"], key="trace_upload")
+            if up is None:
+                st.info("Upload a trace file (made with `python -m rwkv_core export` or this app's download).")
+                st.stop()
+            runs.append(_trace_run("A", up))
+            st.session_state.compare = "off"
+        else:
+            if not models:
+                st.error("No models are configured: set RWKV_INSPECTOR_MODEL_DIRS or place ../shared beside the repo.")
+                st.stop()
+            _add_model_box()
+            models = all_models()
+            entry = _model_picker("model", models, "Model")
+            with sb.expander("Device"):
+                if st.session_state.device not in device_choices():
+                    st.session_state.device = device_choices()[0]
+                st.selectbox("Device", device_choices(), key="device")
+                st.selectbox("Weights", ["fp32", "bf16", "fp16"], key="dtype",
+                             help="Storage of the weight matrices; decays and states always stay fp32.")
+            prompt = _prompt_box("prompt", entry, "Prompt")
+            sb.radio("Compare", ["off", "prompt", "model"], key="compare", horizontal=True,
+                     help="Show a second prompt, or the same prompt on a second model, side by side.")
+            runs.append(_load_run("A", entry, prompt, st.session_state.device, st.session_state.dtype))
+            if st.session_state.compare == "prompt":
+                prompt_b = _prompt_box("prompt_b", entry, "Prompt B")
+                runs.append(_load_run("B", entry, prompt_b, st.session_state.device, st.session_state.dtype))
+            elif st.session_state.compare == "model":
+                entry_b = _model_picker("model_b", models, "Model B")
+                runs.append(_load_run("B", entry_b, prompt, st.session_state.device, st.session_state.dtype))
+    except RWKVInspectorError as e:
+        st.error(str(e))
+        st.stop()
+    publish("source", "model", "device", "dtype", "compare", "model_b")
+    publish_prompt("prompt")
+    if st.session_state.get("compare") == "prompt":
+        publish_prompt("prompt_b")
+    return PageContext(runs, len(runs) > 1, st.session_state.get("compare", "off"))
