@@ -2,7 +2,7 @@
 
 The demo models are trained on text whose mechanisms we know, so that every dashboard page shows something true:
 
-- facts (rwkv_core/data/facts.json): real subject -> object facts in several relations, each stated with several
+- facts (rwkv_core/demo/data/facts.json): real subject -> object facts in several relations, each stated with several
   templates that all end " {object}.". Per fact, two templates are HELD OUT of training (see `held_out_templates`),
   so `eval_fact_prompts()` measures recall that must transfer to phrasings never seen with that subject;
 - retrieval episodes: a list of random `key=value` lines, then queries `key=` whose answer is copied from the list
