@@ -166,6 +166,13 @@ def random_state_dict(
         sd[n1] = rng.normal(n1, (C, rank), 1.0 / math.sqrt(C))
         sd[n2] = rng.normal(n2, (rank, C), gain2 / math.sqrt(rank))
 
+    def gated_projections(att: str) -> None:  # v5.2 / v6: r, k, v, output, gate and the group norm ln_x
+        for m in ("receptance", "key", "value"):
+            linear(att + m + ".weight", C, C)
+        linear(att + "output.weight", C, C, out_gain)
+        linear(att + "gate.weight", C, C)
+        ln(att + "ln_x")
+
     chan = torch.arange(C, dtype=torch.float32) / max(C - 1, 1)  # c / (C-1)
     zig = (((torch.arange(C) + 1) % 3) - 1).to(torch.float32)  # the official "zigzag" (i+1)%3-1
     sd["emb.weight"] = rng.normal("emb.weight", (V, C), 0.1)
@@ -207,11 +214,7 @@ def random_state_dict(
                 mix(att + "time_mix_" + m)
             sd[att + "time_decay"] = _decay_v5_v6(rng, att + "time_decay", chan, r01).reshape(H, N)
             sd[att + "time_faaaa"] = _faaaa(rng, att + "time_faaaa", chan, r01, zig).reshape(H, N)
-            for m in ("receptance", "key", "value"):
-                linear(att + m + ".weight", C, C)
-            linear(att + "output.weight", C, C, out_gain)
-            linear(att + "gate.weight", C, C)
-            ln(att + "ln_x")
+            gated_projections(att)
 
         elif version == "6":
             dm, dd = ranks["maa"], ranks["decay"]
@@ -224,11 +227,7 @@ def random_state_dict(
             # decay LoRA output ~0.6 rms: per-token rates vary by a factor ~e^0.6 around the static one
             lora_pair(att + "time_decay_w1", att + "time_decay_w2", dd, 1.0)
             sd[att + "time_faaaa"] = _faaaa(rng, att + "time_faaaa", chan, r01, zig).reshape(H, N)
-            for m in ("receptance", "key", "value"):
-                linear(att + m + ".weight", C, C)
-            linear(att + "output.weight", C, C, out_gain)
-            linear(att + "gate.weight", C, C)
-            ln(att + "ln_x")
+            gated_projections(att)
 
         else:  # "7"
             for m in ("r", "w", "k", "v", "a", "g"):
