@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from rwkv_core.model.config import ModelConfig
 from rwkv_core.errors import CheckpointError
@@ -198,12 +199,32 @@ def detect_config(sd: dict[str, torch.Tensor], path: PathLike = None, *, ln_x_ep
 OPTIONAL_KEYS = re.compile(r"blocks\.0\.att\.v[012]$")  # v7 layer 0 ignores its value-residual LoRA
 
 
-def check_keys(sd: dict[str, torch.Tensor], cfg: ModelConfig, path: PathLike = None) -> tuple[dict, dict]:
-    """Compare against the modules the config builds; returns (state_dict to load, extras). Strict otherwise."""
+class SkipInit(TorchFunctionMode):
+    """Within this mode `torch.nn.init` functions do nothing, for modules whose tensors are replaced right away.
+
+    Built on the meta device, `nn.Linear`/`nn.Embedding` still run their random init through PyTorch's Python
+    reference kernels, whose first use imports torch._dynamo: over a second of every `export` and `info` process.
+    A function mode is thread-local, so a model built meanwhile elsewhere (a training thread) is initialised as usual.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of every tensor the modules of `cfg` hold (built on the meta device, no data)."""
     from rwkv_core.model.rwkv import RWKV
 
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in RWKV(cfg).state_dict().items()}
+    with torch.device("meta"), SkipInit():
+        return {k: tuple(v.shape) for k, v in RWKV(cfg).state_dict().items()}
+
+
+def check_keys(sd: dict[str, torch.Tensor], cfg: ModelConfig, path: PathLike = None) -> tuple[dict, dict]:
+    """Compare against the modules the config builds; returns (state_dict to load, extras). Strict otherwise."""
+    expected = expected_shapes(cfg)
     extras = {k: sd[k] for k in sd if k.endswith("att.time_state")}
     given = {k: v for k, v in sd.items() if k not in extras and not (cfg.version == "7" and OPTIONAL_KEYS.match(k))}
     missing = [k for k in expected if k not in given]
@@ -228,6 +249,15 @@ def check_keys(sd: dict[str, torch.Tensor], cfg: ModelConfig, path: PathLike = N
     return out, extras
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`. A finite float32 sum proves it in one pass without a [t.shape] bool tensor
+    (a NaN or an infinity makes the sum NaN or infinite; ~10x faster than isfinite on 0.8 GB of weights); only a
+    sum that overflows gets the element-wise check."""
+    if bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_finite: bool = True) -> Checkpoint:
     """Read and validate a checkpoint file of any supported format; nothing is built if anything is wrong."""
     path = Path(path)
@@ -240,9 +270,9 @@ def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_f
         raise CheckpointError(path, f"tensors look like v{cfg.version} but the file says v{meta['version_hint']}")
     sd, extras = check_keys(sd, cfg, path)
     if check_finite:
-        for k, t in sd.items():
-            if not bool(torch.isfinite(t).all()):
-                raise CheckpointError(path, f"{k} contains NaN or infinite values")
+        bad = next((k for k, t in sd.items() if not all_finite(t)), None)
+        if bad is not None:
+            raise CheckpointError(path, f"{bad} contains NaN or infinite values")
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in sd.values() if t.dim() >= 2)
     stored = meta.get("data_type") or (dtypes.most_common(1)[0][0] if dtypes else "float32")
     return Checkpoint(str(path), cfg, sd, fmt, stored, extras)
@@ -254,6 +284,7 @@ def load_model(path: Union[PathLike, Checkpoint], *, device: Union[str, torch.de
     from rwkv_core.model.rwkv import RWKV
 
     ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, ln_x_eps=ln_x_eps)
-    model = RWKV.from_state_dict(ckpt.config, ckpt.state_dict, device=device, dtype=dtype)
+    with SkipInit():  # its meta-device build need not import torch._dynamo (see SkipInit)
+        model = RWKV.from_state_dict(ckpt.config, ckpt.state_dict, device=device, dtype=dtype)
     model.checkpoint_info = ckpt.info()
     return model
