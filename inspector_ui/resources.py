@@ -21,10 +21,9 @@ import torch
 from inspector_ui import settings
 from inspector_ui.registry import ModelEntry, list_models
 from rwkv_core.io.checkpoint import load_checkpoint, load_model
-from rwkv_core.io.tokenizer import Tokenizer, get_tokenizer, tokenizer_for_vocab
+from rwkv_core.io.tokenizer import Tokenizer, tokenizer_for
+from rwkv_core.model.rwkv import DTYPES
 from rwkv_core.errors import CheckpointError, RWKVInspectorError
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -42,11 +41,7 @@ class LoadedModel:
 
 
 def make_tokenizer(entry: ModelEntry, vocab_size: int) -> Tokenizer:
-    if entry.tokenizer == "auto":
-        return tokenizer_for_vocab(vocab_size, path=entry.tokenizer_file)
-    if entry.tokenizer in ("world", "hf"):
-        return tokenizer_for_vocab(vocab_size, kind=entry.tokenizer, path=entry.tokenizer_file)
-    return get_tokenizer(entry.tokenizer, entry.tokenizer_file)
+    return tokenizer_for(vocab_size, kind=entry.tokenizer, path=entry.tokenizer_file)
 
 
 class ModelPool:

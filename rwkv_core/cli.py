@@ -11,12 +11,11 @@ import sys
 import torch
 
 from rwkv_core.errors import RWKVInspectorError
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rwkv_core.model.rwkv import DTYPES
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokenizer", default=None, help="bytes | bytes-utf16le | world | hf (default: from the vocabulary size)")
+    p.add_argument("--tokenizer", default=None, help="bytes | bytes-utf16le | world | hf | digits | ids (default: from the vocabulary size)")
     p.add_argument("--tokenizer-file", default=None, help="tokenizer file for kind hf (e.g. 20B_tokenizer.json)")
 
 
@@ -34,11 +33,11 @@ def cmd_info(args) -> None:
 def cmd_export(args) -> None:
     from rwkv_core.io.checkpoint import load_model
     from rwkv_core.errors import InputError
-    from rwkv_core.io.tokenizer import tokenizer_for_vocab
+    from rwkv_core.io.tokenizer import tokenizer_for
     from rwkv_core.io.trace_file import build_trace, save_trace
 
     model = load_model(args.checkpoint, device=args.device, dtype=DTYPES[args.dtype])
-    tok = tokenizer_for_vocab(model.cfg.vocab_size, kind=args.tokenizer, path=args.tokenizer_file)
+    tok = tokenizer_for(model.cfg.vocab_size, kind=args.tokenizer, path=args.tokenizer_file)
     if args.tokens is not None:
         try:
             ids = [int(t) for t in args.tokens.split(",") if t.strip()]

@@ -176,10 +176,11 @@ def tracing_effect(model, example: Optional[dict] = None, samples: int = 10, noi
     probability over layers and its share of the effect, (max - corrupt) / (clean - corrupt); the same at the
     prompt's last token for comparison.
     """
-    from rwkv_core.analysis.tracing import tokenizer_for_model, trace
+    from rwkv_core.analysis.tracing import trace
+    from rwkv_core.io.tokenizer import tokenizer_for
 
     ex = example or tracing_examples()[0]
-    res = trace(model, tokenizer_for_model(model), ex["prompt"], ex["subject"], ex["answer"], kind="block",
+    res = trace(model, tokenizer_for(model.cfg.vocab_size), ex["prompt"], ex["subject"], ex["answer"], kind="block",
                 mode="both", metric="prob", samples=samples, noise=noise)
     clean, corrupt = res.clean["prob"], res.corrupt["prob"]
     g = res.grids["prob"]  # [T, L]

@@ -5,6 +5,10 @@ Kinds (see `KINDS`):
   "bytes-utf16le"  id = each byte of text.encode("utf-16-le") (the v6 tiny models)
   "world"          RWKV World vocabulary: greedy longest match, ids 1..65529, id = byte + 1 for single bytes
   "hf"             a Hugging Face `tokenizers` JSON file, e.g. GPT-NeoX 20B for RWKV-4 Pile models
+  "digits"         one token per character of "0123456789,#" (BlinkDL's reverse-digits task model, 12 rows)
+  "ids"            the prompt is typed as token ids, "1, 2, 3"; each token shows as its id (a model whose
+                   vocabulary matches no tokenizer)
+`tokenizer_for` picks one by kind or, by default, from the model's vocabulary size.
 
 Span convention (all kinds). Spans are character offsets into the prompt `str`; concatenated in order they are
 exactly the prompt: span i ends where span i+1 starts, the first starts at 0, the last ends at len(text).
@@ -26,13 +30,14 @@ import ast
 import functools
 import importlib.util
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from rwkv_core.errors import InputError, TokenizerError
 
-KINDS = ("bytes", "bytes-utf16le", "world", "hf", "digits")
+KINDS = ("bytes", "bytes-utf16le", "world", "hf", "digits", "ids")
 DIGITS_ALPHABET = "0123456789,#"  # the reverse-digits task model (BlinkDL RWKV-v8 experiments)
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 WORLD_VOCAB_SIZE = 65536  # embedding rows of World models; ids 1..65529 are tokens, 0 is end-of-text
@@ -209,6 +214,49 @@ class CharTokenizer(Tokenizer):
         return "".join(self.alphabet[self._check_id(i)] for i in ids)
 
 
+class IdsTokenizer(Tokenizer):
+    """The prompt typed as token ids separated by commas or spaces ("1, 2, 3"); every token shows as its id.
+
+    For a model whose vocabulary matches no tokenizer. A token's span runs from its id to the next id, so the
+    separators after an id belong to it (leading separators to the first token).
+    """
+
+    kind = "ids"
+
+    def __init__(self, vocab_size: int):
+        if int(vocab_size) < 1:
+            raise TokenizerError("the ids tokenizer needs a vocabulary of at least one id")
+        self.vocab_size = int(vocab_size)
+
+    def encode(self, text: str) -> Encoding:
+        if not isinstance(text, str):
+            raise InputError(f"prompt must be a str, not {type(text).__name__}")
+        found = list(re.finditer(r"[^\s,]+", text))
+        if not found:
+            if text:
+                raise InputError("the prompt has no token ids: type them separated by commas or spaces, e.g. 1, 2, 3")
+            return Encoding([], [], text)
+        ids = []
+        for m in found:
+            if not m.group().isascii() or not m.group().isdigit():
+                raise InputError(f"{m.group()!r} is not a token id: type the prompt as token ids separated by commas "
+                                 "or spaces, e.g. 1, 2, 3")
+            i = int(m.group())
+            if i >= self.vocab_size:
+                raise InputError(f"token id {i} is outside the model's vocabulary of {self.vocab_size} ids "
+                                 f"(0..{self.vocab_size - 1})")
+            ids.append(i)
+        starts = [0] + [m.start() for m in found[1:]] + [len(text)]
+        return Encoding(ids, list(zip(starts[:-1], starts[1:])), text)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return str(self._check_id(token_id)).encode()
+
+    def decode(self, ids: list[int]) -> str:
+        """The ids as the prompt would type them, "1, 2, 3" (encode(decode(ids)) == ids)."""
+        return ", ".join(str(self._check_id(i)) for i in ids)
+
+
 def default_world_vocab_path() -> Path:
     """The World vocabulary shipped in the `rwkv` package, else the copy in `pyrwkv_tokenizer`."""
     for package in ("rwkv", "pyrwkv_tokenizer"):
@@ -376,44 +424,52 @@ class HFTokenizer(Tokenizer):
         return self._tok.decode([i for i in ids if i < self.n_ids], skip_special_tokens=False)
 
 
-def get_tokenizer(kind: str, path: str | os.PathLike | None = None) -> Tokenizer:
-    """A tokenizer by kind; `path` is the World vocabulary file (optional) or the HF JSON file (required)."""
-    if kind in ("bytes", "bytes-utf16le"):
-        return ByteTokenizer(utf16=kind == "bytes-utf16le")
-    if kind == "world":
-        return WorldTokenizer(path)
-    if kind == "digits":
-        return CharTokenizer()
-    if kind == "hf":
-        if path is None:
-            raise TokenizerError("the 'hf' tokenizer needs path= to a Hugging Face tokenizer JSON file (e.g. 20B_tokenizer.json)")
-        return HFTokenizer(path)
-    raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
+def _auto_kind(vocab_size: int, path: str | os.PathLike | None) -> str:
+    """The kind a vocabulary size implies: 256 rows bytes, 65536 World, 12 the digits alphabet (without a file),
+    a tokenizer file Hugging Face, anything else token ids."""
+    if vocab_size == 256:
+        return "bytes"
+    if vocab_size == WORLD_VOCAB_SIZE:
+        return "world"
+    if path is not None:
+        return "hf"
+    return "digits" if vocab_size == len(DIGITS_ALPHABET) else "ids"
 
 
-def tokenizer_for_vocab(vocab_size: int, *, kind: str | None = None, path: str | None = None,
-                        utf16: bool = False) -> Tokenizer:
-    """The tokenizer for a model with `vocab_size` embedding rows: 256 -> bytes (bytes-utf16le when `utf16`),
-    65536 -> world, anything else -> hf from `path`. `kind` overrides the choice. Raises TokenizerError when
-    the tokenizer produces ids the model has no rows for.
+def tokenizer_for(vocab_size: int | None = None, *, kind: str | None = None, path: str | os.PathLike | None = None,
+                  utf16: bool = False) -> Tokenizer:
+    """The tokenizer for a model with `vocab_size` embedding rows, the one place tokenizers are chosen.
+
+    kind None or "auto" picks by the vocabulary size (`_auto_kind`); `utf16` turns bytes into bytes-utf16le;
+    `path` is the World vocabulary file (optional) or the Hugging Face JSON file (required for "hf").
+    Without `vocab_size` a kind must be given and the tokenizer keeps its own size. Raises TokenizerError for
+    an unknown kind, a missing file, or a tokenizer that produces ids the model has no rows for.
     """
-    if kind is None:
-        kind = "bytes" if vocab_size == 256 else "world" if vocab_size == WORLD_VOCAB_SIZE else "hf"
-        if kind == "hf" and path is None:
-            raise TokenizerError(f"vocabulary size {vocab_size} needs a Hugging Face tokenizer file: pass path= "
-                                 "(e.g. 20B_tokenizer.json for RWKV-4 Pile models) or choose kind=")
+    if kind in (None, "auto"):
+        if vocab_size is None:
+            raise TokenizerError("choosing a tokenizer needs the model's vocabulary size or a kind")
+        kind = _auto_kind(vocab_size, path)
     if utf16:
         if kind not in ("bytes", "bytes-utf16le"):
             raise TokenizerError(f"utf16 applies to byte tokenizers only, not to {kind!r}")
         kind = "bytes-utf16le"
-    if kind == "world":
-        tok: Tokenizer = WorldTokenizer(path, vocab_size=vocab_size)
+    if kind in ("bytes", "bytes-utf16le"):
+        tok: Tokenizer = ByteTokenizer(utf16=kind == "bytes-utf16le")
+    elif kind == "world":
+        tok = WorldTokenizer(path, vocab_size=vocab_size or WORLD_VOCAB_SIZE)
+    elif kind == "digits":
+        tok = CharTokenizer()
     elif kind == "hf":
-        tok = get_tokenizer(kind, path)
-        tok.vocab_size = max(tok.vocab_size, vocab_size)
+        if path is None:
+            raise TokenizerError("the 'hf' tokenizer needs path= to a Hugging Face tokenizer JSON file (e.g. 20B_tokenizer.json)")
+        tok = HFTokenizer(path, vocab_size)
+    elif kind == "ids":
+        if vocab_size is None:
+            raise TokenizerError("the 'ids' tokenizer needs the model's vocabulary size")
+        tok = IdsTokenizer(vocab_size)
     else:
-        tok = get_tokenizer(kind, path)
+        raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
     n_ids = getattr(tok, "n_ids", tok.vocab_size)
-    if n_ids > vocab_size:
+    if vocab_size is not None and n_ids > vocab_size:
         raise TokenizerError(f"tokenizer {kind!r} produces ids up to {n_ids - 1} but the model has only {vocab_size} embedding rows")
     return tok

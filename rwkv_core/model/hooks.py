@@ -31,9 +31,6 @@ class HookPoint(nn.Module):
         if fn in self._fns:
             self._fns.remove(fn)
 
-    def clear(self) -> None:
-        self._fns.clear()
-
     @property
     def active(self) -> bool:
         return bool(self._fns)

@@ -25,6 +25,8 @@ from rwkv_core.model.config import ModelConfig
 from rwkv_core.model.hooks import HookFn, HookPoint, name_hook_points
 
 V7_DECAY_SCALE = math.exp(-0.5)  # v7: log w = -e^-0.5 * sigmoid(d)
+# storage types of the weight matrices by the names the command line and the dashboard offer (`RWKV.to_device`)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Tokens = Union[Sequence[int], torch.Tensor]
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
@@ -585,6 +587,8 @@ class RWKV(nn.Module):
         if names_filter is None:
             return names
         if isinstance(names_filter, str):
+            if names_filter in self.hook_points:  # an exact name (the common case): no pattern matching
+                return [names_filter]
             rx = re.compile(names_filter)
             return [n for n in names if n == names_filter or rx.fullmatch(n)]
         if callable(names_filter):

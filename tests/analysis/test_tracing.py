@@ -19,7 +19,7 @@ from rwkv_core.io.checkpoint import detect_config
 from rwkv_core.errors import InputError
 from rwkv_core.model.rwkv import RWKV
 from rwkv_core.io.synthetic import random_state_dict
-from rwkv_core.io.tokenizer import ByteTokenizer, get_tokenizer
+from rwkv_core.io.tokenizer import ByteTokenizer, tokenizer_for
 from tests.conftest import REPO, shared_file
 
 TOL = 1e-5
@@ -212,12 +212,12 @@ def _covering_tokens(enc, cs: int, ce: int) -> tuple[int, int]:
 def test_subject_span_world_and_hf(kind):
     if kind == "hf":
         pytest.importorskip("tokenizers")
-        tok = get_tokenizer("hf", shared_file("tokenizers/20B_tokenizer.json"))
+        tok = tokenizer_for(kind="hf", path=shared_file("tokenizers/20B_tokenizer.json"))
     else:
         try:
-            tok = get_tokenizer("world")
+            tok = tokenizer_for(kind="world")
         except Exception:
-            tok = get_tokenizer("world", shared_file("tokenizers/rwkv_vocab_v20230424.txt"))
+            tok = tokenizer_for(kind="world", path=shared_file("tokenizers/rwkv_vocab_v20230424.txt"))
     prompt = "The Eiffel Tower is located in the city of"
     enc = tok.encode(prompt)
     for subject in ("The Eiffel Tower", "Eiffel", "ffe", "Tow", "city of"):
@@ -342,7 +342,7 @@ def test_reverse_digits_tokenizer_and_default_example():
     from rwkv_core.io.checkpoint import load_model
 
     model = load_model(shared_file("260123_reverse_L2_only_rwkv7.pth"))
-    tok = TR.tokenizer_for_model(model)
+    tok = tokenizer_for(model.cfg.vocab_size)
     assert tok.kind == "digits" and tok.encode("12,#").ids == [1, 2, 10, 11]
     with pytest.raises(InputError):
         tok.encode("1a")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rwkv_core.errors import InputError, TokenizerError
-from rwkv_core.io.tokenizer import Encoding, WorldTokenizer, get_tokenizer, tokenizer_for_vocab
+from rwkv_core.io.tokenizer import Encoding, WorldTokenizer, tokenizer_for
 from tests.conftest import shared_file
 
 TEXTS = [
@@ -56,7 +56,7 @@ HF_TEXTS = [t for t in ALL_TEXTS if unicodedata.is_normalized("NFC", t)]
 
 @pytest.fixture(scope="module")
 def world() -> WorldTokenizer:
-    return get_tokenizer("world")
+    return tokenizer_for(kind="world")
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,11 @@ def reference():
 
 @pytest.fixture(scope="module")
 def hf():
-    return get_tokenizer("hf", shared_file("tokenizers/20B_tokenizer.json"))
+    return tokenizer_for(kind="hf", path=shared_file("tokenizers/20B_tokenizer.json"))
 
 
 def _tokenizers(world, hf=None):
-    toks = [get_tokenizer("bytes"), get_tokenizer("bytes-utf16le"), world]
+    toks = [tokenizer_for(kind="bytes"), tokenizer_for(kind="bytes-utf16le"), world]
     return toks + ([hf] if hf is not None else [])
 
 
@@ -124,7 +124,7 @@ def test_world_vocabulary_table(world, reference):
 
 @pytest.mark.parametrize("kind", ["bytes", "bytes-utf16le", "world"])
 def test_spans_tile_and_round_trip(kind, world):
-    tok = world if kind == "world" else get_tokenizer(kind)
+    tok = world if kind == "world" else tokenizer_for(kind=kind)
     for text in ALL_TEXTS:
         _check_encoding(tok, text)
 
@@ -152,13 +152,13 @@ def test_hf_non_nfc_text_still_tiles(hf):
 
 def test_byte_ids():
     text = "héllo 😀\n"
-    assert get_tokenizer("bytes").encode(text).ids == list(text.encode("utf-8"))
+    assert tokenizer_for(kind="bytes").encode(text).ids == list(text.encode("utf-8"))
     for t in ALL_TEXTS:
-        assert get_tokenizer("bytes-utf16le").encode(t).ids == list(t.encode("utf-16-le"))
+        assert tokenizer_for(kind="bytes-utf16le").encode(t).ids == list(t.encode("utf-16-le"))
 
 
 def test_utf16_decode_pairs_bytes():
-    tok = get_tokenizer("bytes-utf16le")
+    tok = tokenizer_for(kind="bytes-utf16le")
     ids = list("A😀é".encode("utf-16-le"))
     assert tok.decode(ids) == "A😀é"
     assert tok.decode(ids[:2]) == "A"
@@ -169,7 +169,7 @@ def test_utf16_decode_pairs_bytes():
 
 
 def test_span_convention_multibyte():
-    enc = get_tokenizer("bytes").encode("aé😀")
+    enc = tokenizer_for(kind="bytes").encode("aé😀")
     assert enc.spans == [(0, 1), (1, 2), (2, 2), (2, 3), (3, 3), (3, 3), (3, 3)]
     assert enc.token_texts == ["a", "é", "", "😀", "", "", ""]
 
@@ -184,7 +184,7 @@ def test_display(world, hf):
     assert world.display(65535) == "<unused 65535>"
     nl2 = world.encode("\n\n").ids
     assert len(nl2) == 1 and world.display(nl2[0]) == "↵↵"
-    b = get_tokenizer("bytes")
+    b = tokenizer_for(kind="bytes")
     assert b.display(ord("A")) == "A" and b.display(0xC3) == "\\xc3" and b.display(0) == "\\x00"
     emoji = hf.encode("😀").ids
     assert len(emoji) > 1 and hf.display(emoji[0]).startswith("\\xf0")
@@ -194,7 +194,7 @@ def test_display(world, hf):
 
 def test_decode_replaces_invalid_utf8(world):
     assert world.decode([0xE4 + 1]) == "\ufffd"
-    assert get_tokenizer("bytes").decode([0x41, 0xFF, 0x42]) == "A\ufffdB"
+    assert tokenizer_for(kind="bytes").decode([0x41, 0xFF, 0x42]) == "A\ufffdB"
     assert world.decode([0] + world.encode("hi").ids) == "hi"
 
 
@@ -223,7 +223,7 @@ def test_subject_in_middle_of_a_word(world, hf):
     prompt = "The Eiffel Tower is located in Paris"
     start = prompt.index("ffel")
     end = start + len("ffel Tow")
-    b = get_tokenizer("bytes").encode(prompt)
+    b = tokenizer_for(kind="bytes").encode(prompt)
     assert b.tokens_in_char_span(start, end) == (start, end)
     expected = {"world": (["The", " E", "iffe", "l", " Tower"], (2, 5)), "hf": (["The", " E", "iff", "el", " Tower"], (2, 5))}
     for tok in (world, hf):
@@ -233,12 +233,12 @@ def test_subject_in_middle_of_a_word(world, hf):
         first, last = enc.tokens_in_char_span(start, end)
         assert (first, last) == token_range  # from the token holding "f" (inside "iff…") to " Tower"
         assert enc.spans[first][0] < start < enc.spans[first][1]
-    enc = get_tokenizer("bytes").encode("un café noir")
+    enc = tokenizer_for(kind="bytes").encode("un café noir")
     assert enc.tokens_in_char_span(5, 7) == (5, 8)  # "fé": the two bytes of é included
 
 
 def test_tokens_in_char_span_rejects_bad_ranges():
-    enc = get_tokenizer("bytes").encode("abc")
+    enc = tokenizer_for(kind="bytes").encode("abc")
     for start, end in [(1, 1), (2, 1), (-1, 2), (0, 4)]:
         with pytest.raises(InputError):
             enc.tokens_in_char_span(start, end)
@@ -253,58 +253,58 @@ def test_encoding_checks_spans():
 
 
 def test_unpaired_surrogate_is_an_input_error(world):
-    for tok in (get_tokenizer("bytes"), get_tokenizer("bytes-utf16le"), world):
+    for tok in (tokenizer_for(kind="bytes"), tokenizer_for(kind="bytes-utf16le"), world):
         with pytest.raises(InputError):
             tok.encode("a\ud800b")
 
 
 def test_ids_out_of_range(world):
     with pytest.raises(TokenizerError):
-        get_tokenizer("bytes").token_bytes(256)
+        tokenizer_for(kind="bytes").token_bytes(256)
     with pytest.raises(TokenizerError):
         world.display(65536)
     with pytest.raises(TokenizerError):
-        get_tokenizer("bytes-utf16le").decode([300])
+        tokenizer_for(kind="bytes-utf16le").decode([300])
 
 
 def test_factory(world):
-    assert tokenizer_for_vocab(256).kind == "bytes"
-    assert tokenizer_for_vocab(256, utf16=True).kind == "bytes-utf16le"
-    w = tokenizer_for_vocab(65536)
+    assert tokenizer_for(256).kind == "bytes"
+    assert tokenizer_for(256, utf16=True).kind == "bytes-utf16le"
+    w = tokenizer_for(65536)
     assert w.kind == "world" and w.vocab_size == 65536
-    assert tokenizer_for_vocab(65536, kind="bytes").kind == "bytes"
+    assert tokenizer_for(65536, kind="bytes").kind == "bytes"
     with pytest.raises(TokenizerError, match="path="):
-        tokenizer_for_vocab(50277)
+        tokenizer_for(50277, kind="hf")
     with pytest.raises(TokenizerError, match="256 embedding rows"):
-        tokenizer_for_vocab(256, kind="world")
+        tokenizer_for(256, kind="world")
     with pytest.raises(TokenizerError, match="utf16"):
-        tokenizer_for_vocab(65536, utf16=True)
+        tokenizer_for(65536, utf16=True)
     with pytest.raises(TokenizerError, match="unknown tokenizer kind"):
-        get_tokenizer("sentencepiece")
+        tokenizer_for(kind="sentencepiece")
     with pytest.raises(TokenizerError, match="path="):
-        get_tokenizer("hf")
+        tokenizer_for(kind="hf")
     with pytest.raises(TokenizerError, match="not found"):
-        get_tokenizer("hf", "/nonexistent/tokenizer.json")
+        tokenizer_for(kind="hf", path="/nonexistent/tokenizer.json")
 
 
 def test_factory_hf(tmp_path):
     path = str(shared_file("tokenizers/20B_tokenizer.json"))
-    tok = tokenizer_for_vocab(50304, path=path)
+    tok = tokenizer_for(50304, path=path)
     assert tok.kind == "hf" and tok.vocab_size == 50304
     assert tok.display(50300) == "<unused 50300>" and tok.token_bytes(50300) == b""
-    assert tokenizer_for_vocab(50277, path=path).vocab_size == 50277
+    assert tokenizer_for(50277, path=path).vocab_size == 50277
     with pytest.raises(TokenizerError, match="embedding rows"):
-        tokenizer_for_vocab(50000, kind="hf", path=path)
+        tokenizer_for(50000, kind="hf", path=path)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(TokenizerError, match="bad.json"):
-        get_tokenizer("hf", bad)
+        tokenizer_for(kind="hf", path=bad)
 
 
 def test_world_vocab_path_fallback_and_errors(tmp_path):
     vocab = shared_file("tokenizers/rwkv_vocab_v20230424.txt")  # LF copy; the packaged one is CRLF
-    tok = get_tokenizer("world", vocab)
-    assert tok.encode("Hello 世界").ids == get_tokenizer("world").encode("Hello 世界").ids
+    tok = tokenizer_for(kind="world", path=vocab)
+    assert tok.encode("Hello 世界").ids == tokenizer_for(kind="world").encode("Hello 世界").ids
     bad = tmp_path / "vocab.txt"
     bad.write_text("1 'a' 2\n")
     with pytest.raises(TokenizerError, match="line 1"):
@@ -312,11 +312,45 @@ def test_world_vocab_path_fallback_and_errors(tmp_path):
 
 
 def test_digits_tokenizer_for_task_model():
-    from rwkv_core.io.tokenizer import get_tokenizer
+    from rwkv_core.io.tokenizer import tokenizer_for
 
-    tok = get_tokenizer("digits")
+    tok = tokenizer_for(kind="digits")
     enc = tok.encode("907,")
     assert enc.ids == [9, 0, 7, 10] and enc.spans == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert tok.decode([7, 0, 9, 11]) == "709#"
     with pytest.raises(InputError, match="alphabet"):
         tok.encode("12a")
+
+
+def test_ids_tokenizer_round_trip():
+    tok = tokenizer_for(777, kind="ids")
+    enc = tok.encode("1, 2,3  776")
+    assert tok.kind == "ids" and tok.vocab_size == 777
+    assert enc.ids == [1, 2, 3, 776]
+    assert enc.token_texts == ["1, ", "2,", "3  ", "776"]  # the separators after an id belong to it
+    assert [tok.display(i) for i in enc.ids] == ["1", "2", "3", "776"]
+    assert tok.encode(tok.decode(enc.ids)).ids == enc.ids
+    assert tok.encode("  5").spans == [(0, 3)] and tok.encode("").ids == []
+    assert enc.tokens_in_char_span(3, 4) == (1, 2)  # a subject "2" is token 1
+
+
+def test_ids_tokenizer_errors():
+    tok = tokenizer_for(777, kind="ids")
+    for bad in ("1, two, 3", "1.5", "-1", "0x10", "١"):
+        with pytest.raises(InputError, match="not a token id"):
+            tok.encode(bad)
+    with pytest.raises(InputError, match="outside the model's vocabulary of 777"):
+        tok.encode("1, 777")
+    with pytest.raises(InputError, match="no token ids"):
+        tok.encode(" , ")
+    with pytest.raises(TokenizerError):
+        tok.token_bytes(777)
+    with pytest.raises(TokenizerError, match="vocabulary size"):
+        tokenizer_for(kind="ids")
+
+
+def test_auto_gives_ids_for_a_vocabulary_no_tokenizer_matches():
+    assert tokenizer_for(777).kind == "ids" and tokenizer_for(777, kind="auto").vocab_size == 777
+    assert tokenizer_for(12).kind == "digits"  # the reverse-digits task model
+    with pytest.raises(TokenizerError, match="path="):
+        tokenizer_for(777, kind="hf")  # an explicit Hugging Face kind still needs its file
