@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import streamlit as st
@@ -16,7 +16,8 @@ import torch
 from inspector_ui import settings
 from inspector_ui.prompt_store import load_prompt, store_prompt
 from inspector_ui.resources import LoadedModel, loaded_model
-from inspector_ui.widgets import gated
+from inspector_ui.widgets import clamp_choice, gated
+from rwkv_core.analysis.scores import topk_predictions
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.io.trace_file import Trace, build_trace, save_trace
 from rwkv_core.model.config import ModelConfig
@@ -26,10 +27,9 @@ from rwkv_core.model.config import ModelConfig
 
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k next-token ids and probabilities of logits [T, V]: [T, k] each."""
-    probs = torch.softmax(logits.float(), -1)
-    p, i = probs.topk(min(k, probs.shape[-1]), -1)
-    return i.cpu().numpy(), p.cpu().numpy()
+    """`scores.topk_predictions` of logits [T, V] as numpy for the token view's hover: ids and probabilities [T, k]."""
+    ids, probs = topk_predictions(logits, k)
+    return ids.cpu().numpy(), probs.cpu().numpy()
 
 
 _OFFERED: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
@@ -123,22 +123,17 @@ class Run:
             raise RWKVInspectorError(f"the trace file has no layer {l}: it holds layers {self.trace.layers}")
         return {k: v for k, v in self.trace.arrays.items() if k.endswith(f"_l{l}")}
 
-    def available_layers(self) -> list[int]:
-        return list(range(self.cfg.n_layer)) if self.model_key is not None else self.trace.layers
-
     def token_name(self, i: Optional[int]) -> str:
         return "" if i is None else f"{self.token_texts[i]!r}@{i}"
 
 
 @dataclass
 class PageContext:
+    """What `page_setup` hands a view: run A (and B in compare mode), and what compare mode compares."""
+
     runs: list[Run]
     compare: bool
     compare_what: str
-
-    @property
-    def run(self) -> Run:
-        return self.runs[0]
 
 
 # ------------------------------------------------------------------------------------------------ URL state
@@ -155,8 +150,10 @@ def qp_get(key: str, default: Any = None, cast: Callable = str) -> Any:
         return default
 
 
-def bind(key: str, default: Any, cast: Callable = str) -> None:
-    """Seed a widget's session-state value from the URL, once per session (so links restore the view).
+def bind(key: str, default: Any, cast: Callable = str, *, options: Optional[Sequence] = None,
+         bounds: Optional[tuple[Any, Any]] = None) -> None:
+    """Seed a widget's session-state value from the URL, once per session (so links restore the view), and keep it
+    valid: a value not among `options`, or (cast) outside the closed range `bounds`, becomes `default`.
 
     Later runs write the value back: a widget with the same key on another page is another widget to Streamlit,
     which would otherwise forget the value on a page switch (the prompt came back empty, the model as default)."""
@@ -164,6 +161,15 @@ def bind(key: str, default: Any, cast: Callable = str) -> None:
         st.session_state[key] = qp_get(key, default, cast)
     else:
         st.session_state[key] = st.session_state[key]
+    if options is not None:
+        clamp_choice(key, options, default)
+    if bounds is not None:
+        try:
+            value = cast(st.session_state[key])
+            ok = bounds[0] <= value <= bounds[1]
+        except (TypeError, ValueError):
+            ok = False
+        st.session_state[key] = value if ok else default
 
 
 def publish(*keys: str) -> None:

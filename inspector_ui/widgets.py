@@ -1,4 +1,5 @@
-"""Widgets every view uses: the token view, gated calls (wait in line for the shared model), errors and progress.
+"""Widgets every view uses: the token view, gated calls (wait in line for the shared model), errors, choices kept
+valid, switches read from the URL, CSV downloads and progress captions.
 
 The token view is a Streamlit v2 component with inline JavaScript. Token text is set with `textContent`, never parsed
 as HTML, so a prompt containing `<script>` or `<b>` shows those characters and runs nothing. Hovering a token shows
@@ -6,9 +7,10 @@ the model's top predictions at that position, the actual next token highlighted.
 """
 from __future__ import annotations
 
-import time
+import math
 from typing import Any, Callable, Optional, Sequence
 
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -127,9 +129,46 @@ def show_error(e: Exception) -> None:
     st.error(str(e).splitlines()[0])
 
 
-def timer_text(done: int, total: int, started: float) -> str:
-    """'37% · 12 s left' for progress bars."""
-    frac = done / max(total, 1)
-    el = time.time() - started
-    left = el / frac - el if frac > 0 else float("nan")
-    return f"{frac:.0%} · {left:.0f} s left" if frac > 0 else "starting..."
+def clamp_choice(key: str, options: Sequence, fallback: Any) -> None:
+    """Keep a choice widget's stored value valid when its options change (another prompt, model or layer): a value
+    no longer offered becomes `fallback`. A key not yet in the session state is left to the widget's default."""
+    if key in st.session_state and st.session_state[key] not in options:
+        st.session_state[key] = fallback
+
+
+def url_bool(text: str) -> bool:
+    """A switch as written in the URL: 1/true/yes/on or 0/false/no/off (any case); anything else is malformed
+    (ValueError), so `bind` falls back to the default."""
+    word = str(text).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a switch value: {text!r}")
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """A table as the CSV every download button offers: no index column, floats to 10 significant digits."""
+    return df.to_csv(index=False, float_format="%.10g").encode()
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as a person reads it: "42 s", "3 min 20 s", "2 h 05 min", "5 d 1 h"; "?" when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def progress_text(what: str, done: int, total: int, elapsed: float, unit: str = "steps") -> str:
+    """The caption of a progress bar: "Tracing: 12 / 40 cells · 35 s elapsed · about 3 min 20 s left"."""
+    text = f"{what}: {done} / {total} {unit} · {duration_text(elapsed)} elapsed"
+    if 0 < done < total:
+        text += f" · about {duration_text(elapsed / done * (total - done))} left"
+    return text

@@ -18,7 +18,6 @@ and the state size needs the model, so those show a one-line note.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -27,10 +26,10 @@ import pandas as pd
 import streamlit as st
 
 from inspector_ui.session import PageContext
-
-from inspector_ui.widgets import gated
+from inspector_ui.widgets import clamp_choice, csv_bytes, gated
 from rwkv_core.analysis import decay as D
 from rwkv_core.figures import decay as FD
+from rwkv_core.figures.common import IMAGE_FORMATS, cell_from_selection, image_config
 
 ABOUT = ("How fast every channel forgets: the per-step decay λ of each layer and channel (the RWKV-4 paper's "
          "figure), for RWKV-6/7 the decay each token sets, how much of a token's write survives, and how big the "
@@ -63,7 +62,7 @@ The *static* decay of v6/v7 is the data-independent part ($d = $ `time_decay` re
   shown is $aa/bb$ — the decay-weighted average of past values — over all channels.
 
 Layers and heads are numbered from 0. Source: RWKV-4 paper (Fig. "time decays… sorted along the channel axis"),
-Finch Eq. 17–19, RWKV-7 Eq. 12; `docs/tracing-and-decay.md` §4–5.
+Finch Eq. 17–19, RWKV-7 Eq. 12; the formulas as code: `rwkv_core/analysis/decay.py` (README, "The pages").
 """
 
 
@@ -83,8 +82,7 @@ class View:
     title: str
     cfg: Any  # rwkv_core.config.ModelConfig
     tokens: list[int]
-    token_texts: list[str]  # short, raw (for selectboxes)
-    token_labels: list[str]  # short, HTML-escaped (for figures)
+    token_texts: list[str]  # short, raw (selectboxes; the figures escape them)
     tokenizer_name: str
     key: Optional[tuple] = None  # hashable identity of the loaded model, e.g. (name, device, dtype)
     model: Any = None  # rwkv_core.model.RWKV, or None for a trace
@@ -111,13 +109,12 @@ def _short(label: str, width: int = 10) -> str:
 
 def _view(run, suffix: str) -> View:
     texts = [_short(t) for t in run.token_texts]
-    labels = [html.escape(t, quote=False) for t in texts]  # plotly renders a few tags in labels
     if run.has_model:
         lm = run.loaded
-        return View(run.label, suffix, run.title, run.cfg, list(run.tokens), texts, labels, lm.tokenizer.kind,
+        return View(run.label, suffix, run.title, run.cfg, list(run.tokens), texts, lm.tokenizer.kind,
                     key=tuple(run.model_key), model=lm.model, run_work=lambda fn: gated(fn, "Computing decays"))
     kind = str(run.trace.meta.get("tokenizer_kind", "") or "trace file")
-    return View(run.label, suffix, run.title, run.cfg, list(run.tokens), texts, labels, kind, trace=run.trace)
+    return View(run.label, suffix, run.title, run.cfg, list(run.tokens), texts, kind, trace=run.trace)
 
 
 # ------------------------------------------------------------------------------------------------ cached numbers
@@ -155,20 +152,6 @@ def view_token_decays(v: View, layer: int) -> Optional[D.TokenDecay]:
     return D.trace_token_decays(w, v.cfg, v.tokens, layer)
 
 
-def csv_bytes(df: pd.DataFrame) -> bytes:
-    return df.to_csv(index=False, float_format="%.10g").encode()
-
-
-def show(fig, config: dict, **kwargs):
-    return st.plotly_chart(fig, config=config, **kwargs)
-
-
-def _clamp_state(key: str, options: list, fallback) -> None:
-    """Keep a selectbox's stored value valid when the options change (new prompt or model)."""
-    if key in st.session_state and st.session_state[key] not in options:
-        st.session_state[key] = fallback
-
-
 def _columns(n: int) -> list:
     return [st.container()] if n == 1 else list(st.columns(n))
 
@@ -176,52 +159,6 @@ def _columns(n: int) -> list:
 def _run_heading(col, v: View, n: int) -> None:
     if n > 1:
         col.markdown(f"**Run {v.label}** · {_short(v.title, 60)}")
-
-
-
-# ------------------------------------------------------------------------------------------------ page
-
-
-def static_section(views: list[View], config: dict) -> None:
-    """Static views of each model (one per different model: run A alone unless compare = "model")."""
-    st.header("Static decay per layer and channel")
-    c1, c2, c3 = st.columns(3)
-    y_mode = c1.radio("y axis", ["decay λ", "half-life (log)"], horizontal=True, key="decay_paper_y")
-    n_head = max(v.n_head for v in views)
-    head_opts = ["all heads"] + [f"head {h}" for h in range(n_head)]
-    _clamp_state("decay_head_filter", head_opts, "all heads")
-    head_choice = c2.selectbox("Channels", head_opts, key="decay_head_filter", disabled=n_head == 1,
-                               help="Restrict the views to one head's N channels." if n_head > 1
-                               else "v4 has no heads: all channels.")
-    sort_heat = c3.toggle("Sort heat map channels", value=False, key="decay_heat_sorted")
-    value = "decay" if y_mode == "decay λ" else "half_life"
-    for col, v in zip(_columns(len(views)), views):
-        with col:
-            _run_heading(col, v, len(views))
-            sd, bonus = static_numbers(v.key, v)
-            head = None if head_choice == "all heads" else int(head_choice.split()[1])
-            if head is not None and head >= sd.n_head:
-                st.caption(f"This model has {sd.n_head} head(s): showing all channels.")
-                head = None
-            T = len(v.tokens)
-            show(FD.paper_figure(sd.decay, sd.log10_half_life, sd.head_size, head=head, y=value), config,
-                 key=f"decay_paper_fig{v.suffix}")
-            show(FD.layer_channel_heatmap(sd.decay, sd.log10_half_life, sd.head_size, sort=sort_heat, head=head,
-                                          value="decay" if value == "decay" else "log10_half_life"),
-                 config, key=f"decay_heat_fig{v.suffix}")
-            summary = D.head_summary(sd.log10_half_life, sd.n_head, T)
-            st.subheader("Per-head summary")
-            st.caption(f"Half-lives in tokens; **n_long** = channels whose half-life exceeds the prompt length "
-                       f"({T} tokens).")
-            st.dataframe(summary, hide_index=True, width="stretch")
-            d1, d2 = st.columns(2)
-            d1.download_button("Static decays (CSV)", csv_bytes(sd.table()), file_name=f"static_decay{v.suffix}.csv",
-                               mime="text/csv", on_click="ignore", key=f"decay_dl_static{v.suffix}")
-            d2.download_button("Per-head summary (CSV)", csv_bytes(summary),
-                               file_name=f"decay_head_summary{v.suffix}.csv", mime="text/csv", on_click="ignore",
-                               key=f"decay_dl_summary{v.suffix}")
-            with st.expander("Bonus of the current token (u / r_k)"):
-                show(FD.bonus_heatmap(bonus, version=sd.version), config, key=f"decay_bonus_fig{v.suffix}")
 
 
 def shared_range(*arrays: np.ndarray) -> tuple[Optional[float], Optional[float]]:
@@ -240,6 +177,110 @@ def same_shape(a: View, b: View) -> bool:
             and len(a.tokens) == len(b.tokens))
 
 
+# ------------------------------------------------------------------------------------------------ page
+
+
+def render(ctx: PageContext) -> None:
+    """The time decay page below the shared sidebar: static, per-token and state-size sections."""
+    views = [_view(r, "" if i == 0 else "_b") for i, r in enumerate(ctx.runs)]
+    config = image_format_choice()
+    intro_section(views)
+    static_section([v for v in (views if ctx.compare and ctx.compare_what == "model" else views[:1]) if v.has_model],
+                   config)
+    dynamic = [v for v in views if D.is_dynamic(v.cfg.version)]
+    if dynamic:
+        dynamic_section(dynamic, config)
+    state_section(views, config)
+
+
+def image_format_choice() -> dict:
+    """The sidebar's choice of the camera button's format: the chart config of every figure on the page."""
+    fmt = st.sidebar.radio("Camera button saves", list(IMAGE_FORMATS), horizontal=True, key="decay_img_fmt",
+                           help="Format of the image the chart toolbar's camera button downloads.")
+    return image_config("rwkv-decay", fmt)
+
+
+def _describe(v: View) -> str:
+    cfg = v.cfg
+    H = D.heads_of(cfg)[0]
+    heads = "no heads (per channel)" if cfg.version == "4" else f"{H} heads × {cfg.head_size}"
+    return (f"{v.title}: RWKV v{cfg.version}, {cfg.n_layer} layers, {cfg.n_embd} channels, {heads}; "
+            f"prompt of {len(v.tokens)} tokens ({v.tokenizer_name}).")
+
+
+def intro_section(views: list[View]) -> None:
+    """What each run is, the formulas, and a note for every run whose decay does not depend on the input."""
+    for v in views:
+        st.caption(_describe(v))
+    with st.expander("Formulas and what the views show"):
+        st.markdown(HELP)
+    for v in views:
+        if not D.is_dynamic(v.cfg.version):
+            who = f"Run {v.label}: " if len(views) > 1 else ""
+            rest = ("No per-token views for this run." if len(views) > 1 else
+                    "Only the static views (and the state size) are shown." if v.has_model else
+                    "There are no per-token views, and the static ones need the model's parameters.")
+            st.info(f"{who}RWKV v{v.cfg.version}: the decay does not depend on the input — every token decays the "
+                    f"state by the same λ. {rest}")
+
+
+def static_section(views: list[View], config: dict) -> None:
+    """Static views of each model with parameters (one per different model: run A alone unless compare = "model")."""
+    if not views:
+        st.caption("Static decays per layer and channel: these need the checkpoint's parameters, which a trace "
+                   "file lacks; choose Source = model for them.")
+        return
+    st.header("Static decay per layer and channel")
+    c1, c2, c3 = st.columns(3)
+    y_mode = c1.radio("y axis", ["decay λ", "half-life (log)"], horizontal=True, key="decay_paper_y")
+    n_head = max(v.n_head for v in views)
+    head_opts = ["all heads"] + [f"head {h}" for h in range(n_head)]
+    clamp_choice("decay_head_filter", head_opts, "all heads")
+    head_choice = c2.selectbox("Channels", head_opts, key="decay_head_filter", disabled=n_head == 1,
+                               help="Restrict the views to one head's N channels." if n_head > 1
+                               else "v4 has no heads: all channels.")
+    sort_heat = c3.toggle("Sort heat map channels", value=False, key="decay_heat_sorted")
+    value = "decay" if y_mode == "decay λ" else "half_life"
+    for col, v in zip(_columns(len(views)), views):
+        with col:
+            _run_heading(col, v, len(views))
+            sd, bonus = static_numbers(v.key, v)
+            head = None if head_choice == "all heads" else int(head_choice.split()[1])
+            if head is not None and head >= sd.n_head:
+                st.caption(f"This model has {sd.n_head} head(s): showing all channels.")
+                head = None
+            T = len(v.tokens)
+            st.plotly_chart(FD.paper_figure(sd.decay, sd.log10_half_life, sd.head_size, head=head, y=value),
+                            config=config, key=f"decay_paper_fig{v.suffix}")
+            heat = FD.layer_channel_heatmap(sd.decay, sd.log10_half_life, sd.head_size, sort=sort_heat, head=head,
+                                            value="decay" if value == "decay" else "log10_half_life")
+            st.plotly_chart(heat, config=config, key=f"decay_heat_fig{v.suffix}")
+            summary = D.head_summary(sd.log10_half_life, sd.n_head, T)
+            st.subheader("Per-head summary")
+            st.caption(f"Half-lives in tokens; **n_long** = channels whose half-life exceeds the prompt length "
+                       f"({T} tokens).")
+            st.dataframe(summary, hide_index=True, width="stretch")
+            d1, d2 = st.columns(2)
+            d1.download_button("Static decays (CSV)", csv_bytes(sd.table()), file_name=f"static_decay{v.suffix}.csv",
+                               mime="text/csv", on_click="ignore", key=f"decay_dl_static{v.suffix}")
+            d2.download_button("Per-head summary (CSV)", csv_bytes(summary),
+                               file_name=f"decay_head_summary{v.suffix}.csv", mime="text/csv", on_click="ignore",
+                               key=f"decay_dl_summary{v.suffix}")
+            with st.expander("Bonus of the current token (u / r_k)"):
+                st.plotly_chart(FD.bonus_heatmap(bonus, version=sd.version), config=config,
+                                key=f"decay_bonus_fig{v.suffix}")
+
+
+@dataclass
+class TokenChoices:
+    """The per-token sections' shared controls: one layer, and the token and head choices every run has."""
+
+    layer: int
+    token_opts: list[int]
+    head_opts: list[int]
+    first: View  # the run whose token texts label the token choices
+
+
 def dynamic_section(views: list[View], config: dict) -> None:
     """Per-token views of every run with a data-dependent decay, in one column per run, under one set of controls."""
     st.header("Per-token decay (data-dependent)")
@@ -247,7 +288,7 @@ def dynamic_section(views: list[View], config: dict) -> None:
     if not layer_opts:
         st.info("The trace file holds no layers.")
         return
-    _clamp_state("decay_dyn_layer", layer_opts, layer_opts[-1])
+    clamp_choice("decay_dyn_layer", layer_opts, layer_opts[-1])
     layer = st.selectbox("Layer", layer_opts, key="decay_dyn_layer", index=len(layer_opts) - 1)
     tds = [view_token_decays(v, layer) for v in views]
     live = [(v, td) for v, td in zip(views, tds) if td is not None]
@@ -256,29 +297,40 @@ def dynamic_section(views: list[View], config: dict) -> None:
         return
     T = min(len(v.tokens) for v, _ in live)
     H = min(td.n_head for _, td in live)
-    token_opts, head_opts = list(range(T)), list(range(H))
-    _clamp_state("decay_sel_token", token_opts, 0)
-    _clamp_state("decay_sel_head", head_opts, 0)
-    # a click on a heat map (its state arrives before this run) moves the selection boxes
-    for v, _ in live:
-        ev_key = f"decay_token_head{v.suffix}"
-        event_state = st.session_state.get(ev_key)
-        clicked = FD.cell_from_selection(event_state["selection"]) if event_state else None
+    tc = TokenChoices(layer, list(range(T)), list(range(H)), live[0][0])
+    clamp_choice("decay_sel_token", tc.token_opts, 0)
+    clamp_choice("decay_sel_head", tc.head_opts, 0)
+    token_head_section(views, tds, tc, config)
+    spectrum_section(views, tds, tc, config)
+    retention_section(views, tds, tc, config)
+
+
+def _apply_heatmap_clicks(views: list[View], tc: TokenChoices) -> None:
+    """A click on a tokens x heads heat map (its state arrives before this run) moves the token and head boxes."""
+    for v in views:
+        event_state = st.session_state.get(f"decay_token_head{v.suffix}")
+        clicked = cell_from_selection(event_state["selection"]) if event_state else None
         if clicked and clicked != st.session_state.get(f"decay_last_click{v.suffix}"):
             st.session_state[f"decay_last_click{v.suffix}"] = clicked
-            if clicked[0] in token_opts and clicked[1] in head_opts:
+            if clicked[0] in tc.token_opts and clicked[1] in tc.head_opts:
                 st.session_state["decay_sel_token"], st.session_state["decay_sel_head"] = clicked
+
+
+def token_head_section(views: list[View], tds: list, tc: TokenChoices, config: dict) -> None:
+    """Tokens x heads heat maps of the median half-life (one colour scale for all runs; B − A where defined)."""
+    layer = tc.layer
+    live = [(v, td) for v, td in zip(views, tds) if td is not None]
+    _apply_heatmap_clicks([v for v, _ in live], tc)
     cell = (st.session_state.get("decay_sel_token", 0), st.session_state.get("decay_sel_head", 0))
     meds = {v.label: td.head_median_log10_half_life(layer) for v, td in live}  # [T, H] each
     zmin, zmax = shared_range(*meds.values()) if len(live) > 1 else (None, None)
-    cols = _columns(len(views))
-    for col, v, td in zip(cols, views, tds):
+    for col, v, td in zip(_columns(len(views)), views, tds):
         with col:
             _run_heading(col, v, len(views))
             if td is None:
                 st.info(f"Run {v.label} has no per-token decays of layer {layer}.")
                 continue
-            fig = FD.token_head_heatmap(meds[v.label], v.token_labels, layer=layer, selected=cell,
+            fig = FD.token_head_heatmap(meds[v.label], v.token_texts, layer=layer, selected=cell,
                                         zmin=zmin, zmax=zmax)
             st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
                             key=f"decay_token_head{v.suffix}")
@@ -295,17 +347,23 @@ def dynamic_section(views: list[View], config: dict) -> None:
     if len(live) == 2 and same_shape(live[0][0], live[1][0]):
         (va, _), (vb, _) = live
         diff = meds[vb.label] - meds[va.label]
-        show(FD.token_head_difference_heatmap(diff, va.token_labels, layer=layer), config, key="decay_token_head_diff")
+        st.plotly_chart(FD.token_head_difference_heatmap(diff, va.token_texts, layer=layer), config=config,
+                        key="decay_token_head_diff")
         st.caption("B − A of the per-head median log10 half-life, token by token (token labels of run A).")
     elif len(live) == 2:
         st.caption("No B − A heat map: the runs differ in architecture or token count.")
     st.caption("Click a cell (or choose below) to see that token's channel spectrum."
                + (" In compare mode the choices go up to the shorter prompt and the smaller head count."
                   if len(live) > 1 else ""))
-    first = live[0][0]
+
+
+def spectrum_section(views: list[View], tds: list, tc: TokenChoices, config: dict) -> None:
+    """The chosen (token, head): each channel's decay at that token against the static decay."""
+    layer = tc.layer
     c1, c2, c3, c4 = st.columns(4)
-    t = c1.selectbox("Token", token_opts, key="decay_sel_token", format_func=lambda i: f"{i}: {first.token_texts[i]}")
-    h = c2.selectbox("Head", head_opts, key="decay_sel_head")
+    t = c1.selectbox("Token", tc.token_opts, key="decay_sel_token",
+                     format_func=lambda i: f"{i}: {tc.first.token_texts[i]}")
+    h = c2.selectbox("Head", tc.head_opts, key="decay_sel_head")
     spec_y = c3.radio("Spectrum y", ["half-life (log)", "decay λ"], horizontal=True, key="decay_spec_y")
     spec_sort = c4.toggle("Sorted spectrum", value=False, key="decay_spec_sort")
     for col, v, td in zip(_columns(len(views)), views, tds):
@@ -321,15 +379,19 @@ def dynamic_section(views: list[View], config: dict) -> None:
                 s_decay, s_lh = sd.decay[layer, sl], sd.log10_half_life[layer, sl]
             fig = FD.channel_spectrum_figure(
                 td.decay[li, t, sl], td.log10_half_life[li, t, sl], s_decay, s_lh,
-                channels=np.arange(sl.start, sl.stop), token_label=f"{t}: {v.token_labels[t]}", layer=layer, head=h,
+                channels=np.arange(sl.start, sl.stop), token_label=f"{t}: {v.token_texts[t]}", layer=layer, head=h,
                 y="decay" if spec_y == "decay λ" else "half_life", sort=spec_sort)
-            show(fig, config, key=f"decay_spectrum_fig{v.suffix}")
+            st.plotly_chart(fig, config=config, key=f"decay_spectrum_fig{v.suffix}")
 
+
+def retention_section(views: list[View], tds: list, tc: TokenChoices, config: dict) -> None:
+    """How much of a source token's write survives at every later token, per head, with the layer's CSV."""
+    layer = tc.layer
     st.subheader("Retention from a source token")
     c1, c2, c3 = st.columns(3)
-    _clamp_state("decay_ret_source", token_opts, 0)
-    source = c1.selectbox("Source token i", token_opts, key="decay_ret_source",
-                          format_func=lambda i: f"{i}: {first.token_texts[i]}")
+    clamp_choice("decay_ret_source", tc.token_opts, 0)
+    source = c1.selectbox("Source token i", tc.token_opts, key="decay_ret_source",
+                          format_func=lambda i: f"{i}: {tc.first.token_texts[i]}")
     agg = c2.radio("Head aggregate", ["median", "mean", "max"], horizontal=True, key="decay_ret_agg")
     log_y = c3.toggle("Log y", value=True, key="decay_ret_log")
     for col, v, td in zip(_columns(len(views)), views, tds):
@@ -342,8 +404,8 @@ def dynamic_section(views: list[View], config: dict) -> None:
             if D.first_read(source, td.version) >= Tv:
                 st.info("The source is the last token: no later token reads its write.")
             else:
-                show(FD.retention_figure(by_head, v.token_labels, source=source, layer=layer, agg=agg, log_y=log_y),
-                     config, key=f"decay_ret_fig{v.suffix}")
+                st.plotly_chart(FD.retention_figure(by_head, v.token_texts, source=source, layer=layer, agg=agg,
+                                                    log_y=log_y), config=config, key=f"decay_ret_fig{v.suffix}")
             first_t = "t = i" if D.reads_after_update(td.version) else "t = i + 1"
             st.caption(f"v{td.version}: the write of token i is first read through the state at {first_t}, "
                        "where R = 1.")
@@ -359,6 +421,7 @@ def dynamic_section(views: list[View], config: dict) -> None:
 
 
 def state_section(views: list[View], config: dict) -> None:
+    """The size of the recurrent state after every token (needs the model), with the CSV of all layers."""
     st.header("Size of the recurrent state")
     with_model = [v for v in views if v.has_model]
     if not with_model:
@@ -366,7 +429,7 @@ def state_section(views: list[View], config: dict) -> None:
         return
     c1, c2, c3 = st.columns(3)
     layer_opts = sorted(set().union(*(range(v.cfg.n_layer) for v in with_model)))
-    _clamp_state("decay_state_layer", layer_opts, layer_opts[-1])
+    clamp_choice("decay_state_layer", layer_opts, layer_opts[-1])
     layer = c1.selectbox("Layer", layer_opts, key="decay_state_layer", index=len(layer_opts) - 1)
     metric = c2.radio("Measure", ["Frobenius norm", "max |entry|"], horizontal=True, key="decay_state_metric")
     log_y = c3.toggle("Log y", value=False, key="decay_state_log")
@@ -382,8 +445,8 @@ def state_section(views: list[View], config: dict) -> None:
                 st.info(f"Run {v.label}'s model has no layer {layer}.")
                 continue
             values = getattr(ss, key)[ss.index(layer)]  # [T, H]
-            show(FD.state_size_figure(values, v.token_labels, layer=layer, metric=key, version=ss.version,
-                                      log_y=log_y), config, key=f"decay_state_fig{v.suffix}")
+            st.plotly_chart(FD.state_size_figure(values, v.token_texts, layer=layer, metric=key, version=ss.version,
+                                                 log_y=log_y), config=config, key=f"decay_state_fig{v.suffix}")
             if ss.version == "4":
                 st.caption("v4 keeps per channel aa, bb, pp (numerator aa·e^pp, denominator bb·e^pp); shown is "
                            "aa/bb, the decay-weighted average of past values, over all channels.")
@@ -394,43 +457,3 @@ def state_section(views: list[View], config: dict) -> None:
                                   "frobenius": ss.frobenius.reshape(-1), "max_abs": ss.max_abs.reshape(-1)})
             st.download_button("State sizes, all layers (CSV)", csv_bytes(table), file_name=f"state_size{v.suffix}.csv",
                                mime="text/csv", on_click="ignore", key=f"decay_dl_state{v.suffix}")
-
-
-def _describe(v: View) -> str:
-    cfg = v.cfg
-    H = D.heads_of(cfg)[0]
-    heads = "no heads (per channel)" if cfg.version == "4" else f"{H} heads × {cfg.head_size}"
-    return (f"{v.title}: RWKV v{cfg.version}, {cfg.n_layer} layers, {cfg.n_embd} channels, {heads}; "
-            f"prompt of {len(v.tokens)} tokens ({v.tokenizer_name}).")
-
-
-def render(ctx: PageContext) -> None:
-    """The time decay page below the shared sidebar: static, per-token and state-size sections."""
-    views = [_view(r, "" if i == 0 else "_b") for i, r in enumerate(ctx.runs)]
-    compare = ctx.compare_what if ctx.compare else "off"
-    fmt = st.sidebar.radio("Camera button saves", ["png", "svg"], horizontal=True, key="decay_img_fmt",
-                           help="Format of the image the chart toolbar's camera button downloads.")
-    config = FD.image_config(fmt, filename="rwkv-decay")
-    for v in views:
-        st.caption(_describe(v))
-    with st.expander("Formulas and what the views show"):
-        st.markdown(HELP)
-    for v in views:
-        if not D.is_dynamic(v.cfg.version):
-            who = f"Run {v.label}: " if len(views) > 1 else ""
-            rest = ("No per-token views for this run." if len(views) > 1 else
-                    "Only the static views (and the state size) are shown." if v.has_model else
-                    "There are no per-token views, and the static ones need the model's parameters.")
-            st.info(f"{who}RWKV v{v.cfg.version}: the decay does not depend on the input — every token decays the "
-                    f"state by the same λ. {rest}")
-    # static views: per different model (two only when the models differ)
-    static_views = [v for v in (views if compare == "model" else views[:1]) if v.has_model]
-    if static_views:
-        static_section(static_views, config)
-    else:
-        st.caption("Static decays per layer and channel: these need the checkpoint's parameters, which a trace "
-                   "file lacks; choose Source = model for them.")
-    dynamic = [v for v in views if D.is_dynamic(v.cfg.version)]
-    if dynamic:
-        dynamic_section(dynamic, config)
-    state_section(views, config)

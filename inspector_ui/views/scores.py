@@ -9,8 +9,8 @@ difference of two runs in compare mode, CSV downloads and the formula.
 Numbers come from `rwkv_core.analysis.scores`: the inputs of every layer are captured once per (model, prompt) under the
 work gate and kept with `st.cache_resource` (tensors, shared read-only: no copy per rerun); the selected token's
 rows/columns of all (layer, head) and the full matrices of the open head are cached with `st.cache_data`.
-Figures and token colours come from `rwkv_core.figures.scores`; the reach of every source token of a layer is drawn
-here (`reach_figure`).
+Figures and token colours come from `rwkv_core.figures.scores`. `render` is a short list of sections: controls,
+formula, the selected values, token views, overview grid, (spans) curves and reach, the open head's matrix.
 """
 from __future__ import annotations
 
@@ -25,16 +25,15 @@ import streamlit as st
 import torch
 
 from inspector_ui.session import PageContext, Run, bind, offer_predictions, publish
-from inspector_ui.widgets import gated, prediction_tips, show_error, token_view
+from inspector_ui.widgets import clamp_choice, csv_bytes, gated, prediction_tips, show_error, token_view, url_bool
 from rwkv_core.figures import scores as FS
+from rwkv_core.figures.common import IMAGE_FORMATS, cell_from_selection, image_config
 from rwkv_core.analysis import scores as S
 from rwkv_core.errors import RWKVInspectorError
 
 ATTN, SPAN = "attn", "span"
 MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
 LAYER_REACH_MAX_T = 1024  # the per-layer reach summary (all source tokens) is computed up to this length at once
-PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-PLOTLY_CONFIG_SVG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 SCALE_OPTIONS = ["auto", "-3", "-2", "-1", "0", "1", "2", "3"]
 
 
@@ -100,19 +99,10 @@ def head_matrix(rid: tuple, layer: int, head: int, what: str, diagonal: bool, _s
 
 
 def reach_from_spans(Sm: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Reach of every source token i from a span matrix S [T(j), T(i)]: the first distance d = j - i at which
-    S[j, i] < threshold * S[i, i]; censored (never fell within the prompt) -> d = T - i, a lower bound."""
-    T = Sm.shape[0]
-    j = np.arange(T)[:, None]
-    i = np.arange(T)[None, :]
-    d0 = np.diagonal(Sm)[None, :]
-    below = (Sm < threshold * d0) & (j >= i)
-    hit = below.any(0)
-    first = np.where(hit, below.argmax(0), T).astype(float)
-    reach = first - np.arange(T)
-    zero0 = np.diagonal(Sm) <= 0
-    reach = np.where(zero0, 0.0, reach)
-    return reach, (~hit) & (~zero0)
+    """Reach of every source token i of a span matrix S [T(j), T(i)]: `scores.span_reach` of its column from the
+    token on (S[i:, i], distance d = j - i); (reach [T], censored [T])."""
+    pairs = [S.span_reach(Sm[i:, i], threshold) for i in range(Sm.shape[0])]
+    return np.array([r for r, _ in pairs], dtype=float), np.array([c for _, c in pairs], dtype=bool)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -140,13 +130,12 @@ def token_css(values: Sequence[float], factor: float, colorblind: bool = False,
 
 
 def scale_factor(choice: str, shown: Sequence[np.ndarray]) -> float:
-    """Multiplier of |score| for the colour intensity: 10^s, or 1 / max |shown values| ("auto")."""
+    """Multiplier of |score| for the colour intensity: 10^s, or with "auto" `scores.auto_scale` of the shown values
+    (the largest |value| maps to 1)."""
     if choice != "auto":
         return float(10.0 ** int(choice))
-    vals = [np.abs(np.asarray(x, dtype=np.float64)) for x in shown if np.size(x)]
-    vals = [v[np.isfinite(v)] for v in vals]
-    m = max((float(v.max()) for v in vals if v.size), default=0.0)
-    return 1.0 / m if m > 0 else 1.0
+    flat = [np.ravel(np.asarray(x, dtype=np.float64)) for x in shown]
+    return S.auto_scale(np.concatenate(flat) if flat else np.zeros(0))
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -168,60 +157,17 @@ def window_heatmap(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float
                              zmax=zmax, sel=sel, value_name=value_name, offset=a)
 
 
-def cell_from_selection(state) -> Optional[tuple[int, int]]:
-    """(layer, head) of the clicked tile of `figures_scores.overview_grid_figure`, from a plotly chart's selection
-    state, or None."""
-    try:
-        points = (state or {}).get("selection", {}).get("points") or []
-    except AttributeError:
-        return None
-    for p in points:
-        c = p.get("customdata")
-        if isinstance(c, dict):  # how Streamlit hands over a row of a 2-D customdata array: {"0": .., "1": ..}
-            c = [c.get(str(i), c.get(i)) for i in range(len(c))]
-        try:
-            if isinstance(c, (list, tuple)) and len(c) >= 2:
-                return int(round(float(c[0]))), int(round(float(c[1])))
-            if p.get("x") is not None and p.get("y") is not None:  # the tile's own coordinates: head, layer
-                return int(round(float(p["y"]))), int(round(float(p["x"])))
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
-def reach_figure(reach: np.ndarray, censored: np.ndarray, *, open_head: int, title: str) -> go.Figure:
-    """Per head: the reach of every source token (box over those that fell below the threshold; the censored ones,
-    whose span never fell within the prompt, as triangles at their lower bound)."""
-    H, T = reach.shape
-    fig = go.Figure()
-    for h in range(H):
-        ok = ~censored[h]
-        fig.add_trace(go.Box(y=reach[h, ok], x=[f"head {h}"] * int(ok.sum()), name=f"head {h}", boxpoints="all",
-                             jitter=0.4, pointpos=0, marker=dict(size=3), showlegend=False,
-                             line=dict(width=2.5 if h == open_head else 1.2),
-                             hovertemplate=f"head {h}: reach %{{y}} tokens<extra></extra>"))
-        if censored[h].any():
-            fig.add_trace(go.Scatter(y=reach[h, ~ok], x=[f"head {h}"] * int((~ok).sum()), mode="markers",
-                                     marker=dict(symbol="triangle-up", size=4, color="rgba(120,120,120,0.35)"),
-                                     showlegend=False,
-                                     hovertemplate=f"head {h}: ≥ %{{y}} tokens (still above the threshold at the "
-                                                   "end of the prompt)<extra></extra>"))
-    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_yaxes(title_text="reach (tokens)", rangemode="tozero")
-    return fig
-
-
 # ------------------------------------------------------------------------------------------------ help texts
 
 
 ATTN_HELP = r"""
 **Score** $A[h,j,i]$: the coefficient of $v_i$ in head $h$'s WKV output at token $j$ (before `ln_x` and the gate), so
-that $\sum_{i\le j} A[h,j,i]\,v_i = \mathrm{wkv}_j$ exactly. Tokens are numbered from 0; query $j$ reads source
-$i \le j$. Earlier tokens are coloured by $A[h,\mathrm{sel},i]$ (what the selected token reads), later tokens by
-$A[h,j,\mathrm{sel}]$ (who reads it); red positive, green negative (orange / purple in the colour-blind palette).
-A score's sign alone means little: negating a head's keys and values gives the same model with every score of that
-head flipped, so a head can read its source through a large negative score (the v6 demo's lookup head, layer 2
-head 1, does); look at $|A|$ for where a head reads.
+that $\sum_{i\le j} A[h,j,i]\,v_i = \mathrm{wkv}_j$ exactly. Tokens, layers and heads are numbered from 0; query
+$j$ reads source $i \le j$. Earlier tokens are coloured by $A[h,\mathrm{sel},i]$ (what the selected token reads),
+later tokens by $A[h,j,\mathrm{sel}]$ (who reads it); red positive, green negative (orange / purple in the
+colour-blind palette). A score's sign alone means little: negating a head's keys and values gives the same model with
+every score of that head flipped, so a head can read its source through a large negative score (the v6 demo's lookup
+head, layer 1 head 0, does); look at $|A|$ for where a head reads.
 
 * **v5 / v6** (R·W·K dot, as web-rwkv-inspector): $A[h,j,i] = \sum_{c\in h} r_j[c]\,\Big(\prod_{t=i+1}^{j-1}
   w_t[c]\Big)\,k_i[c]$ for $i<j$; the diagonal is the bonus $A[h,j,j] = \sum_{c\in h} r_j[c]\,u[c]\,k_j[c]$.
@@ -273,13 +219,25 @@ class RunScores:
     matrix: Optional[np.ndarray] = None
 
 
-def _cast_bool(s: str) -> bool:
-    return str(s).lower() in ("1", "true", "yes", "on")
+@dataclass
+class Choices:
+    """What the page's controls chose, shared by every section below them."""
 
+    mode: str  # ATTN or SPAN
+    prefix: str  # widget-key prefix of this page: "att" or "spn"
+    layer: int
+    head: int
+    tok: int  # the selected token as asked for (a shorter run selects its last token)
+    diag: bool
+    colorblind: bool
+    scale: str
+    config: dict  # Plotly chart config (camera button format and file name)
+    heads_word: str  # "head", or "group" for v4
+    factor: float = 1.0  # colour intensity multiplier of the token views (set with the values)
 
-def _clamp(key: str, options: Sequence, fallback) -> None:
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = fallback
+    @property
+    def value_name(self) -> str:
+        return "A" if self.mode == ATTN else "S"
 
 
 def _tv_key(P: str, label: str, tok: int, sel: int) -> str:
@@ -312,14 +270,15 @@ def _apply_clicks(P: str, lengths: dict[str, int]) -> None:
                 break
     layer, head, ov = st.session_state.get("layer"), st.session_state.get("head"), st.session_state.get("ov")
     for label in labels:
-        cell = cell_from_selection(st.session_state.get(_grid_key(P, label, layer, head, ov, tok)))
+        state = st.session_state.get(_grid_key(P, label, layer, head, ov, tok))
+        try:
+            selection = state.get("selection") if state is not None else None
+        except AttributeError:
+            selection = None
+        cell = cell_from_selection(selection, axes=("y", "x"))  # the grid: layers down, heads across
         if cell is not None and cell != (layer, head):
             st.session_state["layer"], st.session_state["head"] = cell
             break
-
-
-def _csv(df: pd.DataFrame) -> bytes:
-    return df.to_csv(index=False, float_format="%.8g").encode()
 
 
 def _tips(run: Run):
@@ -339,6 +298,16 @@ def _same_shape(a: RunScores, b: RunScores) -> bool:
             and a.layers == b.layers and (sa.H, sa.N) == (sb.H, sb.N))
 
 
+def _columns(scored: list[RunScores]) -> list:
+    """One column per run in compare mode, else the page itself."""
+    return st.columns(len(scored)) if len(scored) > 1 else [st.container()]
+
+
+def _run_suffix(scored: list[RunScores], label: str) -> str:
+    """' A' / ' B' after a download button's name in compare mode."""
+    return " " + label if len(scored) > 1 else ""
+
+
 ABOUT = {
     ATTN: "Which earlier tokens each token reads from: the exact coefficient A[h, j, i] of v_i in head h's WKV output "
             "at token j. Click a token to select it; click a tile of the overview to open a head.",
@@ -349,8 +318,20 @@ ABOUT = {
 
 def render(ctx: PageContext, mode: str) -> None:
     """The Attention (mode=ATTN) or Influence spans (mode=SPAN) page below `page_setup`."""
-    P = "att" if mode == ATTN else "spn"
-    runs = ctx.runs
+    scored = score_runs(ctx.runs)
+    choices = controls_section(scored, mode)
+    explain_section(mode, scored[0].run.cfg.version)
+    select_values(scored, choices)
+    token_section(scored, choices)
+    thr = overview_section(scored, choices)
+    if mode == SPAN:
+        span_curves_section(scored, choices)
+        reach_section(scored, choices, thr)
+    matrix_section(scored, choices)
+
+
+def score_runs(runs: list[Run]) -> list[RunScores]:
+    """The score inputs of every run (cached); an error stops the page with one line."""
     try:
         scored = []
         for run in runs:
@@ -361,43 +342,42 @@ def render(ctx: PageContext, mode: str) -> None:
     except RWKVInspectorError as e:
         show_error(e)
         st.stop()
+    return scored
+
+
+def controls_section(scored: list[RunScores], mode: str) -> Choices:
+    """Seed the controls from the URL, apply the clicks of the last run, keep every value valid, draw the controls
+    and publish them to the URL."""
+    P = "att" if mode == ATTN else "spn"
     A0 = scored[0]
     layers = A0.layers
     H = A0.inputs[0].H
     T_max = max(len(r.run.tokens) for r in scored)
     version = A0.run.cfg.version
-    value_name = "A" if mode == ATTN else "S"
-
-    # ---- state: URL, clicks of the last run, clamping
     bind("layer", layers[-1] if mode == ATTN else layers[0], int)
     bind("head", 0, int)
     T0 = len(A0.run.tokens)
     default_tok = T0 - 1 if mode == ATTN else T0 // 4  # spans: an early token, whose key has a prompt to live in
     bind("tok", default_tok, int)
-    bind("diag", True, _cast_bool)
-    bind("scale", "auto")
-    bind("cb", False, _cast_bool)
+    bind("diag", True, url_bool)
+    bind("scale", "auto", options=SCALE_OPTIONS)
+    bind("cb", False, url_bool)
     ov_options = ["row", "col"] if mode == ATTN else ["reach", "end"]
-    bind("ov", ov_options[0])
+    bind("ov", ov_options[0], options=ov_options)
     if mode == SPAN:
-        bind("thr", 0.1, float)
-        bind("rel", True, _cast_bool)
-        bind("logy", False, _cast_bool)
+        bind("thr", 0.1, float, bounds=(0.01, 0.5))  # the slider's range
+        bind("rel", True, url_bool)
+        bind("logy", False, url_bool)
+    bind("img", "png", options=IMAGE_FORMATS)
     for k, fb in (("layer", layers[-1]), ("head", 0), ("tok", default_tok)):
         if not isinstance(st.session_state.get(k), int) or isinstance(st.session_state.get(k), bool):
             st.session_state[k] = fb
     _apply_clicks(P, {r.run.label: len(r.run.tokens) for r in scored})
-    _clamp("layer", layers, layers[-1])
-    _clamp("head", list(range(H)), 0)
+    clamp_choice("layer", layers, layers[-1])
+    clamp_choice("head", list(range(H)), 0)
     if not 0 <= st.session_state["tok"] < T_max:
         st.session_state["tok"] = T_max - 1
-    _clamp("scale", SCALE_OPTIONS, "auto")
-    _clamp("ov", ov_options, ov_options[0])
-    thr0 = st.session_state.get("thr")
-    if mode == SPAN and not (isinstance(thr0, float) and 0.01 <= thr0 <= 0.5):  # the slider's range
-        st.session_state["thr"] = 0.1
 
-    # ---- controls
     c = st.columns([1, 1, 1.1, 2, 1.7])
     heads_word = "group" if version == "4" else "head"
     c[0].selectbox("Layer", layers, key="layer")
@@ -416,18 +396,18 @@ def render(ctx: PageContext, mode: str) -> None:
         else:
             st.toggle("Relative curves", key="rel", help="Span curves divided by their value at d = 0.")
         st.toggle("Colour-blind palette", key="cb", help="Orange / purple instead of red / green.")
-    bind("img", "png")
-    _clamp("img", ["png", "svg"], "png")
-    st.sidebar.radio("Chart camera button saves", ["png", "svg"], key="img", horizontal=True,
+    st.sidebar.radio("Chart camera button saves", list(IMAGE_FORMATS), key="img", horizontal=True,
                      help="Format of the image that the camera button of every chart on this page downloads.")
-    config = dict(PLOTLY_CONFIG if st.session_state["img"] == "png" else PLOTLY_CONFIG_SVG)
-    config["toImageButtonOptions"] = {**config["toImageButtonOptions"], "filename": f"rwkv-{mode}"}
-    layer, head, sel_req = st.session_state["layer"], st.session_state["head"], st.session_state["tok"]
-    diag = bool(st.session_state["diag"]) if mode == ATTN else True
-    cb = bool(st.session_state["cb"])
     keys = ["layer", "head", "tok", "scale", "cb", "ov", "img"] + (["diag"] if mode == ATTN else ["thr", "rel", "logy"])
     publish(*keys)
+    return Choices(mode=mode, prefix=P, layer=st.session_state["layer"], head=st.session_state["head"],
+                   tok=st.session_state["tok"], diag=bool(st.session_state["diag"]) if mode == ATTN else True,
+                   colorblind=bool(st.session_state["cb"]), scale=st.session_state["scale"],
+                   config=image_config(f"rwkv-{mode}", st.session_state["img"]), heads_word=heads_word)
 
+
+def explain_section(mode: str, version: str) -> None:
+    """The formula behind the page, and what differs for this model's version."""
     with st.expander("Formula and how to read this page"):
         st.markdown(ATTN_HELP if mode == ATTN else SPAN_HELP)
     if version == "4":
@@ -437,135 +417,145 @@ def render(ctx: PageContext, mode: str) -> None:
         st.caption("v7: A uses the modified key k̃ and the full transition G (decay and in-context removal); "
                    "the separate r_k bonus (added after ln_x) is not included.")
 
-    # ---- numbers of every run
+
+def select_values(scored: list[RunScores], ch: Choices) -> None:
+    """Every run's selected row and column (all layers and heads), its values of the open head per token, and the
+    colour intensity shared by the runs."""
     for rs in scored:
         T = len(rs.run.tokens)
-        rs.sel = min(sel_req, T - 1)
-        rs.ok = layer in rs.layers and head < rs.inputs[0].H
+        rs.sel = min(ch.tok, T - 1)
+        rs.ok = ch.layer in rs.layers and ch.head < rs.inputs[0].H
         try:
-            rs.rc = row_col(rs.rid, rs.sel, diag, mode == SPAN, rs.inputs)
+            rs.rc = row_col(rs.rid, rs.sel, ch.diag, ch.mode == SPAN, rs.inputs)
         except RWKVInspectorError as e:
             show_error(e)
             st.stop()
         if rs.ok:
-            li = rs.layers.index(layer)
-            row, col = (rs.rc["row"], rs.rc["col"]) if mode == ATTN else (rs.rc["span_row"], rs.rc["span_col"])
-            v = np.where(np.arange(T) <= rs.sel, row[li, head], col[li, head])
-            rs.values = v
+            li = rs.layers.index(ch.layer)
+            row, col = (rs.rc["row"], rs.rc["col"]) if ch.mode == ATTN else (rs.rc["span_row"], rs.rc["span_col"])
+            rs.values = np.where(np.arange(T) <= rs.sel, row[li, ch.head], col[li, ch.head])
+    ch.factor = scale_factor(ch.scale, [rs.values[np.arange(len(rs.values)) != rs.sel]
+                                        for rs in scored if rs.values is not None])
 
-    def shown(rs: RunScores) -> np.ndarray:
-        mask = np.arange(len(rs.values)) != rs.sel
-        return rs.values[mask]
 
-    factor = scale_factor(st.session_state["scale"], [shown(rs) for rs in scored if rs.values is not None])
-
-    # ---- token views
-    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
-    for col, rs in zip(cols, scored):
+def token_section(scored: list[RunScores], ch: Choices) -> None:
+    """The token view of every run, coloured by the open head's values, with its CSV; B − A in compare mode."""
+    P, value_name, heads_word = ch.prefix, ch.value_name, ch.heads_word
+    tok = st.session_state["tok"]
+    for col, rs in zip(_columns(scored), scored):
         with col:
             run = rs.run
             if len(scored) > 1:
                 st.subheader(run.title)
             if not rs.ok:
-                st.warning(f"{run.label} has no layer {layer} / {heads_word} {head}: it has layers {rs.layers} and "
-                           f"{rs.inputs[0].H} {heads_word}s.")
+                st.warning(f"{run.label} has no layer {ch.layer} / {heads_word} {ch.head}: it has layers {rs.layers} "
+                           f"and {rs.inputs[0].H} {heads_word}s.")
                 continue
-            what = "reads" if mode == ATTN else "keeps"
-            st.caption(f"Layer {layer}, {heads_word} {head}, token {run.token_name(rs.sel)} selected (blue): earlier "
-                       f"tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by {value_name}[j, {rs.sel}]"
-                       f" ({'who reads it' if mode == ATTN else 'how long its key stays'}). Hover: top-16 predictions.")
-            token_view(run.token_texts, key=_tv_key(P, run.label, st.session_state["tok"], rs.sel),
-                       colors=token_css(rs.values, factor, cb, rs.sel), values=list(map(float, rs.values)),
-                       value_name=value_name, selected=rs.sel, tips=_tips(run))
-            df = pd.DataFrame({"token": np.arange(len(run.tokens)), "text": run.token_texts, "id": run.tokens,
-                               "role": np.where(np.arange(len(run.tokens)) < rs.sel, f"source ({value_name}[sel, i])",
-                                                np.where(np.arange(len(run.tokens)) == rs.sel, "selected",
-                                                         f"query ({value_name}[j, sel])")),
+            what = "reads" if ch.mode == ATTN else "keeps"
+            st.caption(f"Layer {ch.layer}, {heads_word} {ch.head}, token {run.token_name(rs.sel)} selected (blue): "
+                       f"earlier tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by "
+                       f"{value_name}[j, {rs.sel}] ({'who reads it' if ch.mode == ATTN else 'how long its key stays'})"
+                       ". Hover: top-16 predictions.")
+            token_view(run.token_texts, key=_tv_key(P, run.label, tok, rs.sel),
+                       colors=token_css(rs.values, ch.factor, ch.colorblind, rs.sel),
+                       values=list(map(float, rs.values)), value_name=value_name, selected=rs.sel, tips=_tips(run))
+            idx = np.arange(len(run.tokens))
+            df = pd.DataFrame({"token": idx, "text": run.token_texts, "id": run.tokens,
+                               "role": np.where(idx < rs.sel, f"source ({value_name}[sel, i])",
+                                                np.where(idx == rs.sel, "selected", f"query ({value_name}[j, sel])")),
                                value_name: rs.values})
-            st.download_button(f"Token values (CSV){' ' + run.label if len(scored) > 1 else ''}", _csv(df),
-                               file_name=f"{mode}_tokens_L{layer}_H{head}_sel{rs.sel}_{run.label}.csv",
+            st.download_button(f"Token values (CSV){_run_suffix(scored, run.label)}", csv_bytes(df),
+                               file_name=f"{ch.mode}_tokens_L{ch.layer}_H{ch.head}_sel{rs.sel}_{run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_tok_{run.label}")
-
     if len(scored) == 2 and all(rs.ok for rs in scored) and _same_shape(*scored):
         a, b = scored
-        st.subheader(f"Difference B − A ({value_name}, layer {layer}, {heads_word} {head})")
+        st.subheader(f"Difference B − A ({value_name}, layer {ch.layer}, {heads_word} {ch.head})")
         dv = b.values - a.values
-        dfac = scale_factor(st.session_state["scale"], [dv[np.arange(len(dv)) != a.sel]])
+        dfac = scale_factor(ch.scale, [dv[np.arange(len(dv)) != a.sel]])
         st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
-        token_view(b.run.token_texts, key=_tv_key(P, "diff", st.session_state["tok"], a.sel),
-                   colors=token_css(dv, dfac, cb, a.sel), values=list(map(float, dv)),
+        token_view(b.run.token_texts, key=_tv_key(P, "diff", tok, a.sel),
+                   colors=token_css(dv, dfac, ch.colorblind, a.sel), values=list(map(float, dv)),
                    value_name=f"{value_name}(B) − {value_name}(A)", selected=a.sel)
 
-    # ---- overview grid
+
+OVERVIEW_LABELS = {"row": "max |A[sel, i]| over earlier tokens (what it reads)",
+                   "col": "max |A[j, sel]| over later tokens (who reads it)",
+                   "reach": "reach of the selected token's key (tokens until its span < threshold)",
+                   "end": "span left at the last token / span at the selected token"}
+
+
+def overview_values(rs: RunScores, ov: str, thr: float) -> np.ndarray:
+    """The overview grid's tile values [L, H] of one run for tile value `ov`."""
+    rc_t = {k: torch.from_numpy(v) for k, v in rs.rc.items()}
+    rc_t["sel"] = rs.sel
+    if ov in ("row", "col"):
+        V = S.overview_values(rc_t, "row_max_abs" if ov == "row" else "col_max_abs").numpy()
+    elif ov == "reach":
+        V, _ = S.span_reach(S.span_curves(rc_t["span_col"], rs.sel), thr)
+    else:
+        sc = rs.rc["span_col"]
+        V = np.where(sc[..., rs.sel] > 0, sc[..., -1] / np.where(sc[..., rs.sel] > 0, sc[..., rs.sel], 1), 0.0)
+    return np.asarray(V, dtype=np.float64)
+
+
+def overview_section(scored: list[RunScores], ch: Choices) -> float:
+    """The layer x head grid of every run (click a tile to open that head), with its CSV; returns the reach
+    threshold (spans page; its slider sits above the grid)."""
+    P, mode, heads_word = ch.prefix, ch.mode, ch.heads_word
     st.subheader("Overview: every layer and " + heads_word + " for the selected token")
-    ov_labels = {"row": "max |A[sel, i]| over earlier tokens (what it reads)",
-                 "col": "max |A[j, sel]| over later tokens (who reads it)",
-                 "reach": "reach of the selected token's key (tokens until its span < threshold)",
-                 "end": "span left at the last token / span at the selected token"}
     gc = st.columns([2, 1]) if mode == SPAN else [st.container()]
-    gc[0].radio("Tile value", ov_options, key="ov", format_func=ov_labels.get, horizontal=True)
+    ov_options = ["row", "col"] if mode == ATTN else ["reach", "end"]
+    gc[0].radio("Tile value", ov_options, key="ov", format_func=OVERVIEW_LABELS.get, horizontal=True)
     if mode == SPAN:
         gc[1].slider("Reach threshold", 0.01, 0.5, step=0.01, key="thr",
                      help="Reach = first distance at which the span falls below this fraction of its start value.")
     ov = st.session_state["ov"]
     thr = float(st.session_state.get("thr", 0.1))
-    grids = []
-    for rs in scored:
-        rc_t = {k: torch.from_numpy(v) for k, v in rs.rc.items()}
-        rc_t["sel"] = rs.sel
-        if ov in ("row", "col"):
-            V = S.overview_values(rc_t, "row_max_abs" if ov == "row" else "col_max_abs").numpy()
-        elif ov == "reach":
-            V, _ = S.span_reach(S.span_curves(rc_t["span_col"], rs.sel), thr)
-        else:
-            sc = rs.rc["span_col"]
-            V = np.where(sc[..., rs.sel] > 0, sc[..., -1] / np.where(sc[..., rs.sel] > 0, sc[..., rs.sel], 1), 0.0)
-        grids.append(np.asarray(V, dtype=np.float64))
+    grids = [overview_values(rs, ov, thr) for rs in scored]
     gmax = max(float(np.nanmax(np.abs(g))) if g.size else 0.0 for g in grids)
-    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
     tile_name = {"row": "max|A|", "col": "max|A|", "reach": "reach", "end": "left"}[ov]
-    for col, rs, V in zip(cols, scored, grids):
+    for col, rs, V in zip(_columns(scored), scored, grids):
         with col:
             fig = FS.overview_grid_figure(V, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", diverging=False,
-                                          colorblind=cb, layers=rs.layers, value_name=tile_name,
-                                          selected=(layer, head), zmax=gmax)
+                                          colorblind=ch.colorblind, layers=rs.layers, value_name=tile_name,
+                                          selected=(ch.layer, ch.head), zmax=gmax)
             fig.update_yaxes(range=[max(rs.layers) + 0.5, min(rs.layers) - 0.5], autorange=False)  # no padding rows
             fig.update_xaxes(range=[-0.5, V.shape[1] - 0.5], autorange=False)
-            st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
-                            key=_grid_key(P, rs.run.label, layer, head, ov, st.session_state["tok"]))
-            gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]), heads_word: np.tile(np.arange(V.shape[1]),
-                                len(rs.layers)), ov: V.reshape(-1)})
-            st.download_button(f"Overview (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(gdf),
+            st.plotly_chart(fig, config=ch.config, on_select="rerun", selection_mode="points",
+                            key=_grid_key(P, rs.run.label, ch.layer, ch.head, ov, st.session_state["tok"]))
+            gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]),
+                                heads_word: np.tile(np.arange(V.shape[1]), len(rs.layers)), ov: V.reshape(-1)})
+            st.download_button(f"Overview (CSV){_run_suffix(scored, rs.run.label)}", csv_bytes(gdf),
                                file_name=f"{mode}_overview_{ov}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_grid_{rs.run.label}")
     note = (" A reach equal to the tokens left after the selected one is a lower bound (the span never fell below "
             "the threshold within the prompt)." if ov == "reach" else "")
     st.caption("Click a tile to open that layer and " + heads_word + f". The camera button of each chart saves a "
-               f"{st.session_state['img'].upper()} (sidebar: format)."
-               + note)
+               f"{st.session_state['img'].upper()} (sidebar: format)." + note)
+    return thr
 
-    # ---- spans: curves and per-layer reach
-    if mode == SPAN:
-        _span_sections(P, scored, layer, head, thr, heads_word, config)
 
-    # ---- the open head's full matrix
+def matrix_section(scored: list[RunScores], ch: Choices) -> None:
+    """The open head's full T x T matrix of every run (a window around the selected token on long prompts), with
+    its CSV; B − A in compare mode."""
+    P, mode, value_name, heads_word = ch.prefix, ch.mode, ch.value_name, ch.heads_word
+    layer, head = ch.layer, ch.head
     st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}")
     mats = []
     for rs in scored:
         if rs.ok:
             si = rs.inputs[rs.layers.index(layer)]
             try:
-                rs.matrix = head_matrix(rs.rid, layer, head, mode, diag, si)
+                rs.matrix = head_matrix(rs.rid, layer, head, mode, ch.diag, si)
             except RWKVInspectorError as e:
                 show_error(e)
                 continue
             a_, b_ = heat_window(len(rs.run.tokens), rs.sel)
             mats.append(rs.matrix[a_:b_, a_:b_])
     hmax = max((float(np.abs(m).max()) for m in mats if m.size), default=1.0)
-    if st.session_state["scale"] != "auto":
-        hmax = 1.0 / factor
-    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
-    for col, rs in zip(cols, scored):
+    if ch.scale != "auto":
+        hmax = 1.0 / ch.factor
+    for col, rs in zip(_columns(scored), scored):
         if rs.matrix is None:
             continue
         with col:
@@ -574,17 +564,16 @@ def render(ctx: PageContext, mode: str) -> None:
             if win != (0, T):
                 st.caption(f"{T} tokens: showing tokens {win[0]}–{win[1] - 1} around the selected one.")
             fig = window_heatmap(rs.matrix, rs.run.token_texts, sel=rs.sel, zmax=hmax, signed=mode == ATTN,
-                                 colorblind=cb, window=win, value_name=value_name,
+                                 colorblind=ch.colorblind, window=win, value_name=value_name,
                                  title=f"{rs.run.label}: {value_name}[j, i], layer {layer}, {heads_word} {head}"
-                                       + ("" if diag else " (no diagonal)"))
-            st.plotly_chart(fig, config=config, key=f"{P}_heat_{rs.run.label}")
-            M = rs.matrix
+                                       + ("" if ch.diag else " (no diagonal)"))
+            st.plotly_chart(fig, config=ch.config, key=f"{P}_heat_{rs.run.label}")
             jj, ii = np.tril_indices(win[1] - win[0])
             jj, ii = jj + win[0], ii + win[0]
-            mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: M[jj, ii]})
+            mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: rs.matrix[jj, ii]})
             what = "Matrix" if win == (0, T) else f"Shown window {win[0]}–{win[1] - 1}"
-            st.download_button(f"{what} (CSV, i ≤ j){' ' + rs.run.label if len(scored) > 1 else ''}",
-                               data=lambda d=mdf: _csv(d),
+            st.download_button(f"{what} (CSV, i ≤ j){_run_suffix(scored, rs.run.label)}",
+                               data=lambda d=mdf: csv_bytes(d),
                                file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_mat_{rs.run.label}")
     if len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored):
@@ -592,22 +581,22 @@ def render(ctx: PageContext, mode: str) -> None:
         D = b.matrix - a.matrix
         win = heat_window(D.shape[0], a.sel)
         dmax = float(np.abs(D[win[0]:win[1], win[0]:win[1]]).max()) or 1.0
-        fig = window_heatmap(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=cb, window=win,
-                             value_name=f"Δ{value_name}",
+        fig = window_heatmap(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=ch.colorblind,
+                             window=win, value_name=f"Δ{value_name}",
                              title=f"B − A: {value_name}[j, i], layer {layer}, {heads_word} {head}")
-        st.plotly_chart(fig, config=config, key=f"{P}_heat_diff")
+        st.plotly_chart(fig, config=ch.config, key=f"{P}_heat_diff")
     st.caption("Hover a cell for both tokens and the value; the blue frames are the selected token's row (what it "
                "reads) and column (who reads it).")
 
 
-def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: float, heads_word: str,
-                   config: dict) -> None:
+def span_curves_section(scored: list[RunScores], ch: Choices) -> None:
+    """Spans page: the selected token's span against distance, one line per head, with its CSV."""
+    P, layer, heads_word = ch.prefix, ch.layer, ch.heads_word
     st.subheader(f"Span of the selected token's key against distance, layer {layer}")
     c = st.columns(3)
     c[0].toggle("Log y", key="logy")
     rel, logy = bool(st.session_state["rel"]), bool(st.session_state["logy"])
-    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
-    for col, rs in zip(cols, scored):
+    for col, rs in zip(_columns(scored), scored):
         if not rs.ok:
             continue
         with col:
@@ -616,30 +605,33 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
             if curves.shape[-1] < 2:
                 st.info("The selected token is the last one: select an earlier token to see how long its key stays.")
             fig = FS.span_curves_figure(curves, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}, layer {layer}",
-                                        sel=rs.sel, open_head=head, relative=rel, log_y=logy,
+                                        sel=rs.sel, open_head=ch.head, relative=rel, log_y=logy,
                                         head_labels=[f"{heads_word} {h}" for h in range(curves.shape[0])])
-            st.plotly_chart(fig, config=config, key=f"{P}_curves_{rs.run.label}")
+            st.plotly_chart(fig, config=ch.config, key=f"{P}_curves_{rs.run.label}")
             cdf = pd.DataFrame({"distance": np.tile(np.arange(curves.shape[1]), curves.shape[0]),
                                 heads_word: np.repeat(np.arange(curves.shape[0]), curves.shape[1]),
                                 "span": curves.reshape(-1)})
-            st.download_button(f"Span curves (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(cdf),
+            st.download_button(f"Span curves (CSV){_run_suffix(scored, rs.run.label)}", csv_bytes(cdf),
                                file_name=f"span_curves_L{layer}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_curves_{rs.run.label}")
 
+
+def reach_section(scored: list[RunScores], ch: Choices, thr: float) -> None:
+    """Spans page: how far each head's influence reaches, for the selected token over every layer and for every
+    source token of the open layer (table and CSV)."""
+    P, layer, heads_word = ch.prefix, ch.layer, ch.heads_word
     st.subheader(f"How far each {heads_word}'s influence reaches")
     st.caption(f"Reach: tokens until the span of a key falls below {thr:g} × its value at the token itself "
                "(threshold: above the overview). Triangles are lower bounds: the span had not fallen by the end of the "
                "prompt.")
-    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
-    for col, rs in zip(cols, scored):
+    for col, rs in zip(_columns(scored), scored):
         with col:
             reach, cens = S.span_reach(S.span_curves(torch.from_numpy(rs.rc["span_col"]), rs.sel), thr)  # [L, H]
             fig = FS.span_reach_figure(reach, f"{rs.run.label}: the key of token {rs.run.token_name(rs.sel)}, every "
                                               "layer", censored=cens, layers=rs.layers, threshold=thr)
-            st.plotly_chart(fig, config=config, key=f"{P}_reach_layers_{rs.run.label}")
+            st.plotly_chart(fig, config=ch.config, key=f"{P}_reach_layers_{rs.run.label}")
     st.markdown(f"**Every source token of layer {layer}**, per {heads_word}")
-    cols = st.columns(len(scored)) if len(scored) > 1 else [st.container()]
-    for col, rs in zip(cols, scored):
+    for col, rs in zip(_columns(scored), scored):
         if not rs.ok:
             continue
         with col:
@@ -649,9 +641,9 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
                                                         key=f"{P}_reach_go_{rs.run.label}"):
                 continue
             reach, cens = layer_reach(rs.rid, layer, thr, si)
-            fig = reach_figure(reach, cens, open_head=head,
-                               title=f"{rs.run.label}: reach to {thr:.0%} of the start span")
-            st.plotly_chart(fig, config=config, key=f"{P}_reach_{rs.run.label}")
+            fig = FS.source_reach_figure(reach, cens, open_head=ch.head, heads_word=heads_word,
+                                         title=f"{rs.run.label}: reach to {thr:.0%} of the start span")
+            st.plotly_chart(fig, config=ch.config, key=f"{P}_reach_{rs.run.label}")
             rows = []
             for h in range(reach.shape[0]):
                 ok = ~cens[h]
@@ -662,7 +654,7 @@ def _span_sections(P: str, scored: list[RunScores], layer: int, head: int, thr: 
             rdf = pd.DataFrame({heads_word: np.repeat(np.arange(reach.shape[0]), T),
                                 "source": np.tile(np.arange(T), reach.shape[0]), "reach": reach.reshape(-1),
                                 "censored": cens.reshape(-1)})
-            st.download_button(f"Reach per source (CSV){' ' + rs.run.label if len(scored) > 1 else ''}", _csv(rdf),
+            st.download_button(f"Reach per source (CSV){_run_suffix(scored, rs.run.label)}", csv_bytes(rdf),
                                file_name=f"span_reach_L{layer}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_reach_{rs.run.label}")
     st.caption("Triangles: sources whose span never fell below the threshold before the prompt ended (the reach is "

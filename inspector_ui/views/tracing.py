@@ -8,23 +8,25 @@ tracing example when its prompt is the run's prompt, otherwise to the prompt's f
 next token. The heavy work (clean/corrupted runs, the grids, the ablations) holds the shared work gate: hooks live on
 the shared model object. Results are kept in `st.session_state["ct_results"]` keyed by (model, prompt, settings), so
 changing only a display option (metric, image format) redraws without recomputing. Settings are in the URL (ct_*).
+`render` reads as its sections: settings form, running the traces (progress and Stop), results per run, ablation.
 """
 from __future__ import annotations
 
 import io
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import streamlit as st
 
-from inspector_ui.resources import get_gate
-
 from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
+from inspector_ui.widgets import gated, progress_text, url_bool
 from rwkv_core.figures import tracing as FT
+from rwkv_core.figures.common import IMAGE_FORMATS, image_config
 from rwkv_core.analysis import tracing as TR
 from rwkv_core.errors import RWKVInspectorError
 
-# Character tokenizers of the reverse-digits model: rwkv_core.analysis.tracing's ("chars") and the registry's ("digits").
+# Character tokenizers of the reverse-digits model: the engine's ("chars") and the registry's ("digits").
 CHAR_KINDS = ("chars", "digits")
 # (alternative subject, reference text for mean ablation)
 DIGITS_EXAMPLE = ("7", "1234567890,0987654321#80,08#")
@@ -36,6 +38,10 @@ ABOUT = ("Where does the subject of a prompt reach the answer: up the layers at 
 METRIC_NAMES = {"prob": "probability (ROME)", "logprob": "log-probability (RWKV paper)",
                 "first_prob": "first answer token's probability", "logit_diff": "logit difference",
                 "recovery": "normalised recovery"}
+
+ABLATION_TARGET_NAMES = {"block": "whole block output", "att": "time-mix output", "ffn": "channel-mix output",
+                         "state": "WKV state (reset)"}
+REPLACEMENT_NAMES = {"zero": "zero", "mean": "reference-text mean", "corrupt": "corrupted run's value"}
 
 
 def is_char_tokenizer(tokenizer) -> bool:
@@ -77,31 +83,6 @@ def default_subject_answer(run: Run) -> tuple[str, str]:
     return (words[0] if words else run.prompt), _greedy_answer(run)
 
 
-def _cast_bool(s: str) -> bool:
-    if str(s).lower() in ("true", "1", "yes"):
-        return True
-    if str(s).lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(s)
-
-
-def _bind_choice(key: str, options, default) -> None:
-    bind(key, default)
-    if st.session_state[key] not in options:
-        st.session_state[key] = default
-
-
-def _bind_number(key: str, default, lo, hi, cast: Callable) -> None:
-    bind(key, default, cast)
-    v = st.session_state[key]
-    try:
-        v = cast(v)
-        ok = lo <= v <= hi
-    except (TypeError, ValueError):
-        ok = False
-    st.session_state[key] = v if ok else default
-
-
 def _bind_extras() -> None:
     if "ct_extra" not in st.session_state:
         raw = qp_get("ct_extra", "") or ""
@@ -137,22 +118,20 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
         bind("ct_answer", "")
     example = DIGITS_EXAMPLE if is_char_tokenizer(a.loaded.tokenizer) else TEXT_EXAMPLE
     bind("ct_answer2", "")
-    _bind_choice("ct_corruption", ("noise", "replace"), "noise")
+    bind("ct_corruption", "noise", options=("noise", "replace"))
     bind("ct_alt", example[0])
-    _bind_number("ct_samples", 10, 1, 100, int)
-    _bind_number("ct_noise", 3.0, 0.0, 100.0, float)
-    _bind_number("ct_seed", 1, 0, 2 ** 31 - 1, int)
-    _bind_choice("ct_site", tuple(TR.NOISE_SITES), "resid_pre")
-    _bind_choice("ct_mode", TR.MODES, "both")
-    _bind_number("ct_window", min(10, n_layer), 1, max(1, n_layer), int)
-    bind("ct_vfirst", True, _cast_bool)
-    if not isinstance(st.session_state["ct_vfirst"], bool):
-        st.session_state["ct_vfirst"] = True
+    bind("ct_samples", 10, int, bounds=(1, 100))
+    bind("ct_noise", 3.0, float, bounds=(0.0, 100.0))
+    bind("ct_seed", 1, int, bounds=(0, 2 ** 31 - 1))
+    bind("ct_site", "resid_pre", options=tuple(TR.NOISE_SITES))
+    bind("ct_mode", "both", options=TR.MODES)
+    bind("ct_window", min(10, n_layer), int, bounds=(1, max(1, n_layer)))
+    bind("ct_vfirst", True, url_bool)
     _bind_extras()
-    _bind_choice("ct_metric", TR.METRICS, "prob")
-    _bind_choice("ct_imgfmt", ("png", "svg"), "png")
-    _bind_choice("ct_abl_target", TR.ABLATION_TARGETS, "block")
-    _bind_choice("ct_abl_repl", ("zero", "mean", "corrupt"), "zero")
+    bind("ct_metric", "prob", options=TR.METRICS)
+    bind("ct_imgfmt", "png", options=IMAGE_FORMATS)
+    bind("ct_abl_target", "block", options=TR.ABLATION_TARGETS)
+    bind("ct_abl_repl", "zero", options=tuple(REPLACEMENT_NAMES))
     if "ct_abl_ref" not in st.session_state:
         st.session_state["ct_abl_ref"] = example[1]
     else:
@@ -164,12 +143,6 @@ URL_KEYS = ("ct_subject", "ct_answer", "ct_answer2", "ct_corruption", "ct_alt", 
 
 
 # ------------------------------------------------------------------------------------------------ work
-
-
-def _waiting(box) -> Callable[[int], None]:
-    def on_wait(ahead: int) -> None:
-        box.info(f"Waiting for the shared model: {ahead} job(s) ahead of you. Press Stop to cancel.")
-    return on_wait
 
 
 def _request_stop() -> None:
@@ -184,43 +157,37 @@ def trace_one(run: Run, settings: dict, specs: list) -> dict:
     """Prepare and trace every spec of one run with a progress bar (in the current container), holding the work
     gate; the Stop flag is checked between batches. An input error becomes {"error": message}."""
     bar = st.progress(0.0, text="Waiting for the model…")
-    box = st.empty()
+
+    def work() -> dict:
+        start = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / total, text=progress_text("Tracing", done, total, time.perf_counter() - start, "cells"))
+
+        bar.progress(0.0, text="Clean and corrupted runs…")
+        setup = TR.prepare_trace(run.loaded.model, run.loaded.tokenizer, run.prompt, **settings)
+        bar.progress(0.0, text="Clean and corrupted runs done; tracing…")
+        results = TR.trace_grids(setup, specs, metric="prob", progress=progress,
+                                 should_stop=lambda: bool(st.session_state.get("ct_stop")))
+        return {"results": results, "setup": setup, "ablations": {}}
+
     try:
-        with get_gate().slot(_waiting(box)):
-            box.empty()
-            start = time.perf_counter()
-
-            def progress(done: int, total: int) -> None:
-                el = time.perf_counter() - start
-                left = el / done * (total - done) if done else float("nan")
-                bar.progress(done / total, text=f"Tracing: {done} / {total} cells · {el:.0f} s elapsed · "
-                                                f"about {left:.0f} s left")
-
-            bar.progress(0.0, text="Clean and corrupted runs…")
-            setup = TR.prepare_trace(run.loaded.model, run.loaded.tokenizer, run.prompt, **settings)
-            bar.progress(0.0, text="Clean and corrupted runs done; tracing…")
-            results = TR.trace_grids(setup, specs, metric="prob", progress=progress,
-                                     should_stop=lambda: bool(st.session_state.get("ct_stop")))
+        return gated(work, "Tracing")
     except RWKVInspectorError as e:
         return {"error": _one_line(e)}
     finally:
         bar.empty()
-        box.empty()
-    return {"results": results, "setup": setup, "ablations": {}}
 
 
 def ablate_one(setup: TR.TraceSetup, run: Run, abl_key: tuple) -> Any:
+    """Ablate every layer of one traced run as `abl_key` (target, replacement, reset token, reference) says, holding
+    the work gate."""
     target, replacement, reset_token, reference = abl_key
     ref_ids = list(run.loaded.tokenizer.encode(reference).ids) if replacement == "mean" else None
     token = setup.subject[1] - 1 if reset_token < 0 else min(reset_token, setup.T - 1)
-    box = st.empty()
-    try:
-        with get_gate().slot(_waiting(box)):
-            box.empty()
-            with st.spinner("Ablating every layer…"):
-                return TR.ablate_layers(setup, target, replacement, reference_tokens=ref_ids, reset_token=token)
-    finally:
-        box.empty()
+    with st.spinner("Ablating every layer…"):
+        return gated(lambda: TR.ablate_layers(setup, target, replacement, reference_tokens=ref_ids,
+                                              reset_token=token), "Ablating")
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -256,7 +223,7 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool =
         if P != "A":
             fname += f"_{P}"
         st.subheader(name)
-        st.plotly_chart(FT.trace_heatmap(shown), key=f"ct_fig_{P}_{i}", config=FT.image_config(fname, img_format))
+        st.plotly_chart(FT.trace_heatmap(shown), key=f"ct_fig_{P}_{i}", config=image_config(fname, img_format))
         npz = io.BytesIO()
         shown.to_npz(npz)
         b1, b2, _ = st.columns([1, 1, 2] if narrow else [1, 1, 5])
@@ -269,6 +236,45 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool =
 # ------------------------------------------------------------------------------------------------ page
 
 
+HOW_IT_WORKS = """
+The prompt is the sidebar's (in compare mode both runs are traced with the same subject, answer and settings).
+Layers are numbered from 0, as on every page.
+
+1. **Clean run**: the prompt, then the answer teacher-forced; the metric is the answer's probability (all its
+   tokens). **Corrupted run**: the subject's tokens corrupted — Gaussian noise (GN) on their input to block 0, or
+   the subject replaced by another of the same token length (STR).
+2. For every prompt token *t* (rows, subject starred) and layer *l* (columns, from 0), the corrupted run once more
+   with something of the clean run **restored** at *t*; the colour is the metric (samples averaged as ROME does:
+   the mean of probabilities). Bright cells are where the clean information matters.
+- **Block / both** (default, the RWKV paper's "states and activation"): the residual stream after block *l* at
+  token *t* **and** layer *l*'s recurrent state after *t*.
+- **Block / resid**: only the residual stream (ROME's hidden state): the path *up the layers* at token *t*.
+- **Block / state**: only layer *l*'s recurrent state after *t* (time-mix token shift, WKV state, channel-mix
+  token shift), which reaches only later tokens: the path *forward in time*.
+- **Time-mix window** (Reds, ROME's attention): the time-mix output at token *t* in a window of layers centred on
+  *l* (default 10, as ROME; windows inflate peaks, so compare with window 1).
+- **Channel-mix window** (Greens, ROME's MLP): the same for the channel-mix output.
+- **Restore v_first** (RWKV-7): layer 0's value at token *t* enters every layer; with this on it is restored in
+  the layers above *l* together with the residual, otherwise the corrupted subject keeps leaking in.
+- **Noise site**: *block-0 input* (after ln0, the default: RWKV renormalises its small embedding at once) or the
+  raw *embedding* (ROME). The noise std is the multiple times the std of that tensor over every vocabulary row.
+- **Layer ablation** (below): the clean run with one layer's output replaced (zero, a reference-text mean, or the
+  corrupted run's value), or its WKV state reset after one token; bars show the change of the metric.
+"""
+
+
+@dataclass
+class TraceRequest:
+    """What the settings form asks for: the trace settings and grids of every run, and how to show them."""
+
+    settings: dict  # keyword arguments of `TR.prepare_trace`
+    specs: list  # TR.TraceSpec per grid
+    keys: list[tuple]  # per run: the key of its results in `st.session_state["ct_results"]`
+    submitted: bool  # the Trace button was pressed in this run
+    metric: str
+    img_format: str
+
+
 def render(ctx: PageContext) -> None:
     """The causal tracing page below the shared sidebar: settings form, grids of each run, layer ablation."""
     runs = ctx.runs
@@ -276,41 +282,37 @@ def render(ctx: PageContext) -> None:
         st.info("Causal tracing needs a live model: it runs the model again with the subject corrupted and parts of "
                 "the clean run restored. Choose **Source: model** in the sidebar.")
         return
+    describe_models(runs)
+    with st.expander("How it works, and what each mode restores"):
+        st.markdown(HOW_IT_WORKS)
+    request = settings_section(runs)
+    cols = st.columns(2) if ctx.compare else [st.container()]
+    if ctx.compare:
+        for col, run in zip(cols, runs):
+            col.markdown(f"**{run.title}** · `{run.prompt}`")
+    if request.submitted:
+        run_traces(runs, cols, request)
+    store: dict = st.session_state.setdefault("ct_results", {})
+    entries = [store.get(k) for k in request.keys]
+    results_section(runs, cols, entries, request, ctx.compare)
+    traced = [(run, e) for run, e in zip(runs, entries) if e is not None and "results" in e]
+    if traced:
+        ablation_section(runs, traced, request, ctx.compare)
 
+
+def describe_models(runs: list[Run]) -> None:
+    """One sidebar line per run: version, layers, width, vocabulary and tokenizer."""
     for run in runs:
         cfg = run.cfg
         st.sidebar.caption(f"{run.label}: RWKV v{cfg.version}, {cfg.n_layer} layers, width {cfg.n_embd}, vocabulary "
                            f"{cfg.vocab_size} ({run.loaded.tokenizer.kind} tokenizer)")
+
+
+def settings_section(runs: list[Run]) -> TraceRequest:
+    """The settings form (bound to the URL) and the display options below it; what they ask for."""
     max_layers = max(r.cfg.n_layer for r in runs)
     any_v7 = any(str(r.cfg.version).startswith("7") for r in runs)
     bind_settings(runs, max_layers)
-
-    with st.expander("How it works, and what each mode restores"):
-        st.markdown("""
-    The prompt is the sidebar's (in compare mode both runs are traced with the same subject, answer and settings).
-
-    1. **Clean run**: the prompt, then the answer teacher-forced; the metric is the answer's probability (all its
-       tokens). **Corrupted run**: the subject's tokens corrupted — Gaussian noise (GN) on their input to block 0, or
-       the subject replaced by another of the same token length (STR).
-    2. For every prompt token *t* (rows, subject starred) and layer *l* (columns, from 1), the corrupted run once more
-       with something of the clean run **restored** at *t*; the colour is the metric (samples averaged as ROME does:
-       the mean of probabilities). Bright cells are where the clean information matters.
-    - **Block / both** (default, the RWKV paper's "states and activation"): the residual stream after block *l* at
-      token *t* **and** layer *l*'s recurrent state after *t*.
-    - **Block / resid**: only the residual stream (ROME's hidden state): the path *up the layers* at token *t*.
-    - **Block / state**: only layer *l*'s recurrent state after *t* (time-mix token shift, WKV state, channel-mix
-      token shift), which reaches only later tokens: the path *forward in time*.
-    - **Time-mix window** (Reds, ROME's attention): the time-mix output at token *t* in a window of layers centred on
-      *l* (default 10, as ROME; windows inflate peaks, so compare with window 1).
-    - **Channel-mix window** (Greens, ROME's MLP): the same for the channel-mix output.
-    - **Restore v_first** (RWKV-7): layer 0's value at token *t* enters every layer; with this on it is restored in
-      the layers above *l* together with the residual, otherwise the corrupted subject keeps leaking in.
-    - **Noise site**: *block-0 input* (after ln0, the default: RWKV renormalises its small embedding at once) or the
-      raw *embedding* (ROME). The noise std is the multiple times the std of that tensor over every vocabulary row.
-    - **Layer ablation** (below): the clean run with one layer's output replaced (zero, a reference-text mean, or the
-      corrupted run's value), or its WKV state reset after one token; bars show the change of the metric.
-    """)
-
     with st.form("ct_form"):
         c1, c2, c3 = st.columns([3, 1, 1])
         subject = c1.text_input("Subject (first occurrence in the prompt)", key="ct_subject")
@@ -329,7 +331,7 @@ def render(ctx: PageContext) -> None:
         seed = c5.number_input("Seed", 0, 2 ** 31 - 1, key="ct_seed")
         c1, c2, c3, c4, c5 = st.columns(5)
         noise_site = c1.selectbox("Noise site", list(TR.NOISE_SITES), key="ct_site",
-                                  format_func=lambda v: {"resid_pre": "block-0 input (after ln0)", "embed": "embedding"}[v])
+                                  format_func={"resid_pre": "block-0 input (after ln0)", "embed": "embedding"}.get)
         mode = c2.selectbox("Block restore mode", list(TR.MODES), key="ct_mode",
                             format_func=lambda v: {"both": "both (resid + state)", "resid": "resid",
                                                    "state": "state"}[v])
@@ -340,7 +342,7 @@ def render(ctx: PageContext) -> None:
 
     d1, d2, _ = st.columns([2, 1, 3])
     metric = d1.selectbox("Metric shown", list(TR.METRICS), key="ct_metric", format_func=METRIC_NAMES.get)
-    img_format = d2.radio("Image download", ["png", "svg"], key="ct_imgfmt", horizontal=True,
+    img_format = d2.radio("Image download", list(IMAGE_FORMATS), key="ct_imgfmt", horizontal=True,
                           help="Format of the camera button in each chart's toolbar.")
     publish(*URL_KEYS)
     _publish_extras()
@@ -354,29 +356,30 @@ def render(ctx: PageContext) -> None:
     if "window 1" in extra and int(window) != 1:
         specs += [TR.TraceSpec("att", mode, 1, bool(v_first)), TR.TraceSpec("ffn", mode, 1, bool(v_first))]
     spec_key = tuple((s.kind, s.mode, s.window, s.restore_v_first) for s in specs)
-    trace_keys = [(run.model_key, run.prompt, tuple(sorted(settings.items())), spec_key) for run in runs]
-    results_store: dict = st.session_state.setdefault("ct_results", {})
+    keys = [(run.model_key, run.prompt, tuple(sorted(settings.items())), spec_key) for run in runs]
+    return TraceRequest(settings, specs, keys, submitted, metric, img_format)
 
-    cols = st.columns(2) if ctx.compare else [st.container()]
-    if ctx.compare:
-        for col, run in zip(cols, runs):
-            col.markdown(f"**{run.title}** · `{run.prompt}`")
 
-    if submitted:
-        st.session_state["ct_stop"] = False
-        stop_slot = st.empty()
-        stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
-        for col, run, key in zip(cols, runs, trace_keys):
-            if st.session_state.get("ct_stop"):
-                break
-            with col:
-                results_store[key] = trace_one(run, settings, specs)
-        stop_slot.empty()
-        for k in [k for k in results_store if k not in trace_keys]:  # keep only what is shown: setups hold the runs
-            del results_store[k]
+def run_traces(runs: list[Run], cols: list, request: TraceRequest) -> None:
+    """Trace every run in its column, with a progress bar each and one Stop button; keep only what is shown."""
+    store: dict = st.session_state.setdefault("ct_results", {})
+    st.session_state["ct_stop"] = False
+    stop_slot = st.empty()
+    stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
+    for col, run, key in zip(cols, runs, request.keys):
+        if st.session_state.get("ct_stop"):
+            break
+        with col:
+            store[key] = trace_one(run, request.settings, request.specs)
+    stop_slot.empty()
+    for k in [k for k in store if k not in request.keys]:  # setups hold the runs: drop what is not shown
+        del store[k]
 
-    entries = [results_store.get(k) for k in trace_keys]
-    for col, entry in zip(cols, entries):
+
+def results_section(runs: list[Run], cols: list, entries: list[Optional[dict]], request: TraceRequest,
+                    compare: bool) -> None:
+    """Per run, in its column: what to do next, its error, or its metrics, heat maps and downloads."""
+    for col, run, entry in zip(cols, runs, entries):
         with col:
             if entry is None:
                 if st.session_state.get("ct_stop"):
@@ -385,47 +388,43 @@ def render(ctx: PageContext) -> None:
                     st.info("Set the subject and answer (the prompt is the sidebar's), then press **Trace**.")
             elif "error" in entry:
                 st.error(entry["error"])
+            else:
+                show_trace(entry, run.label, request.metric, request.img_format, compare)
 
-    for col, run, entry in zip(cols, runs, entries):
-        if entry is not None and "results" in entry:
-            with col:
-                show_trace(entry, run.label, metric, img_format, ctx.compare)
 
-    traced = [(col, run, e) for col, run, e in zip(cols, runs, entries) if e is not None and "results" in e]
-    if traced:
-        st.subheader("Layer ablation")
-        a1, a2, a3, a4 = st.columns([1, 1, 1, 3])
-        target = a1.selectbox("Ablate", list(TR.ABLATION_TARGETS), key="ct_abl_target",
-                              format_func=lambda v: {"block": "whole block output", "att": "time-mix output",
-                                                     "ffn": "channel-mix output", "state": "WKV state (reset)"}[v])
-        replacement = a2.selectbox("Replace with", ["zero", "mean", "corrupt"], key="ct_abl_repl",
-                                   format_func=lambda v: {"zero": "zero", "mean": "reference-text mean",
-                                                          "corrupt": "corrupted run's value"}[v])
-        max_t = max(e["setup"].T for _, _, e in traced)
-        if not -1 <= int(st.session_state.get("ct_abl_token", -1)) <= max_t - 1:
-            st.session_state["ct_abl_token"] = -1
-        reset_token = a3.number_input("Reset after token", -1, max_t - 1, -1, key="ct_abl_token",
-                                      disabled=target != "state",
-                                      help="For the state reset: the token after which the layer's WKV state is reset; "
-                                           "-1: the subject's last token.")
-        reference = a4.text_input("Reference text (mean ablation)", key="ct_abl_ref", disabled=replacement != "mean")
-        abl_key = (target, replacement, int(reset_token), reference if replacement == "mean" else None)
-        abl_cols = st.columns(2) if ctx.compare else [st.container()]
-        for run, entry in [(r, e) for _, r, e in traced]:
-            with abl_cols[runs.index(run)]:
-                if ctx.compare:
-                    st.caption(run.title)
-                abl = entry["ablations"].get(abl_key)
-                if abl is None:
-                    try:
-                        abl = ablate_one(entry["setup"], run, abl_key)
-                        entry["ablations"][abl_key] = abl
-                    except RWKVInspectorError as e:
-                        st.error(_one_line(e))
-                if abl is not None:
-                    abl_metric = metric if metric in abl.delta else "prob"
-                    fname = f"layer_ablation_{target}_{replacement}_{abl_metric}" + ("" if run.label == "A" else "_B")
-                    st.plotly_chart(FT.ablation_bars(abl, abl_metric), key=f"ct_abl_fig_{run.label}",
-                                    config=FT.image_config(fname, img_format))
-        st.caption("Noising: the clean run with one layer ablated at every token (the state reset: after one "
-                   "token); the bar is the change of the metric at the answer. Negative = the layer is needed.")
+def ablation_section(runs: list[Run], traced: list[tuple[Run, dict]], request: TraceRequest, compare: bool) -> None:
+    """Layer ablation of every traced run: its controls, then one bar chart per run (cached with the trace)."""
+    st.subheader("Layer ablation")
+    a1, a2, a3, a4 = st.columns([1, 1, 1, 3])
+    target = a1.selectbox("Ablate", list(TR.ABLATION_TARGETS), key="ct_abl_target",
+                          format_func=ABLATION_TARGET_NAMES.get)
+    replacement = a2.selectbox("Replace with", list(REPLACEMENT_NAMES), key="ct_abl_repl",
+                               format_func=REPLACEMENT_NAMES.get)
+    max_t = max(e["setup"].T for _, e in traced)
+    if not -1 <= int(st.session_state.get("ct_abl_token", -1)) <= max_t - 1:
+        st.session_state["ct_abl_token"] = -1
+    reset_token = a3.number_input("Reset after token", -1, max_t - 1, -1, key="ct_abl_token",
+                                  disabled=target != "state",
+                                  help="For the state reset: the token after which the layer's WKV state is reset; "
+                                       "-1: the subject's last token.")
+    reference = a4.text_input("Reference text (mean ablation)", key="ct_abl_ref", disabled=replacement != "mean")
+    abl_key = (target, replacement, int(reset_token), reference if replacement == "mean" else None)
+    abl_cols = st.columns(2) if compare else [st.container()]
+    for run, entry in traced:
+        with abl_cols[runs.index(run)]:
+            if compare:
+                st.caption(run.title)
+            abl = entry["ablations"].get(abl_key)
+            if abl is None:
+                try:
+                    abl = ablate_one(entry["setup"], run, abl_key)
+                    entry["ablations"][abl_key] = abl
+                except RWKVInspectorError as e:
+                    st.error(_one_line(e))
+            if abl is not None:
+                abl_metric = request.metric if request.metric in abl.delta else "prob"
+                fname = f"layer_ablation_{target}_{replacement}_{abl_metric}" + ("" if run.label == "A" else "_B")
+                st.plotly_chart(FT.ablation_bars(abl, abl_metric), key=f"ct_abl_fig_{run.label}",
+                                config=image_config(fname, request.img_format))
+    st.caption("Noising: the clean run with one layer ablated at every token (the state reset: after one "
+               "token); the bar is the change of the metric at the answer. Negative = the layer is needed.")

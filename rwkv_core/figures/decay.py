@@ -3,6 +3,7 @@
 Every trace carries a hover template with its numbers. Layers are coloured on a sequential scale (RWKV-4 paper
 figure), heads with a qualitative palette. Layers and heads are numbered from 0, as in the hook names.
 Inputs are the arrays of `rwkv_core.analysis.decay` (decay lambda, log10 half-life, ...); shapes are given per function.
+Token labels come in raw and are escaped here (`common.escape_label`).
 """
 from __future__ import annotations
 
@@ -12,16 +13,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
+from rwkv_core.figures.common import escape_label, token_ticks
+
 LAYER_COLORSCALE = "Viridis"
 HALF_LIFE_COLORSCALE = "Viridis"  # small half-life (fast forgetting) dark
 DECAY_COLORSCALE = "Viridis"
 STATIC_COLOR = "#636363"
-MAX_TICK_LABELS = 64  # token axes label every token up to this many tokens
-
-
-def image_config(fmt: str = "png", filename: str = "rwkv-decay") -> dict:
-    """`config=` for st.plotly_chart: the modebar's camera button saves `fmt` ("png" or "svg")."""
-    return {"toImageButtonOptions": {"format": fmt, "filename": filename}, "displaylogo": False}
 
 
 def layer_colors(n_layer: int) -> list[str]:
@@ -45,13 +42,12 @@ def _channel_slice(n_channel: int, head_size: int, head: Optional[int]) -> slice
     return slice(head * head_size, (head + 1) * head_size)
 
 
-def _token_axis(fig: go.Figure, token_labels: Sequence[str], axis: str = "x") -> None:
-    """Label a token axis with every token's text when there are few enough tokens."""
-    T = len(token_labels)
-    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-    if T <= MAX_TICK_LABELS:
-        update(tickmode="array", tickvals=list(range(T)), ticktext=[f"{i}:{s}" for i, s in enumerate(token_labels)],
-               tickangle=-60 if axis == "x" else 0)
+def _token_axis(fig: go.Figure, labels: Sequence[str], axis: str = "x") -> None:
+    """Label a token axis with every token's (escaped) text when there are few enough tokens."""
+    ticks = token_ticks(labels)
+    if ticks:
+        update = fig.update_xaxes if axis == "x" else fig.update_yaxes
+        update(**ticks, tickangle=-60 if axis == "x" else 0)
 
 
 # ------------------------------------------------------------------------------------------------ static views
@@ -170,7 +166,7 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
     """
     z = np.asarray(median_log10_half_life, dtype=np.float64)  # [T, H]
     T, H = z.shape
-    labels = [str(s) for s in token_labels]
+    labels = [escape_label(s) for s in token_labels]
     if len(labels) != T:
         raise ValueError(f"{len(labels)} token labels for {T} tokens")
     zt = z.T  # [H, T]
@@ -207,7 +203,7 @@ def token_head_difference_heatmap(difference: np.ndarray, token_labels: Sequence
     and token count). difference [T, H]; diverging colours centred on 0 (blue: B forgets faster)."""
     z = np.asarray(difference, dtype=np.float64)
     T, H = z.shape
-    labels = [str(s) for s in token_labels]
+    labels = [escape_label(s) for s in token_labels]
     if len(labels) != T:
         raise ValueError(f"{len(labels)} token labels for {T} tokens")
     finite = np.abs(z[np.isfinite(z)])
@@ -228,14 +224,15 @@ def token_head_difference_heatmap(difference: np.ndarray, token_labels: Sequence
 
 
 def channel_spectrum_figure(token_decay: np.ndarray, token_log10_half_life: np.ndarray,
-                            static_decay: Optional[np.ndarray], static_log10_half_life: Optional[np.ndarray], *, channels: Sequence[int], token_label: str,
-                            layer: int, head: int, y: str = "decay", sort: bool = False,
-                            title: Optional[str] = None) -> go.Figure:
+                            static_decay: Optional[np.ndarray], static_log10_half_life: Optional[np.ndarray], *,
+                            channels: Sequence[int], token_label: str, layer: int, head: int, y: str = "decay",
+                            sort: bool = False, title: Optional[str] = None) -> go.Figure:
     """One (token, head): the decay of each of the head's channels at that token against the static
     (data-independent) decay. All inputs [N]; `channels` are their global channel numbers.
     sort=True draws each curve as a spectrum (sorted descending) instead of in channel order. static_decay None
-    (a trace file: no parameters) draws the token's curve alone.
+    (a trace file: no parameters) draws the token's curve alone. token_label: raw text (escaped here).
     """
+    token_label = escape_label(token_label)
     if y not in ("decay", "half_life"):
         raise ValueError("y must be 'decay' or 'half_life'")
     channels = np.asarray(channels)
@@ -273,7 +270,7 @@ def retention_figure(retained_by_head: np.ndarray, token_labels: Sequence[str], 
     """
     r = np.asarray(retained_by_head, dtype=np.float64)
     T, H = r.shape
-    labels = [str(s) for s in token_labels]
+    labels = [escape_label(s) for s in token_labels]
     defined = np.where(~np.isnan(r).all(axis=1))[0]
     colors = head_colors(H)
     fig = go.Figure()
@@ -304,7 +301,7 @@ def state_size_figure(values: np.ndarray, token_labels: Sequence[str], *, layer:
         raise ValueError("metric must be 'frobenius' or 'max_abs'")
     v = np.asarray(values, dtype=np.float64)
     T, H = v.shape
-    labels = [str(s) for s in token_labels]
+    labels = [escape_label(s) for s in token_labels]
     what = "‖S‖_F" if metric == "frobenius" else "max |S_ij|"
     if version == "4":
         what = "‖aa/bb‖₂" if metric == "frobenius" else "max |aa/bb|"
@@ -323,21 +320,3 @@ def state_size_figure(values: np.ndarray, token_labels: Sequence[str], *, layer:
                      exponentformat="power")
     _token_axis(fig, labels, "x")
     return fig
-
-
-def cell_from_selection(selection) -> Optional[tuple[int, int]]:
-    """(token, head) of the first clicked cell in a Streamlit plotly selection of `token_head_heatmap`
-    (`event.selection` or its dict), or None. Uses the marker trace's customdata, else the point's x / y."""
-    points = (selection or {}).get("points") or []
-    for p in points:
-        custom = p.get("customdata")
-        if isinstance(custom, dict):  # Streamlit hands a row of 2-D customdata over as {"0": .., "1": ..}
-            custom = [custom.get(str(i), custom.get(i)) for i in range(len(custom))]
-        if isinstance(custom, (list, tuple)) and len(custom) >= 2:
-            return int(round(float(custom[0]))), int(round(float(custom[1])))
-        if p.get("x") is not None and p.get("y") is not None:
-            try:
-                return int(round(float(p["x"]))), int(round(float(p["y"])))
-            except (TypeError, ValueError):
-                continue
-    return None

@@ -2,56 +2,31 @@
 
 Pure functions: arrays in (numpy or torch), a `plotly.graph_objects.Figure` out; no Streamlit, no state. Every trace
 has a hovertemplate. Plotly renders hover text, tick labels and titles as a small subset of HTML, so every piece of
-token text (and every title) passes through `escape_label` / `html.escape`: a prompt containing `<script>` or `<b>`
-shows those characters literally. Heat maps use numeric axes (token index), so repeated tokens never merge.
+token text (and every title) passes through `common.escape_label`: a prompt containing `<script>` or `<b>` shows
+those characters literally. Heat maps use numeric axes (token index), so repeated tokens never merge.
 
 Colours: red for positive, green for negative (the web-rwkv-inspector convention); colour-blind safe alternative:
 orange for positive, purple for negative (the PuOr pair). Spans (>= 0) use white to red (orange).
 """
 from __future__ import annotations
 
-import html
 import math
 from typing import Optional, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
+from rwkv_core.figures.common import escape_label, token_ticks
+
 POS_RGB = {False: (214, 39, 40), True: (230, 97, 1)}  # red / orange (colour-blind safe)
 NEG_RGB = {False: (44, 160, 44), True: (94, 60, 153)}  # green / purple
 MAX_HOVER_LABEL_CELLS = 160_000  # heat maps larger than this (T > 400) hover with token indices only
-MAX_TICK_LABELS = 64  # token texts as axis ticks up to this many tokens
 
 
 def _np(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
-
-
-def escape_label(text: str) -> str:
-    """Token text made safe and visible for Plotly: HTML-escaped (& < >), newline as ↩, tab as ⇥, carriage return
-    as ␍, other control characters as \\xNN, the empty token as ∅."""
-    if text is None or text == "":
-        return "∅"
-    out = []
-    for ch in str(text):
-        if ch == "\n":
-            out.append("↩")
-        elif ch == "\t":
-            out.append("⇥")
-        elif ch == "\r":
-            out.append("␍")
-        elif ord(ch) < 32 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return html.escape("".join(out), quote=False)
-
-
-def token_labels(texts: Sequence[str]) -> list[str]:
-    """'i: text' for every token, escaped (see `escape_label`)."""
-    return [f"{i}: {escape_label(t)}" for i, t in enumerate(texts)]
 
 
 def _rgb(c: tuple) -> str:
@@ -110,7 +85,7 @@ def heatmap_figure(A, token_labels: Sequence[str], title: str = "", diverging: b
     idx = np.arange(offset, offset + T)
     labels = [escape_label(t) for t in token_labels]
     zm = _zmax(Z, zmax)
-    name = html.escape(value_name, quote=False)
+    name = escape_label(value_name)
     kw = {}
     if T * T <= MAX_HOVER_LABEL_CELLS:
         lab = np.asarray(labels, dtype=object)
@@ -127,10 +102,8 @@ def heatmap_figure(A, token_labels: Sequence[str], title: str = "", diverging: b
         line = dict(color="#1d4ed8", width=1.5)
         fig.add_shape(type="rect", x0=offset - 0.5, x1=sel + 0.5, y0=sel - 0.5, y1=sel + 0.5, line=line)
         fig.add_shape(type="rect", x0=sel - 0.5, x1=sel + 0.5, y0=sel - 0.5, y1=offset + T - 0.5, line=line)
-    ticks = {}
-    if T <= MAX_TICK_LABELS:
-        ticks = dict(tickmode="array", tickvals=list(idx), ticktext=[f"{i}: {l}" for i, l in zip(idx, labels)])
-    fig.update_layout(title=dict(text=html.escape(title, quote=False)), plot_bgcolor="rgb(243,244,246)",
+    ticks = token_ticks(labels, offset)
+    fig.update_layout(title=dict(text=escape_label(title, empty="")), plot_bgcolor="rgb(243,244,246)",
                       height=int(min(800, max(360, 12 * T + 160))), margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(title_text="key (source) token i", showgrid=False, zeroline=False, **ticks)
     fig.update_yaxes(title_text="query token j", autorange="reversed", showgrid=False, zeroline=False, **ticks)
@@ -152,7 +125,7 @@ def overview_grid_figure(values, title: str = "", diverging: bool = True, colorb
     L, H = V.shape
     layers = list(range(L)) if layers is None else [int(l) for l in layers]
     zm = _zmax(V, zmax)
-    name = html.escape(value_name, quote=False)
+    name = escape_label(value_name)
     hover = f"layer %{{y}}, head %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>"
     fig = go.Figure(go.Heatmap(
         z=V, x=list(range(H)), y=layers, zmin=-zm if diverging else 0.0, zmax=zm, xgap=2, ygap=2,
@@ -169,7 +142,7 @@ def overview_grid_figure(values, title: str = "", diverging: bool = True, colorb
         y = selected[0]
         fig.add_shape(type="rect", x0=selected[1] - 0.5, x1=selected[1] + 0.5, y0=y - 0.5, y1=y + 0.5,
                       line=dict(color="#1d4ed8", width=3))
-    fig.update_layout(title=dict(text=html.escape(title, quote=False)), clickmode="event+select",
+    fig.update_layout(title=dict(text=escape_label(title, empty="")), clickmode="event+select",
                       hovermode="closest", height=int(min(700, max(240, 24 * L + 110))),
                       margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(title_text="head", dtick=1 if H <= 32 else None, showgrid=False, zeroline=False)
@@ -189,7 +162,7 @@ def span_curves_figure(curves, title: str = "", *, sel: Optional[int] = None, he
     if C.ndim == 1:
         C = C[None]
     H, D = C.shape
-    names = [f"head {h}" for h in range(H)] if head_labels is None else [html.escape(str(x), quote=False)
+    names = [f"head {h}" for h in range(H)] if head_labels is None else [escape_label(str(x))
                                                                           for x in head_labels]
     d = np.arange(D)
     fig = go.Figure()
@@ -204,7 +177,7 @@ def span_curves_figure(curves, title: str = "", *, sel: Optional[int] = None, he
         fig.add_trace(go.Scatter(
             x=d, y=y, mode="lines", name=names[h], line=dict(width=3.5 if bold else 1.4),
             hovertemplate=f"{names[h]}<br>d = %{{x}}{tok}<br>span = %{{y:.4g}}<extra></extra>"))
-    fig.update_layout(title=dict(text=html.escape(title, quote=False)), height=380,
+    fig.update_layout(title=dict(text=escape_label(title, empty="")), height=380,
                       margin=dict(l=10, r=10, t=50, b=10))
     what = f"j − {sel}" if sel is not None else "j − i"
     fig.update_xaxes(title_text=f"distance d = {what} (tokens after the selected one)")
@@ -242,8 +215,32 @@ def span_reach_figure(reach, title: str = "", *, censored=None, layers: Optional
     fig.add_trace(go.Scatter(x=lay, y=np.median(R, axis=1), mode="lines", name="median over heads",
                              line=dict(color="rgba(60,60,60,0.7)", dash="dot"),
                              hovertemplate="layer %{x}: median reach %{y} tokens<extra></extra>"))
-    fig.update_layout(title=dict(text=html.escape(title, quote=False)), height=380,
+    fig.update_layout(title=dict(text=escape_label(title, empty="")), height=380,
                       margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(title_text="layer", dtick=1 if L <= 48 else None)
     fig.update_yaxes(title_text=f"reach (tokens until span < {threshold:g} × initial)", rangemode="tozero")
+    return fig
+
+
+def source_reach_figure(reach, censored, *, open_head: int, title: str = "", heads_word: str = "head") -> go.Figure:
+    """Per head of one layer: the reach of every source token (`scores.span_reach` of each column of the head's span
+    matrix); a box over the sources whose span fell below the threshold, the censored ones (never fell within the
+    prompt) as triangles at their lower bound. reach, censored [H, T]; open_head is drawn bold."""
+    R, cens = _np(reach), np.asarray(censored, dtype=bool)
+    fig = go.Figure()
+    for h in range(R.shape[0]):
+        name = f"{escape_label(heads_word)} {h}"
+        ok = ~cens[h]
+        fig.add_trace(go.Box(y=R[h, ok], x=[name] * int(ok.sum()), name=name, boxpoints="all",
+                             jitter=0.4, pointpos=0, marker=dict(size=3), showlegend=False,
+                             line=dict(width=2.5 if h == open_head else 1.2),
+                             hovertemplate=f"{name}: reach %{{y}} tokens<extra></extra>"))
+        if cens[h].any():
+            fig.add_trace(go.Scatter(y=R[h, ~ok], x=[name] * int((~ok).sum()), mode="markers",
+                                     marker=dict(symbol="triangle-up", size=4, color="rgba(120,120,120,0.35)"),
+                                     showlegend=False,
+                                     hovertemplate=f"{name}: ≥ %{{y}} tokens (still above the threshold at the "
+                                                   "end of the prompt)<extra></extra>"))
+    fig.update_layout(title=dict(text=escape_label(title, empty="")), height=380, margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_yaxes(title_text="reach (tokens)", rangemode="tozero")
     return fig

@@ -1,15 +1,14 @@
 """Plotly figures for causal tracing and layer ablation (pure builders: data in, `go.Figure` out, no Streamlit).
 
 Heat maps follow ROME's `plot_trace_heatmap` and the RWKV paper's figure: rows are prompt tokens top to bottom with
-the subject's tokens starred, columns are layers numbered from 1, sequential colour maps (Purples for the block /
-state restores, Reds for time-mix ("attention") windows, Greens for channel-mix ("MLP") windows), the colour bar
-titled with the metric, and for probabilities the colour scale starting at the corrupted run's value (ROME's
-vmin = low score). Every label that comes from the prompt is HTML-escaped: Plotly renders tick and hover text as
-HTML.
+the subject's tokens starred, columns are layers numbered from 0 (as on every page and in the hook names),
+sequential colour maps (Purples for the block / state restores, Reds for time-mix ("attention") windows, Greens for
+channel-mix ("MLP") windows), the colour bar titled with the metric, and for probabilities the colour scale starting at
+the corrupted run's value (ROME's vmin = low score). Every label that comes from the prompt passes through
+`common.escape_label`: Plotly renders tick and hover text as HTML.
 """
 from __future__ import annotations
 
-import html
 import math
 from typing import Optional
 
@@ -17,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from rwkv_core.analysis.tracing import AblationResult, TraceResult
+from rwkv_core.figures.common import escape_label
 
 COLORSCALES = {"block": "Purples", "att": "Reds", "ffn": "Greens", "state": "Purples"}
 KIND_NAMES = {"block": "layer", "att": "time-mix (attention)", "ffn": "channel-mix (MLP)"}
@@ -24,14 +24,9 @@ MODE_NAMES = {"resid": "residual stream after the block", "state": "recurrent st
               "both": "residual stream and recurrent state"}
 
 
-def esc(text: str) -> str:
-    """HTML-escape a label for Plotly (tick text, hover text, titles)."""
-    return html.escape(str(text), quote=False)
-
-
 def metric_label(metric: str, answer: str, answer2: Optional[str] = None, recovery_of: Optional[str] = None) -> str:
     """A short axis/colour-bar title for a metric, e.g. p(" Paris"); escaped."""
-    a = esc(repr(answer))
+    a = escape_label(repr(answer))
     if metric == "prob":
         return f"p({a})"
     if metric == "logprob":
@@ -39,16 +34,16 @@ def metric_label(metric: str, answer: str, answer2: Optional[str] = None, recove
     if metric == "first_prob":
         return f"p(first token of {a})"
     if metric == "logit_diff":
-        return f"logit {a} − logit {esc(repr(answer2 or '?'))}"
+        return f"logit {a} − logit {escape_label(repr(answer2 or '?'))}"
     if metric == "recovery":
-        return f"recovery of {esc(recovery_of or 'metric')}"
-    return esc(metric)
+        return f"recovery of {escape_label(recovery_of or 'metric')}"
+    return escape_label(metric)
 
 
-def token_ticks(result: TraceResult) -> list[str]:
+def subject_row_labels(result: TraceResult) -> list[str]:
     """Escaped row labels, subject tokens starred (ROME)."""
     s0, s1 = result.subject
-    return [esc(lab) + ("*" if s0 <= t < s1 else "") for t, lab in enumerate(result.token_labels)]
+    return [escape_label(lab) + ("*" if s0 <= t < s1 else "") for t, lab in enumerate(result.token_labels)]
 
 
 def restore_description(result: TraceResult) -> str:
@@ -70,7 +65,7 @@ def trace_heatmap(result: TraceResult, metric: Optional[str] = None, *, title: O
     low, high = result.corrupt[metric], result.clean[metric]
     answer2 = result.settings.get("answer2")
     label = metric_label(metric, result.answer_label, answer2, result.settings.get("recovery_of"))
-    ticks = token_ticks(result)
+    ticks = subject_row_labels(result)
     zmin = zmax = None
     finite = grid[np.isfinite(grid)]
     if metric in ("prob", "first_prob", "logprob") and math.isfinite(low):
@@ -83,28 +78,28 @@ def trace_heatmap(result: TraceResult, metric: Optional[str] = None, *, title: O
         zmax = max([1.0] + ([float(finite.max())] if finite.size else []))
     custom = np.array([[ticks[t]] * L for t in range(T)], dtype=object)
     heat = go.Heatmap(
-        z=grid, x=list(range(1, L + 1)), y=list(range(T)), customdata=custom,
+        z=grid, x=list(range(L)), y=list(range(T)), customdata=custom,
         colorscale=COLORSCALES.get(result.kind, "Purples"), zmin=zmin, zmax=zmax,
         colorbar=dict(title=dict(text=label, side="right")),
         hovertemplate="token %{y}: %{customdata}<br>layer %{x}<br>" + label + " = %{z:.4g}<extra></extra>",
         xgap=1, ygap=1)
     fig = go.Figure(heat)
     if title is None:
-        title = (f"Restoring the {esc(restore_description(result))}: low (corrupted) {_fmt(low)}, "
+        title = (f"Restoring the {escape_label(restore_description(result))}: low (corrupted) {_fmt(low)}, "
                  f"high (clean) {_fmt(high)}" + ("" if result.complete else " — stopped early, incomplete"))
     xlabel = ("single restored layer" if result.kind == "block"
               else f"centre of a window of {result.window} restored layers")
     fig.update_layout(
         title=dict(text=title, font=dict(size=14)), height=height or max(260, 60 + 24 * T),
         margin=dict(l=10, r=10, t=50, b=40),
-        xaxis=dict(title=xlabel, tickmode="linear", tick0=1, dtick=1 if L <= 24 else 5, range=[0.5, L + 0.5]),
+        xaxis=dict(title=xlabel, tickmode="linear", tick0=0, dtick=1 if L <= 24 else 5, range=[-0.5, L - 0.5]),
         yaxis=dict(tickmode="array", tickvals=list(range(T)), ticktext=ticks, autorange="reversed"))
     return fig
 
 
 def ablation_bars(result: AblationResult, metric: str = "prob", *, title: Optional[str] = None,
                   height: int = 320) -> go.Figure:
-    """Bars per layer (numbered from 1): the change of `metric` at the answer when that layer is ablated."""
+    """Bars per layer (numbered from 0): the change of `metric` at the answer when that layer is ablated."""
     delta = np.asarray(result.delta[metric], dtype=float)  # [L]
     L = delta.shape[0]
     label = metric_label(metric, result.answer_label)
@@ -117,19 +112,11 @@ def ablation_bars(result: AblationResult, metric: str = "prob", *, title: Option
         title = f"Ablating each layer's {what}{at} ({how}): change of {label} (clean {_fmt(result.clean[metric])})"
     colors = ["#b2182b" if v < 0 else "#2166ac" for v in np.nan_to_num(delta)]
     fig = go.Figure(go.Bar(
-        x=list(range(1, L + 1)), y=delta, marker_color=colors,
+        x=list(range(L)), y=delta, marker_color=colors,
         customdata=np.asarray(result.ablated[metric], dtype=float),
         hovertemplate="layer %{x}<br>Δ = %{y:.4g}<br>ablated = %{customdata:.4g}<extra></extra>"))
     fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height,
                       margin=dict(l=10, r=10, t=50, b=40),
-                      xaxis=dict(title="layer", tickmode="linear", tick0=1, dtick=1 if L <= 24 else 5),
+                      xaxis=dict(title="layer", tickmode="linear", tick0=0, dtick=1 if L <= 24 else 5),
                       yaxis=dict(title=f"Δ {label}", zeroline=True))
     return fig
-
-
-def image_config(filename: str, fmt: str = "png", scale: int = 2) -> dict:
-    """Plotly modebar config whose camera button downloads the figure as PNG or SVG (`toImageButtonOptions`)."""
-    if fmt not in ("png", "svg"):
-        raise ValueError("image format must be 'png' or 'svg'")
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in filename)[:80] or "figure"
-    return {"displaylogo": False, "toImageButtonOptions": {"format": fmt, "filename": safe, "scale": scale}}

@@ -14,6 +14,7 @@ import torch
 
 from rwkv_core.analysis import decay as D
 from rwkv_core.figures import decay as FD
+from rwkv_core.figures.common import cell_from_selection, image_config
 from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
 from tests.conftest import REPO, shared_file
@@ -263,7 +264,7 @@ def test_state_size_of_explicit_tensor():
     np.testing.assert_allclose(f, [math.sqrt(13)]) and np.testing.assert_allclose(m, [3.0])
 
 
-# ------------------------------------------------------------------------------------------------ CSV and CLI
+# ------------------------------------------------------------------------------------------------ CSV
 
 
 def test_write_static_csv(random_ckpt, tmp_path):
@@ -279,9 +280,6 @@ def test_write_static_csv(random_ckpt, tmp_path):
         np.testing.assert_allclose(df["half_life"], math.log(2) / -np.log(df["decay"]), rtol=1e-9)
         assert list(df["channel"][:3]) == [0, 1, 2] and df["layer"].iloc[-1] == 1
         assert set(df["head"]) == ({0} if v == "4" else {0, 1, 2, 3})
-    assert D.decay_cli([str(random_ckpt["7"][0]), "--out", str(tmp_path / "cli.csv")]) == 0
-    assert len(pd.read_csv(tmp_path / "cli.csv")) == 128
-    assert D.decay_cli([str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.csv")]) == 1
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -352,16 +350,18 @@ def test_token_views():
     fig = FD.state_size_figure(rng.uniform(size=(T, H)), labels, layer=0, metric="max_abs")
     assert len(fig.data) == H and len(fig.data[0].y) == T and "max" in fig.layout.yaxis.title.text
     assert _all_traces_hover(fig)
-    assert FD.image_config("svg")["toImageButtonOptions"]["format"] == "svg"
+    assert image_config("rwkv-decay", "svg")["toImageButtonOptions"]["format"] == "svg"
 
 
 def test_cell_from_selection():
     point = {"curve_number": 1, "x": 4, "y": 2, "customdata": [4, 2, 3.5]}
-    assert FD.cell_from_selection({"points": [point]}) == (4, 2)
-    assert FD.cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}) == (3, 1)
+    assert cell_from_selection({"points": [point]}) == (4, 2)
+    assert cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}) == (3, 1)
     # what Streamlit actually returns for a 2-D customdata row: a dict keyed by position (x/y point elsewhere)
-    assert FD.cell_from_selection({"points": [{"customdata": {"0": 4, "1": 2}, "x": 9, "y": 9}]}) == (4, 2)
-    assert FD.cell_from_selection({"points": []}) is None and FD.cell_from_selection(None) is None
+    assert cell_from_selection({"points": [{"customdata": {"0": 4, "1": 2}, "x": 9, "y": 9}]}) == (4, 2)
+    assert cell_from_selection({"points": []}) is None and cell_from_selection(None) is None
+    # the layer x head grid: rows (layer) first
+    assert cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}, axes=("y", "x")) == (1, 3)
 
 
 # ------------------------------------------------------------------------------------------------ page

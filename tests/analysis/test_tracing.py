@@ -319,7 +319,7 @@ def test_npz_round_trip_and_csv(tmp_path):
     for m in res.grids:
         assert np.array_equal(res.grids[m], back.grids[m], equal_nan=True)
     csv = res.to_csv().splitlines()
-    assert csv[0].startswith("token_index,token,subject,layer_1") and len(csv) == len(PROMPT) + 1
+    assert csv[0].startswith("token_index,token,subject,layer_0,layer_1") and len(csv) == len(PROMPT) + 1
 
 
 def test_cli(tmp_path):
@@ -359,6 +359,7 @@ def test_reverse_digits_tokenizer_and_default_example():
 
 def test_figures():
     from rwkv_core.figures import tracing as FT
+    from rwkv_core.figures.common import image_config
 
     model = small_model("6")
     res = TR.trace(model, BYTES, "a<b>&c d", "<b>", "Z", samples=2)
@@ -366,15 +367,15 @@ def test_figures():
     heat = fig.data[0]
     assert heat.colorscale[0][1] != heat.colorscale[-1][1] and fig.layout.yaxis.autorange == "reversed"
     assert list(fig.layout.yaxis.ticktext) == ["a", "&lt;*", "b*", "&gt;*", "&amp;", "c", " ", "d"]
-    assert list(heat.x) == [1, 2, 3] and heat.zmin == pytest.approx(res.corrupt["prob"])
+    assert list(heat.x) == [0, 1, 2] and heat.zmin == pytest.approx(res.corrupt["prob"])
     assert "p(" in heat.colorbar.title.text and "low" in fig.layout.title.text
     assert "layer %{x}" in heat.hovertemplate
     ffn = TR.trace(model, BYTES, "a<b>&c d", "<b>", "Z", samples=2, kind="ffn")
     assert FT.trace_heatmap(ffn).data[0].colorscale == FT.trace_heatmap(ffn.with_metric("logprob")).data[0].colorscale
     setup = TR.prepare_trace(model, BYTES, "a<b>&c d", "<b>", "Z", samples=2)
     bars = FT.ablation_bars(TR.ablate_layers(setup, "att", "zero"), "logprob")
-    assert list(bars.data[0].x) == [1, 2, 3]
-    assert FT.image_config("a b/c", "svg")["toImageButtonOptions"] == {"format": "svg", "filename": "a_b_c", "scale": 2}
+    assert list(bars.data[0].x) == [0, 1, 2]
+    assert image_config("a b/c", "svg")["toImageButtonOptions"] == {"format": "svg", "filename": "a_b_c", "scale": 2}
 
 
 DIGITS_MODEL = "shared: 260123_reverse_L2_only_rwkv7.pth"

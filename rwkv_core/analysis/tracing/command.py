@@ -65,7 +65,7 @@ def trace_cli(args: argparse.Namespace) -> int:
     t_best, l_best = np.unravel_index(np.nanargmax(res.grid), res.grid.shape)
     print(f"{res.kind}/{res.mode if res.kind == 'block' else f'window {res.window}'}: {T} tokens x {L} layers, "
           f"metric {res.metric}: clean {res.clean_value:.4g}, corrupted {res.corrupt_value:.4g}, "
-          f"max {res.grid[t_best, l_best]:.4g} at token {t_best} {res.token_labels[t_best]!r}, layer {l_best + 1}")
+          f"max {res.grid[t_best, l_best]:.4g} at token {t_best} {res.token_labels[t_best]!r}, layer {l_best}")
     for w in res.warnings:
         print("warning:", w)
     print(f"wrote {args.out} ({res.seconds:.1f} s)")

@@ -95,13 +95,13 @@ class TraceResult:
                        warnings=json.loads(str(z["warnings"])), seconds=float(z["seconds"]))
 
     def to_csv(self) -> str:
-        """The chosen grid as CSV: one row per token (index, label, subject flag), one column per layer (from 1)."""
+        """The chosen grid as CSV: one row per token (index, label, subject flag), one column per layer (from 0, as on every page)."""
         import csv
         import io
         buf = io.StringIO()
         w = csv.writer(buf)
         T, L = self.grid.shape
-        w.writerow(["token_index", "token", "subject"] + [f"layer_{l + 1}" for l in range(L)])
+        w.writerow(["token_index", "token", "subject"] + [f"layer_{l}" for l in range(L)])
         s0, s1 = self.subject
         for t in range(T):
             w.writerow([t, self.token_labels[t], int(s0 <= t < s1)] + [repr(float(v)) for v in self.grid[t]])
