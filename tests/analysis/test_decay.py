@@ -17,10 +17,7 @@ from rwkv_core.figures import decay as FD
 from rwkv_core.figures.common import cell_from_selection, image_config
 from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
-from tests.conftest import REPO, shared_file
-
-PAGE = REPO / "pages" / "3_Time_decay.py"
-
+from tests.conftest import shared_file
 
 VERSIONS = ("4", "5.1", "5.2", "6", "7")
 TINY = {
@@ -364,39 +361,6 @@ def test_cell_from_selection():
     assert cell_from_selection({"points": [{"x": 3.0, "y": 1.0}]}, axes=("y", "x")) == (1, 3)
 
 
-# ------------------------------------------------------------------------------------------------ page
-
-
-def _page(model: str):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(PAGE), default_timeout=60)
-    at.session_state["model"] = f"shared: {model}"  # a name of the shared sidebar's model registry
-    return at
-
-
-@pytest.mark.parametrize("key", ["4", "6", "7-digits"])
-def test_page_runs(key):
-    shared_file(TINY[key])
-    at = _page(TINY[key])
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    charts = at.get("plotly_chart")
-    if key == "4":
-        assert any("does not depend on the input" in i.value for i in at.info)
-        assert len(charts) == 4  # paper, heat map, bonus, state size
-    else:
-        assert len(charts) == 7  # + tokens x heads, spectrum, retention
-        # fallback selection: choose token 3, head 1 without clicking
-        at.selectbox(key="decay_sel_token").set_value(3)
-        at.selectbox(key="decay_sel_head").set_value(1)
-        at.run()
-        assert not at.exception
-        assert at.selectbox(key="decay_sel_token").value == 3
-    assert len(at.get("download_button")) >= 3
-
-
 def test_token_head_summary_hand_case():
     # 1 layer, 3 tokens, 1 head of 2 channels; rates per token and channel
     rho = np.array([[[1.0, 0.1], [0.5, 0.1], [0.3, 0.1]]])  # [L, T, C]
@@ -409,126 +373,6 @@ def test_token_head_summary_hand_case():
     np.testing.assert_allclose(s["avg_half_life"], [10 ** avg])
     assert s["min_at_token"][0] == 0 and s["n_long"][0] == 1  # ln2/0.1 = 6.9 > 3 tokens
     np.testing.assert_allclose(s["min_half_life"], [10 ** np.median(lh[0, 0])])
-
-
-# ------------------------------------------------------------------------------------------------ page: compare, trace
-
-
-def _arr(x) -> np.ndarray:
-    """A plotly JSON array: a list or the typed-array form {"dtype", "bdata" (base64), "shape"}."""
-    if isinstance(x, dict) and "bdata" in x:
-        import base64
-
-        a = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
-        shape = x.get("shape")
-        if shape:
-            a = a.reshape([int(n) for n in str(shape).split(",")] if isinstance(shape, str) else shape)
-        return a.astype(float)
-    return np.asarray(x, dtype=float)
-
-
-def _token_head_maps(at) -> list[dict]:
-    """The tokens x heads half-life heat maps on the page (their heat map trace), A first."""
-    import json
-
-    out = []
-    for c in at.get("plotly_chart"):
-        spec = json.loads(c.proto.spec)
-        title = (spec.get("layout", {}).get("title") or {}).get("text", "")
-        if title.startswith("Median half-life per token and head"):
-            out.append(spec["data"][0])
-    return out
-
-
-def _figure_titles(at) -> list[str]:
-    import json
-
-    return [(json.loads(c.proto.spec).get("layout", {}).get("title") or {}).get("text", "")
-            for c in at.get("plotly_chart")]
-
-
-@pytest.mark.parametrize("compare", ["prompt", "model"])
-def test_page_compare(compare):
-    shared_file(TINY["6"])
-    shared_file(TINY["7"])
-    at = _page(TINY["6"])
-    at.session_state["compare"] = compare
-    if compare == "model":
-        at.session_state["model_b"] = f"shared: {TINY['7']}"
-    else:
-        at.session_state["prompt"] = "Hello world"
-        at.session_state["prompt_b"] = "Hello there"  # same length: the B - A map is shown
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    maps = _token_head_maps(at)
-    assert len(maps) == 2
-    assert maps[0]["zmin"] == maps[1]["zmin"] and maps[0]["zmax"] == maps[1]["zmax"]
-    assert maps[0]["zmin"] < maps[0]["zmax"]
-    zs = [_arr(m["z"]) for m in maps]
-    assert min(np.nanmin(z) for z in zs) == pytest.approx(maps[0]["zmin"])
-    assert max(np.nanmax(z) for z in zs) == pytest.approx(maps[0]["zmax"])
-    titles = _figure_titles(at)
-    n_paper = sum(t.startswith("Time decay per layer") for t in titles)
-    assert n_paper == (2 if compare == "model" else 1)  # static views twice only for two models
-    assert sum(t.startswith("Retention of token") for t in titles) == 2
-    assert sum(t.startswith("State size after each token") for t in titles) == 2
-    diff = [t for t in titles if t.startswith("Difference B − A")]
-    if compare == "prompt":  # same model, same token count
-        assert len(diff) == 1
-        import json
-
-        spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
-                    if (json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "").startswith("Difference"))
-        np.testing.assert_allclose(_arr(spec["data"][0]["z"]), zs[1] - zs[0], atol=1e-9)
-    # one set of controls moves both columns: token 3, the last head both runs have
-    h = len(at.selectbox(key="decay_sel_head").options) - 1
-    at.selectbox(key="decay_sel_token").set_value(3)
-    at.selectbox(key="decay_sel_head").set_value(h)
-    at.run()
-    assert not at.exception, at.exception
-    assert sum("token 3:" in t for t in _figure_titles(at) if t.startswith(f"Channel decays of head {h},")) == 2
-
-
-def test_page_trace_file():
-    import io
-
-    from rwkv_core.io.trace_file import build_trace, save_trace
-
-    model = load_model(shared_file(TINY["6"]))
-    tokens = list(b"Hello world, decay")
-    arrays = build_trace(model, tokens, token_texts=[chr(t) for t in tokens], tokenizer_kind="bytes",
-                         checkpoint_name=TINY["6"])
-    buf = io.BytesIO()
-    save_trace(arrays, buf)
-    at = _page(TINY["6"])
-    at.run()
-    at.sidebar.radio(key="source").set_value("trace file")
-    at.run()
-    at.file_uploader(key="trace_upload").set_value(("t.npz", buf.getvalue(), "application/octet-stream"))
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    maps = _token_head_maps(at)
-    assert len(maps) == 1
-    layer = model.cfg.n_layer - 1  # the page's default layer
-    live = D.token_decays(model, tokens, layers=[layer]).head_median_log10_half_life(layer)  # [T, H]
-    np.testing.assert_allclose(_arr(maps[0]["z"]).T, live, atol=1e-3)
-    captions = " ".join(c.value for c in at.caption)
-    assert "float32" in captions and "1e7" in captions
-    assert "lacks" in captions  # static views: a one-line note
-    assert any("state size needs the model" in i.value.lower() or "does not hold the states" in i.value
-               for i in at.info)
-    titles = _figure_titles(at)
-    assert not any(t.startswith("Time decay per layer") or t.startswith("State size") for t in titles)
-    assert any(t.startswith("Retention of token") for t in titles)
-    # another layer and a source token: still clean, and equal to the live model
-    at.selectbox(key="decay_dyn_layer").set_value(2)
-    at.selectbox(key="decay_ret_source").set_value(4)
-    at.run()
-    assert not at.exception, at.exception
-    live = D.token_decays(model, tokens, layers=[2]).head_median_log10_half_life(2)
-    np.testing.assert_allclose(_arr(_token_head_maps(at)[0]["z"]).T, live, atol=1e-3)
 
 
 def test_trace_log10_half_life_clips():

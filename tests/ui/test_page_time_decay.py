@@ -1,0 +1,143 @@
+"""The Time decay page under Streamlit's AppTest: every section drawn for v4 / v6 / v7, the token and head
+controls, compare mode (one colour scale, B - A), and a trace file with no model (equal to the live model).
+
+Runs on the shared tiny models (skipped with a reason where ../shared is absent); the decay numbers themselves are
+tested in tests/analysis/test_decay.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rwkv_core.analysis import decay as D
+from rwkv_core.io.checkpoint import load_model
+from tests.conftest import REPO, shared_file
+from tests.ui.page_helpers import (
+    chart_specs,
+    chart_title,
+    chart_titles,
+    page_session,
+    plotly_array,
+)
+
+PAGE = REPO / "pages" / "3_Time_decay.py"
+TINY = {
+    "4": "tiny-rwkv-4v0-660K-FP32.bin",
+    "6": "tiny-rwkv-6v0-1m-FP32.bin",
+    "7": "tiny-rwkv-7v0-834K-FP32.bin",
+    "7-digits": "260123_reverse_L2_only_rwkv7.pth",
+}
+
+
+def _page_on(model: str):
+    """The page on a shared model, by its name in the sidebar's model registry."""
+    return page_session(PAGE, 60, model=f"shared: {model}")
+
+
+@pytest.mark.parametrize("key", ["4", "6", "7-digits"])
+def test_page_runs(key):
+    shared_file(TINY[key])
+    at = _page_on(TINY[key])
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    charts = at.get("plotly_chart")
+    if key == "4":
+        assert any("does not depend on the input" in i.value for i in at.info)
+        assert len(charts) == 4  # paper, heat map, bonus, state size
+    else:
+        assert len(charts) == 7  # + tokens x heads, spectrum, retention
+        # fallback selection: choose token 3, head 1 without clicking
+        at.selectbox(key="decay_sel_token").set_value(3)
+        at.selectbox(key="decay_sel_head").set_value(1)
+        at.run()
+        assert not at.exception
+        assert at.selectbox(key="decay_sel_token").value == 3
+    assert len(at.get("download_button")) >= 3
+
+
+def _token_head_maps(at) -> list[dict]:
+    """The tokens x heads half-life heat maps on the page (their heat map trace), A first."""
+    return [spec["data"][0] for spec in chart_specs(at)
+            if chart_title(spec).startswith("Median half-life per token and head")]
+
+
+@pytest.mark.parametrize("compare", ["prompt", "model"])
+def test_page_compare(compare):
+    shared_file(TINY["6"])
+    shared_file(TINY["7"])
+    at = _page_on(TINY["6"])
+    at.session_state["compare"] = compare
+    if compare == "model":
+        at.session_state["model_b"] = f"shared: {TINY['7']}"
+    else:
+        at.session_state["prompt"] = "Hello world"
+        at.session_state["prompt_b"] = "Hello there"  # same length: the B - A map is shown
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    maps = _token_head_maps(at)
+    assert len(maps) == 2
+    assert maps[0]["zmin"] == maps[1]["zmin"] and maps[0]["zmax"] == maps[1]["zmax"]
+    assert maps[0]["zmin"] < maps[0]["zmax"]
+    zs = [plotly_array(m["z"]) for m in maps]
+    assert min(np.nanmin(z) for z in zs) == pytest.approx(maps[0]["zmin"])
+    assert max(np.nanmax(z) for z in zs) == pytest.approx(maps[0]["zmax"])
+    titles = chart_titles(at)
+    n_paper = sum(t.startswith("Time decay per layer") for t in titles)
+    assert n_paper == (2 if compare == "model" else 1)  # static views twice only for two models
+    assert sum(t.startswith("Retention of token") for t in titles) == 2
+    assert sum(t.startswith("State size after each token") for t in titles) == 2
+    diff = [t for t in titles if t.startswith("Difference B − A")]
+    if compare == "prompt":  # same model, same token count
+        assert len(diff) == 1
+        spec = next(c for c in chart_specs(at) if chart_title(c).startswith("Difference"))
+        np.testing.assert_allclose(plotly_array(spec["data"][0]["z"]), zs[1] - zs[0], atol=1e-9)
+    # one set of controls moves both columns: token 3, the last head both runs have
+    h = len(at.selectbox(key="decay_sel_head").options) - 1
+    at.selectbox(key="decay_sel_token").set_value(3)
+    at.selectbox(key="decay_sel_head").set_value(h)
+    at.run()
+    assert not at.exception, at.exception
+    assert sum("token 3:" in t for t in chart_titles(at) if t.startswith(f"Channel decays of head {h},")) == 2
+
+
+def test_page_trace_file():
+    import io
+
+    from rwkv_core.io.trace_file import build_trace, save_trace
+
+    model = load_model(shared_file(TINY["6"]))
+    tokens = list(b"Hello world, decay")
+    arrays = build_trace(model, tokens, token_texts=[chr(t) for t in tokens], tokenizer_kind="bytes",
+                         checkpoint_name=TINY["6"])
+    buf = io.BytesIO()
+    save_trace(arrays, buf)
+    at = _page_on(TINY["6"])
+    at.run()
+    at.sidebar.radio(key="source").set_value("trace file")
+    at.run()
+    at.file_uploader(key="trace_upload").set_value(("t.npz", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    maps = _token_head_maps(at)
+    assert len(maps) == 1
+    layer = model.cfg.n_layer - 1  # the page's default layer
+    live = D.token_decays(model, tokens, layers=[layer]).head_median_log10_half_life(layer)  # [T, H]
+    np.testing.assert_allclose(plotly_array(maps[0]["z"]).T, live, atol=1e-3)
+    captions = " ".join(c.value for c in at.caption)
+    assert "float32" in captions and "1e7" in captions
+    assert "lacks" in captions  # static views: a one-line note
+    assert any("state size needs the model" in i.value.lower() or "does not hold the states" in i.value
+               for i in at.info)
+    titles = chart_titles(at)
+    assert not any(t.startswith("Time decay per layer") or t.startswith("State size") for t in titles)
+    assert any(t.startswith("Retention of token") for t in titles)
+    # another layer and a source token: still clean, and equal to the live model
+    at.selectbox(key="decay_dyn_layer").set_value(2)
+    at.selectbox(key="decay_ret_source").set_value(4)
+    at.run()
+    assert not at.exception, at.exception
+    live = D.token_decays(model, tokens, layers=[2]).head_median_log10_half_life(2)
+    np.testing.assert_allclose(plotly_array(_token_head_maps(at)[0]["z"]).T, live, atol=1e-3)
