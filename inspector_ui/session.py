@@ -16,7 +16,7 @@ import torch
 from inspector_ui import settings
 from inspector_ui.prompt_store import load_prompt, store_prompt
 from inspector_ui.resources import LoadedModel, loaded_model
-from inspector_ui.widgets import clamp_choice, gated
+from inspector_ui.widgets import clamp_choice, gated, prediction_tips
 from rwkv_core.analysis.scores import topk_predictions
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.io.trace_file import Trace, build_trace, save_trace
@@ -114,6 +114,18 @@ class Run:
         if self.trace is not None and "logits" in self.trace.arrays:
             return top_k(torch.from_numpy(self.trace.arrays["logits"]), k)
         return None
+
+    def hover_tips(self) -> Optional[list[list]]:
+        """The token view's hover rows (top-16 predictions at every position), or None where there are none: a
+        trace without logits, or predictions that failed (no reason to lose the page)."""
+        try:
+            pred = self.predictions()
+        except Exception:  # noqa: BLE001
+            return None
+        if pred is None:
+            return None
+        display = self.loaded.tokenizer.display if self.loaded is not None else str
+        return prediction_tips(pred[0], pred[1], self.tokens, display)
 
     def layer(self, l: int) -> dict[str, np.ndarray]:
         """Arrays of layer l, keyed like the trace file (r_l{l}, ...)."""

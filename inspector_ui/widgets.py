@@ -129,6 +129,11 @@ def show_error(e: Exception) -> None:
     st.error(str(e).splitlines()[0])
 
 
+def run_columns(n: int) -> list:
+    """One column per run side by side in compare mode (n > 1), else the page itself."""
+    return list(st.columns(n)) if n > 1 else [st.container()]
+
+
 def clamp_choice(key: str, options: Sequence, fallback: Any) -> None:
     """Keep a choice widget's stored value valid when its options change (another prompt, model or layer): a value
     no longer offered becomes `fallback`. A key not yet in the session state is left to the widget's default."""

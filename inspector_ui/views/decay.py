@@ -26,7 +26,7 @@ import pandas as pd
 import streamlit as st
 
 from inspector_ui.session import PageContext
-from inspector_ui.widgets import clamp_choice, csv_bytes, gated
+from inspector_ui.widgets import clamp_choice, csv_bytes, gated, run_columns
 from rwkv_core.analysis import decay as D
 from rwkv_core.figures import decay as FD
 from rwkv_core.figures.common import IMAGE_FORMATS, cell_from_selection, image_config
@@ -152,10 +152,6 @@ def view_token_decays(v: View, layer: int) -> Optional[D.TokenDecay]:
     return D.trace_token_decays(w, v.cfg, v.tokens, layer)
 
 
-def _columns(n: int) -> list:
-    return [st.container()] if n == 1 else list(st.columns(n))
-
-
 def _run_heading(col, v: View, n: int) -> None:
     if n > 1:
         col.markdown(f"**Run {v.label}** · {_short(v.title, 60)}")
@@ -241,7 +237,7 @@ def static_section(views: list[View], config: dict) -> None:
                                else "v4 has no heads: all channels.")
     sort_heat = c3.toggle("Sort heat map channels", value=False, key="decay_heat_sorted")
     value = "decay" if y_mode == "decay λ" else "half_life"
-    for col, v in zip(_columns(len(views)), views):
+    for col, v in zip(run_columns(len(views)), views):
         with col:
             _run_heading(col, v, len(views))
             sd, bonus = static_numbers(v.key, v)
@@ -324,7 +320,7 @@ def token_head_section(views: list[View], tds: list, tc: TokenChoices, config: d
     cell = (st.session_state.get("decay_sel_token", 0), st.session_state.get("decay_sel_head", 0))
     meds = {v.label: td.head_median_log10_half_life(layer) for v, td in live}  # [T, H] each
     zmin, zmax = shared_range(*meds.values()) if len(live) > 1 else (None, None)
-    for col, v, td in zip(_columns(len(views)), views, tds):
+    for col, v, td in zip(run_columns(len(views)), views, tds):
         with col:
             _run_heading(col, v, len(views))
             if td is None:
@@ -366,7 +362,7 @@ def spectrum_section(views: list[View], tds: list, tc: TokenChoices, config: dic
     h = c2.selectbox("Head", tc.head_opts, key="decay_sel_head")
     spec_y = c3.radio("Spectrum y", ["half-life (log)", "decay λ"], horizontal=True, key="decay_spec_y")
     spec_sort = c4.toggle("Sorted spectrum", value=False, key="decay_spec_sort")
-    for col, v, td in zip(_columns(len(views)), views, tds):
+    for col, v, td in zip(run_columns(len(views)), views, tds):
         if td is None:
             continue
         with col:
@@ -394,7 +390,7 @@ def retention_section(views: list[View], tds: list, tc: TokenChoices, config: di
                           format_func=lambda i: f"{i}: {tc.first.token_texts[i]}")
     agg = c2.radio("Head aggregate", ["median", "mean", "max"], horizontal=True, key="decay_ret_agg")
     log_y = c3.toggle("Log y", value=True, key="decay_ret_log")
-    for col, v, td in zip(_columns(len(views)), views, tds):
+    for col, v, td in zip(run_columns(len(views)), views, tds):
         if td is None:
             continue
         with col:
@@ -434,7 +430,7 @@ def state_section(views: list[View], config: dict) -> None:
     metric = c2.radio("Measure", ["Frobenius norm", "max |entry|"], horizontal=True, key="decay_state_metric")
     log_y = c3.toggle("Log y", value=False, key="decay_state_log")
     key = "frobenius" if metric == "Frobenius norm" else "max_abs"
-    for col, v in zip(_columns(len(views)), views):
+    for col, v in zip(run_columns(len(views)), views):
         with col:
             _run_heading(col, v, len(views))
             if not v.has_model:

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from inspector_ui.session import PageContext, full_trace_bytes
-from inspector_ui.widgets import prediction_tips, token_view
+from inspector_ui.widgets import token_view
 
 ABOUT = ("Look inside an RWKV language model while it reads a prompt: what each head "
          "reads (R·W·K), how long tokens stay in the state (W·K norm), the decay of every channel, and where "
@@ -47,12 +47,7 @@ def render(ctx: PageContext) -> None:
             st.table(pd.DataFrame({"": list(card.keys()), "value": [str(v) for v in card.values()]}).set_index(""))
             st.markdown(f"**Prompt: {len(run.tokens)} tokens.** Hover a token for the model's top-16 next-token "
                         "predictions there (the actual next token highlighted).")
-            pred = run.predictions()
-            tips = None
-            if pred is not None:
-                display = run.loaded.tokenizer.display if run.loaded else (lambda i: str(i))
-                tips = prediction_tips(pred[0], pred[1], run.tokens, display)
-            token_view(run.token_texts, key=f"home_tokens_{run.label}", tips=tips)
+            token_view(run.token_texts, key=f"home_tokens_{run.label}", tips=run.hover_tips())
             spans = run.spans or [None] * len(run.tokens)
             df = pd.DataFrame({"token": run.token_texts, "id": run.tokens,
                                "span": [f"{s[0]}–{s[1]}" if s else "" for s in spans]})

@@ -25,7 +25,8 @@ import streamlit as st
 import torch
 
 from inspector_ui.session import PageContext, Run, bind, offer_predictions, publish
-from inspector_ui.widgets import clamp_choice, csv_bytes, gated, prediction_tips, show_error, token_view, url_bool
+from inspector_ui.widgets import (clamp_choice, csv_bytes, gated, run_columns, show_error, token_view,
+                                  url_bool)
 from rwkv_core.figures import scores as FS
 from rwkv_core.figures.common import IMAGE_FORMATS, cell_from_selection, image_config
 from rwkv_core.analysis import scores as S
@@ -281,26 +282,10 @@ def _apply_clicks(P: str, lengths: dict[str, int]) -> None:
             break
 
 
-def _tips(run: Run):
-    try:
-        pred = run.predictions()
-    except Exception:  # noqa: BLE001 - no predictions is no reason to lose the page
-        return None
-    if pred is None:
-        return None
-    display = run.loaded.tokenizer.display if run.loaded is not None else (lambda i: str(i))
-    return prediction_tips(pred[0], pred[1], run.tokens, display)
-
-
 def _same_shape(a: RunScores, b: RunScores) -> bool:
     sa, sb = a.inputs[0], b.inputs[0]
     return (a.run.cfg.version == b.run.cfg.version and len(a.run.tokens) == len(b.run.tokens)
             and a.layers == b.layers and (sa.H, sa.N) == (sb.H, sb.N))
-
-
-def _columns(scored: list[RunScores]) -> list:
-    """One column per run in compare mode, else the page itself."""
-    return st.columns(len(scored)) if len(scored) > 1 else [st.container()]
 
 
 def _run_suffix(scored: list[RunScores], label: str) -> str:
@@ -442,7 +427,7 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
     """The token view of every run, coloured by the open head's values, with its CSV; B − A in compare mode."""
     P, value_name, heads_word = ch.prefix, ch.value_name, ch.heads_word
     tok = st.session_state["tok"]
-    for col, rs in zip(_columns(scored), scored):
+    for col, rs in zip(run_columns(len(scored)), scored):
         with col:
             run = rs.run
             if len(scored) > 1:
@@ -458,7 +443,7 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
                        ". Hover: top-16 predictions.")
             token_view(run.token_texts, key=_tv_key(P, run.label, tok, rs.sel),
                        colors=token_css(rs.values, ch.factor, ch.colorblind, rs.sel),
-                       values=list(map(float, rs.values)), value_name=value_name, selected=rs.sel, tips=_tips(run))
+                       values=list(map(float, rs.values)), value_name=value_name, selected=rs.sel, tips=run.hover_tips())
             idx = np.arange(len(run.tokens))
             df = pd.DataFrame({"token": idx, "text": run.token_texts, "id": run.tokens,
                                "role": np.where(idx < rs.sel, f"source ({value_name}[sel, i])",
@@ -514,7 +499,7 @@ def overview_section(scored: list[RunScores], ch: Choices) -> float:
     grids = [overview_values(rs, ov, thr) for rs in scored]
     gmax = max(float(np.nanmax(np.abs(g))) if g.size else 0.0 for g in grids)
     tile_name = {"row": "max|A|", "col": "max|A|", "reach": "reach", "end": "left"}[ov]
-    for col, rs, V in zip(_columns(scored), scored, grids):
+    for col, rs, V in zip(run_columns(len(scored)), scored, grids):
         with col:
             fig = FS.overview_grid_figure(V, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", diverging=False,
                                           colorblind=ch.colorblind, layers=rs.layers, value_name=tile_name,
@@ -555,7 +540,7 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
     hmax = max((float(np.abs(m).max()) for m in mats if m.size), default=1.0)
     if ch.scale != "auto":
         hmax = 1.0 / ch.factor
-    for col, rs in zip(_columns(scored), scored):
+    for col, rs in zip(run_columns(len(scored)), scored):
         if rs.matrix is None:
             continue
         with col:
@@ -596,7 +581,7 @@ def span_curves_section(scored: list[RunScores], ch: Choices) -> None:
     c = st.columns(3)
     c[0].toggle("Log y", key="logy")
     rel, logy = bool(st.session_state["rel"]), bool(st.session_state["logy"])
-    for col, rs in zip(_columns(scored), scored):
+    for col, rs in zip(run_columns(len(scored)), scored):
         if not rs.ok:
             continue
         with col:
@@ -624,14 +609,14 @@ def reach_section(scored: list[RunScores], ch: Choices, thr: float) -> None:
     st.caption(f"Reach: tokens until the span of a key falls below {thr:g} × its value at the token itself "
                "(threshold: above the overview). Triangles are lower bounds: the span had not fallen by the end of the "
                "prompt.")
-    for col, rs in zip(_columns(scored), scored):
+    for col, rs in zip(run_columns(len(scored)), scored):
         with col:
             reach, cens = S.span_reach(S.span_curves(torch.from_numpy(rs.rc["span_col"]), rs.sel), thr)  # [L, H]
             fig = FS.span_reach_figure(reach, f"{rs.run.label}: the key of token {rs.run.token_name(rs.sel)}, every "
                                               "layer", censored=cens, layers=rs.layers, threshold=thr)
             st.plotly_chart(fig, config=ch.config, key=f"{P}_reach_layers_{rs.run.label}")
     st.markdown(f"**Every source token of layer {layer}**, per {heads_word}")
-    for col, rs in zip(_columns(scored), scored):
+    for col, rs in zip(run_columns(len(scored)), scored):
         if not rs.ok:
             continue
         with col:

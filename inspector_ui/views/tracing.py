@@ -20,7 +20,7 @@ from typing import Any, Optional
 import streamlit as st
 
 from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
-from inspector_ui.widgets import gated, progress_text, url_bool
+from inspector_ui.widgets import gated, progress_text, run_columns, url_bool
 from rwkv_core.figures import tracing as FT
 from rwkv_core.figures.common import IMAGE_FORMATS, image_config
 from rwkv_core.analysis import tracing as TR
@@ -286,7 +286,7 @@ def render(ctx: PageContext) -> None:
     with st.expander("How it works, and what each mode restores"):
         st.markdown(HOW_IT_WORKS)
     request = settings_section(runs)
-    cols = st.columns(2) if ctx.compare else [st.container()]
+    cols = run_columns(len(runs))
     if ctx.compare:
         for col, run in zip(cols, runs):
             col.markdown(f"**{run.title}** · `{run.prompt}`")
@@ -409,7 +409,7 @@ def ablation_section(runs: list[Run], traced: list[tuple[Run, dict]], request: T
                                        "-1: the subject's last token.")
     reference = a4.text_input("Reference text (mean ablation)", key="ct_abl_ref", disabled=replacement != "mean")
     abl_key = (target, replacement, int(reset_token), reference if replacement == "mean" else None)
-    abl_cols = st.columns(2) if compare else [st.container()]
+    abl_cols = run_columns(len(runs))
     for run, entry in traced:
         with abl_cols[runs.index(run)]:
             if compare:
