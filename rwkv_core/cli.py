@@ -1,16 +1,20 @@
-"""Command line: `python -m rwkv_core {info,export,decay,trace} ...` (one argparse tree).
+"""Command line: `python -m rwkv_core {info,export,decay,trace,train,evaluate-demo} ...`, one argparse tree.
 
-Errors the project anticipates (a bad checkpoint, a bad prompt) print one line to stderr and exit with status 2.
+Each command's options are defined once: here for info, export and decay, beside their code for trace
+(`rwkv_core.analysis.tracing`), train (`rwkv_core.demo.train`, also `python -m rwkv_core.train`) and evaluate-demo
+(`rwkv_core.demo.evaluate`). Errors the project anticipates (a bad checkpoint, a bad prompt, an unwritable output)
+print one line `error: ...` to stderr and exit with status 2, as argparse does for bad options.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from rwkv_core.errors import RWKVInspectorError
+from rwkv_core.errors import InputError, RWKVInspectorError, TokenizerError
 from rwkv_core.model.rwkv import DTYPES
 
 
@@ -24,34 +28,56 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="storage type of the weight matrices")
 
 
-def cmd_info(args) -> None:
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_info(args: argparse.Namespace) -> None:
     from rwkv_core.io.checkpoint import load_checkpoint
 
     print(json.dumps(load_checkpoint(args.checkpoint).info(), indent=2))
 
 
-def cmd_export(args) -> None:
-    from rwkv_core.io.checkpoint import load_model
-    from rwkv_core.errors import InputError
+def export_prompt(args: argparse.Namespace, vocab_size: int) -> tuple[list[int], list[str], str]:
+    """The prompt of `export` as (ids, token texts, tokenizer kind).
+
+    --text needs the tokenizer (given, or the one the vocabulary size implies). --tokens needs none: the ids are
+    checked against the vocabulary and shown through the given or implied tokenizer when one loads, else as the
+    ids themselves (kind "ids"), so a checkpoint whose vocabulary matches no tokenizer still exports.
+    """
     from rwkv_core.io.tokenizer import tokenizer_for
+
+    if args.tokens is None:
+        tok = tokenizer_for(vocab_size, kind=args.tokenizer, path=args.tokenizer_file)
+        enc = tok.encode(args.text)
+        return list(enc.ids), list(enc.token_texts), tok.kind
+    try:
+        ids = list(tokenizer_for(vocab_size, kind="ids").encode(args.tokens).ids)
+    except InputError as e:
+        raise InputError(f"--tokens: {e}") from None
+    try:
+        tok = tokenizer_for(vocab_size, kind=args.tokenizer, path=args.tokenizer_file)
+    except TokenizerError:
+        if args.tokenizer is not None:
+            raise
+        tok = tokenizer_for(vocab_size, kind="ids")
+    return ids, [tok.display(i) for i in ids], tok.kind
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from rwkv_core.io.checkpoint import load_checkpoint, load_model
     from rwkv_core.io.trace_file import build_trace, save_trace
 
-    model = load_model(args.checkpoint, device=args.device, dtype=DTYPES[args.dtype])
-    tok = tokenizer_for(model.cfg.vocab_size, kind=args.tokenizer, path=args.tokenizer_file)
-    if args.tokens is not None:
-        try:
-            ids = [int(t) for t in args.tokens.split(",") if t.strip()]
-        except ValueError:
-            raise InputError("--tokens must be comma-separated integers, e.g. 1,2,3") from None
-        texts = [tok.display(i) if 0 <= i < tok.vocab_size else str(i) for i in ids]
-    else:
-        enc = tok.encode(args.text)
-        ids, texts = enc.ids, enc.token_texts
+    ckpt = load_checkpoint(args.checkpoint)
+    ids, texts, kind = export_prompt(args, ckpt.config.vocab_size)
     if not ids:
         raise InputError("the prompt is empty: give --text or --tokens")
-    layers = None if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]
     try:
-        arrays = build_trace(model, ids, layers=layers, token_texts=texts, tokenizer_kind=tok.kind,
+        layers = None if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--layers must be layer indices separated by commas, e.g. 0,5, not {args.layers!r}") from None
+    model = load_model(ckpt, device=args.device, dtype=DTYPES[args.dtype])
+    try:
+        arrays = build_trace(model, ids, layers=layers, token_texts=texts, tokenizer_kind=kind,
                              checkpoint_name=model.checkpoint_info["file"], scores=args.scores)
     except ValueError as e:
         raise InputError(str(e)) from None
@@ -59,61 +85,84 @@ def cmd_export(args) -> None:
     print(f"wrote {args.out}: {len(ids)} tokens, {len(arrays)} arrays")
 
 
-def cmd_decay(args) -> None:
+def cmd_decay(args: argparse.Namespace) -> None:
     from rwkv_core.analysis.decay import write_static_csv
 
-    write_static_csv(args.checkpoint, args.out)
-    print(f"wrote {args.out}")
+    if args.out in (None, "-"):
+        write_static_csv(args.checkpoint, sys.stdout)
+    else:
+        n = write_static_csv(args.checkpoint, args.out)
+        print(f"wrote {args.out}: {n} rows")
 
 
-def main(argv=None) -> int:
+def cmd_train(args: argparse.Namespace) -> None:
+    from rwkv_core.demo.train import finish_train_args, train
+
+    train(finish_train_args(args, args.command_argv))
+
+
+# ------------------------------------------------------------------------------------------------ the tree
+
+
+def _add(sub, name: str, help: str, fn: Callable, add_arguments: Optional[Callable] = None,
+         description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description or help)
+    if add_arguments is not None:
+        add_arguments(p)
+    p.set_defaults(fn=fn)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one subcommand per job."""
+    from rwkv_core.analysis.tracing import add_trace_arguments, trace_cli
+    from rwkv_core.demo.evaluate import EVALUATE_DESCRIPTION, add_evaluate_arguments, run_evaluate
+    from rwkv_core.demo.train import TRAIN_DESCRIPTION, add_train_arguments
+
     parser = argparse.ArgumentParser(prog="python -m rwkv_core", description="RWKV Inspector engine")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="print the architecture of a checkpoint as JSON")
+    p = _add(sub, "info", "print the architecture of a checkpoint as JSON", cmd_info)
     p.add_argument("checkpoint")
-    p.set_defaults(fn=cmd_info)
 
-    p = sub.add_parser("export", help="run a prompt and write the trace file (.npz)")
+    p = _add(sub, "export", "run a prompt and write the trace file (.npz)", cmd_export)
     p.add_argument("checkpoint")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text")
-    g.add_argument("--tokens", help="comma-separated token ids")
+    g.add_argument("--tokens", help="token ids separated by commas, e.g. 1,2,3 (no tokenizer needed)")
     p.add_argument("--out", required=True)
     p.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
     p.add_argument("--scores", action="store_true", help="also write attn_l{l} and span_l{l} [H, T, T]")
     _tokenizer_args(p)
     _device_args(p)
-    p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("decay", help="write the static decay table (layer, head, channel, decay, half_life) as CSV")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_decay)
+    p = _add(sub, "decay", "write the static decay table (layer, head, channel, decay, half_life) as CSV", cmd_decay)
+    p.add_argument("checkpoint", help="checkpoint file (.pth, .safetensors or rwkv.cpp .bin)")
+    p.add_argument("--out", "-o", default=None, help="CSV file to write (default or '-': standard output)")
 
+    _add(sub, "trace", "causal tracing grid of a prompt (ROME style) as .npz", trace_cli, add_trace_arguments)
+    _add(sub, "train", "train a byte-level demo model (a training phase)", cmd_train, add_train_arguments,
+         TRAIN_DESCRIPTION)
+    _add(sub, "evaluate-demo", "metrics of a demo model as JSON", run_evaluate, add_evaluate_arguments,
+         EVALUATE_DESCRIPTION)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (0, or 2 with one line on stderr for an anticipated error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_argv = argv[1:]  # the top level has no options of its own: argv[0] is the command
     try:
-        from rwkv_core.analysis.tracing import add_trace_arguments, trace_cli
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("trace", help="causal tracing grid of a prompt (ROME style) as .npz")
-        add_trace_arguments(p)
-        p.set_defaults(fn=trace_cli)
-
-    args = parser.parse_args(argv)
-    try:
-        args.fn(args)
+        return int(args.fn(args) or 0)
     except RWKVInspectorError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
     except torch.cuda.OutOfMemoryError:
         print("error: the GPU ran out of memory: use fewer layers, a shorter prompt, --dtype bf16 or --device cpu",
               file=sys.stderr)
-        return 2
     except (OSError, ValueError) as e:  # unwritable output, bad numbers in options
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    return 0
+        print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

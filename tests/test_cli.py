@@ -1,4 +1,6 @@
-"""The command line and the trace file format: what `export` writes equals what the model computes."""
+"""The command line (`python -m rwkv_core ...`, run as subprocesses): what `export` writes equals what the model and
+the official `rwkv` package compute; decay, train and evaluate-demo through the one argparse tree; anticipated
+errors are one line and exit status 2."""
 from __future__ import annotations
 
 import csv
@@ -8,14 +10,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-from rwkv_core.io.checkpoint import load_model
+from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from rwkv_core.analysis.scores import capture_score_inputs, full_scores_all
-from rwkv_core.io.synthetic import write_random_checkpoint
-from rwkv_core.io.trace_file import TraceFileError, load_trace
+from rwkv_core.io.synthetic import save_checkpoint, write_random_checkpoint
+from rwkv_core.io.trace_file import load_trace
 from tests.conftest import REPO, shared_file
-
-
+from tests.oracle_rwkv_pip import official_forward
 
 
 def cli(*args) -> subprocess.CompletedProcess:
@@ -71,22 +73,83 @@ def test_export_with_token_ids_and_bad_options(tmp_path):
 
 
 def test_decay_csv(tmp_path):
-    out = cli("decay", shared_file("tiny-rwkv-6v0-1m-FP32.bin"), "--out", tmp_path / "d.csv")
+    ckpt = shared_file("tiny-rwkv-6v0-1m-FP32.bin")
+    out = cli("decay", ckpt, "--out", tmp_path / "d.csv")
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(tmp_path / "d.csv")))
     assert len(rows) == 12 * 64 and set(rows[0]) >= {"layer", "head", "channel", "decay", "half_life"}
     d = np.array([float(r["decay"]) for r in rows])
     assert np.all((d > 0) & (d < 1))
+    # v6 static decay from the file's own tensor (rwkv.cpp stores time_decay as is): exp(-exp(time_decay))
+    td = load_checkpoint(ckpt).state_dict["blocks.3.att.time_decay"].double().reshape(-1).numpy()  # [C]
+    np.testing.assert_allclose(d[3 * 64:4 * 64], np.exp(-np.exp(td)), rtol=1e-12)
+    stdout = cli("decay", ckpt)  # no --out: the CSV on standard output, the same table
+    assert stdout.returncode == 0 and stdout.stdout == (tmp_path / "d.csv").read_text()
 
 
-def test_hostile_trace_files_are_refused(tmp_path):
-    np.savez(tmp_path / "obj.npz", tokens=np.array([1, 2]), meta=np.array([{"x": 1}], dtype=object))
-    with pytest.raises(TraceFileError):
-        load_trace(tmp_path / "obj.npz")
-    np.savez(tmp_path / "shape.npz", tokens=np.array([1, 2, 3]), meta=np.array(json.dumps({"config": {"version": "6"}})),
-             r_l0=np.zeros((2, 8), np.float32))
-    with pytest.raises(TraceFileError, match="r_l0"):
-        load_trace(tmp_path / "shape.npz")
-    (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(TraceFileError, match="junk.npz"):
-        load_trace(tmp_path / "junk.npz")
+def test_decay_errors_are_one_line_with_status_2(tmp_path):
+    out = cli("decay", tmp_path / "missing.pth", "--out", tmp_path / "x.csv")
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "missing.pth" in out.stderr and not (tmp_path / "x.csv").exists()
+
+
+def test_export_without_a_tokenizer_equals_the_official_package(tmp_path):
+    """A vocabulary of 777 rows matches no tokenizer: with explicit ids none is needed; texts are the ids."""
+    ckpt = tmp_path / "v777.pth"
+    write_random_checkpoint(ckpt, "7", n_layer=2, n_embd=32, head_size=16, vocab_size=777, seed=4)
+    out = cli("export", ckpt, "--tokens", "1,2,3,776,0", "--out", tmp_path / "t.npz")
+    assert out.returncode == 0, out.stderr
+    tr = load_trace(tmp_path / "t.npz")
+    assert tr.tokens.tolist() == [1, 2, 3, 776, 0]
+    assert tr.meta["token_texts"] == ["1", "2", "3", "776", "0"] and tr.meta["tokenizer"] == "ids"
+    want = official_forward(ckpt, [1, 2, 3, 776, 0], mode="seq", version="7")["logits"]  # [T, 777]
+    np.testing.assert_allclose(tr.arrays["logits"], want, rtol=1e-4, atol=1e-5)
+    bad = cli("export", ckpt, "--tokens", "1,777", "--out", tmp_path / "u.npz")
+    assert bad.returncode == 2 and "777" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+@pytest.mark.parametrize("name,version", [("tiny-rwkv-6v0-1m-FP32.bin", "6"), ("tiny-rwkv-7v0-834K-FP32.bin", "7")])
+def test_export_logits_equal_the_official_package(tmp_path, name, version):
+    """The tiny rwkv.cpp models: every position's logits in the trace against the official package (seq mode)."""
+    ckpt = shared_file(name)
+    tokens = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
+    out = cli("export", ckpt, "--tokens", ",".join(map(str, tokens)), "--out", tmp_path / "t.npz")
+    assert out.returncode == 0, out.stderr
+    tr = load_trace(tmp_path / "t.npz")
+    pth = tmp_path / "m.pth"  # the package reads .pth only: the same tensors, official layout
+    save_checkpoint(load_checkpoint(ckpt).state_dict, pth)
+    want = official_forward(pth, tokens, mode="seq", version=version)["logits"]  # [T, 256]
+    np.testing.assert_allclose(tr.arrays["logits"], want, rtol=1e-4, atol=1e-4)
+    assert tr.meta["format_version"] == 2 and tr.meta["tokenizer"] == "bytes"
+
+
+TINY_TRAIN = ["--version", "7", "--n-layer", "2", "--n-embd", "32", "--head-size", "16", "--ctx-len", "24",
+              "--batch", "2", "--data-bytes", "120000", "--threads", "1", "--warmup", "2", "--seed", "3"]
+
+
+def test_train_and_evaluate_demo_through_the_tree(tmp_path):
+    """`python -m rwkv_core train` and the `python -m rwkv_core.train` shim run the same training; the model card
+    records the phase's arguments; `evaluate-demo` reads the model."""
+    a = cli("train", *TINY_TRAIN, "--steps", "3", "--out", tmp_path / "a.pth", "--card", tmp_path / "card.json")
+    assert a.returncode == 0, a.stderr
+    b = subprocess.run([sys.executable, "-m", "rwkv_core.train", *TINY_TRAIN, "--steps", "3", "--out",
+                        tmp_path / "b.pth"], capture_output=True, text=True, cwd=REPO)
+    assert b.returncode == 0, b.stderr
+    sa, sb = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pth", "b.pth"))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    phase = json.loads((tmp_path / "card.json").read_text())["training"]["phases"][0]
+    assert phase["args"][:2] == ["--version", "7"] and "--steps" in phase["args"]
+    ev = cli("evaluate-demo", tmp_path / "a.pth", "--probes", "2", "--head-probes", "2", "--threads", "1")
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["probes"] == 2 and result["n_layer"] == 2 and {"fact_recall_heldout", "retrieval_kv"} <= set(result)
+
+
+def test_every_command_is_in_one_tree():
+    top = cli("--help")
+    assert top.returncode == 0
+    for name in ("info", "export", "decay", "trace", "train", "evaluate-demo"):
+        assert name in top.stdout
+    assert "--kv-pairs" in cli("train", "--help").stdout and "--head-probes" in cli("evaluate-demo", "--help").stdout
+    bad = cli("train", "--out", "x.pth")  # neither --steps nor --minutes
+    assert bad.returncode == 2 and bad.stderr == "error: give --steps or --minutes\n"

@@ -253,8 +253,11 @@ def card_metrics(result: dict) -> dict:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description="Metrics of a byte-level demo model (issue 7), as JSON.")
+EVALUATE_DESCRIPTION = "Metrics of a byte-level demo model (recall, retrieval, copying heads, tracing) as JSON."
+
+
+def add_evaluate_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `python -m rwkv_core evaluate-demo` (and `python -m rwkv_core.demo.evaluate`), defined once."""
     ap.add_argument("path")
     ap.add_argument("--probes", type=int, default=200)
     ap.add_argument("--probe-seed", type=int, default=PROBE_SEED)
@@ -266,7 +269,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="the card's retrieval metric (default: the card's metrics.retrieval_task, else kv)")
     ap.add_argument("--kv-format", choices=KV_FORMATS, default=None,
                     help="kv probe layout (default: the card's metrics.kv_format, else word)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    """Evaluate the model of parsed arguments, print the JSON and, with --card, write the card's metrics."""
     card = Path(args.card) if args.card else None
     recorded = (json.loads(card.read_text()).get("metrics") or {}) if card and card.exists() else {}
     task = args.retrieval_task or recorded.get("retrieval_task") or "kv"
@@ -280,6 +287,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         c = json.loads(card.read_text()) if card.exists() else {}
         c["metrics"] = card_metrics(result)
         write_card(card, c)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    run_evaluate(add_evaluate_arguments(argparse.ArgumentParser(description=EVALUATE_DESCRIPTION)).parse_args(argv))
 
 
 if __name__ == "__main__":

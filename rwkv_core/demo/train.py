@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from rwkv_core.model import wkv
 from rwkv_core.demo.card import write_card
+from rwkv_core.errors import InputError
 from rwkv_core.io.checkpoint import detect_config
 from rwkv_core.demo.corpus import KV_FORMATS, KV_PAIRS, SEPARATOR, KVLayout, training_stream
 from rwkv_core.model.rwkv import RWKV
@@ -416,8 +417,11 @@ def record_phase(card_path: Path, args: argparse.Namespace, summary: dict) -> No
     write_card(card_path, card)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Train a byte-level demo RWKV on the generated demo corpus.")
+TRAIN_DESCRIPTION = "Train a byte-level demo RWKV on the generated demo corpus."
+
+
+def add_train_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a training phase (`python -m rwkv_core train`, `python -m rwkv_core.train`), defined once."""
     ap.add_argument("--version", default="7", choices=("6", "7"))
     ap.add_argument("--out", required=True, help="output .pth (official BlinkDL layout)")
     ap.add_argument("--seed", type=int, default=0)
@@ -455,12 +459,25 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                     help="stop after this many steps of the --steps schedule (replays the start of a phase)")
     ap.add_argument("--card", default=None,
                     help="append this phase (arguments, tokens, time, losses) to this model card's training.phases")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-    args.argv = argv
+    return ap
+
+
+def finish_train_args(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """Check what argparse cannot (a step count or a time budget) and keep `argv` for the model card's record of
+    the phase; raises InputError."""
     if args.steps is None and args.minutes is None:
-        ap.error("give --steps or --minutes")
+        raise InputError("give --steps or --minutes")
+    args.argv = list(argv)
     return args
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    ap = add_train_arguments(argparse.ArgumentParser(description=TRAIN_DESCRIPTION))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return finish_train_args(ap.parse_args(argv), argv)
+    except InputError as e:
+        ap.error(str(e))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
