@@ -1,4 +1,5 @@
-"""Causal tracing and layer ablation (rwkv_core.analysis.tracing), its figures and its page.
+"""Causal tracing and layer ablation (rwkv_core.analysis.tracing) and its figures; the page is tested in
+tests/ui/test_page_causal_tracing.py.
 
 The fast path (cached runs, prefix reuse, cells batched) must give the reference path's numbers (one full forward
 pass per cell, ROME style) on random checkpoints of every generation, for every restore mode and kind; the
@@ -20,7 +21,7 @@ from rwkv_core.errors import InputError
 from rwkv_core.model.rwkv import RWKV
 from rwkv_core.io.synthetic import random_state_dict
 from rwkv_core.io.tokenizer import ByteTokenizer, tokenizer_for
-from tests.conftest import REPO, shared_file
+from tests.conftest import shared_file
 
 TOL = 1e-5
 GRID_METRICS = ("prob", "logprob", "first_prob", "logit_diff", "recovery")
@@ -354,7 +355,7 @@ def test_reverse_digits_tokenizer_and_default_example():
         assert_grids_close(f, r)
 
 
-# ------------------------------------------------------------------------------------------------ figures and page
+# ------------------------------------------------------------------------------------------------ figures
 
 
 def test_figures():
@@ -376,89 +377,6 @@ def test_figures():
     bars = FT.ablation_bars(TR.ablate_layers(setup, "att", "zero"), "logprob")
     assert list(bars.data[0].x) == [0, 1, 2]
     assert image_config("a b/c", "svg")["toImageButtonOptions"] == {"format": "svg", "filename": "a_b_c", "scale": 2}
-
-
-DIGITS_MODEL = "shared: 260123_reverse_L2_only_rwkv7.pth"
-
-
-def _page(**query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.switch_page("pages/4_Causal_tracing.py")
-    return at
-
-
-def _press_trace(at):
-    next(b for b in at.button if b.label == "Trace").click()
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def test_page_end_to_end():
-    """The page on the shared frame: the reverse-digits model by registry name, the prompt from the sidebar, the
-    subject and answer given; a display option redraws from the cached results."""
-    pytest.importorskip("streamlit")
-    shared_file("260123_reverse_L2_only_rwkv7.pth")
-
-    at = _page()
-    at.session_state["model"] = DIGITS_MODEL
-    at.session_state["prompt"] = "12345,54"
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not [t for t in at.text_input if t.key in ("ct_checkpoint", "ct_tokenizer")]  # no path field any more
-    at.text_input(key="ct_subject").set_value("3")
-    at.text_input(key="ct_answer").set_value("3")
-    _press_trace(at)
-    assert len(at.get("plotly_chart")) >= 4  # three heat maps + the ablation bars
-    assert not at.error, [e.value for e in at.error]
-    labels = {m.label: m.value for m in at.metric}
-    assert float(labels["clean p('3')"]) > 0.99
-    assert at.query_params["ct_subject"] == "3" and at.query_params["ct_answer"] == "3"
-    # a display option redraws from the cached results
-    results_before = dict(at.session_state["ct_results"])
-    at.selectbox(key="ct_metric").set_value("logprob").run()
-    assert not at.exception and len(at.get("plotly_chart")) >= 4
-    assert list(at.session_state["ct_results"]) == list(results_before)
-    key = next(iter(results_before))
-    assert key[0][0] == DIGITS_MODEL and key[1] == "12345,54"
-    assert at.session_state["ct_results"][key]["results"] is results_before[key]["results"]
-
-
-def test_page_defaults_follow_the_prompt_and_compare_mode_traces_both():
-    """Defaults: the registry's tracing example for its own prompt, else the first word and the greedy next token.
-    Compare mode traces both prompts; an error of run B (subject not in prompt B) stays in its column."""
-    pytest.importorskip("streamlit")
-    shared_file("260123_reverse_L2_only_rwkv7.pth")
-
-    at = _page(model=DIGITS_MODEL, prompt="31415926,")
-    at.run()
-    assert not at.exception and not at.error
-    assert (at.text_input(key="ct_subject").value, at.text_input(key="ct_answer").value) == ("1", "6")
-    at.text_area(key="prompt").set_value("12345,54").run()
-    assert not at.exception and not at.error
-    assert at.text_input(key="ct_subject").value == "12345,54"
-    answer = at.text_input(key="ct_answer").value
-    assert len(answer) == 1 and answer in "0123456789,#"
-
-    at = _page(model=DIGITS_MODEL, prompt="12345,54", compare="prompt", prompt_b="5467,76", ct_subject="3",
-               ct_answer="3", ct_samples="2")
-    at.run()
-    assert not at.exception and not at.error
-    assert at.text_input(key="ct_subject").value == "3" and at.number_input(key="ct_samples").value == 2
-    _press_trace(at)
-    errors = [e.value for e in at.error]
-    assert len(errors) == 1 and "3" in errors[0], errors  # B's prompt has no '3'
-    assert len(at.get("plotly_chart")) >= 4  # A's heat maps and bars
-    at.text_input(key="ct_subject").set_value("5")
-    at.text_input(key="ct_answer").set_value("5")
-    _press_trace(at)
-    assert not at.error, [e.value for e in at.error]
-    assert len(at.get("plotly_chart")) >= 8  # both runs
-    assert len(at.session_state["ct_results"]) == 2
 
 
 def test_gpu_out_of_memory_splits_the_batch_and_gives_the_same_grid(monkeypatch):

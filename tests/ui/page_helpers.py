@@ -58,6 +58,21 @@ def page_session(page, timeout_s: float = 120, **state):
     return at
 
 
+
+def app_session(page: str = "app.py", timeout_s: float = 300, **query):
+    """A fresh session of the multipage app (app.py the main script) that opens `page` (relative to the repository,
+    such as "pages/4_Causal_tracing.py") on its first run, with these URL query parameters: what a link does."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import APP
+
+    at = AppTest.from_file(str(APP), default_timeout=timeout_s)
+    for k, v in query.items():
+        at.query_params[k] = v
+    if page != "app.py":
+        at.switch_page(page)
+    return at
+
 # ------------------------------------------------------------------------------------------------ score pages
 
 V52 = "shared: tiny-rwkv-5v2-730K-FP32.bin"  # 12 layers x 8 heads: what the score page tests' numbers assume

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import APP, REPO, shared_file
+from tests.conftest import REPO, shared_file
+from tests.ui.page_helpers import app_session
 
 DIGITS = "shared: 260123_reverse_L2_only_rwkv7.pth"
 TIMEOUT_S = 300  # one run on a loaded 2-core machine, model load included
@@ -65,15 +66,8 @@ STATE_ONLY = {"pages/4_Causal_tracing.py": {"ct_abl_target": "ffn", "ct_abl_repl
 
 def _open(page: str, query: dict[str, str]):
     """A fresh session of the multipage app asked for `page` with these query parameters (what a bookmark does)."""
-    from streamlit.testing.v1 import AppTest
-
     shared_file("260123_reverse_L2_only_rwkv7.pth")
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
-    for k, v in query.items():
-        at.query_params[k] = v
-    if page != "app.py":
-        at.switch_page(page)
-    return at
+    return app_session(page, TIMEOUT_S, **query)
 
 
 def widget_values(at) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""The Causal tracing page under Streamlit's AppTest: the reverse-digits model by registry name, subject and answer
+(given, or the defaults that follow the prompt), a trace and its figures, a display option that redraws from the
+cached results, and compare mode tracing both prompts.
+
+Runs on the shared digit-reversal model (skipped with a reason where ../shared is absent); the tracing numbers
+themselves are tested in tests/analysis/test_tracing.py.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import shared_file
+from tests.ui.page_helpers import app_session
+
+DIGITS_MODEL = "shared: 260123_reverse_L2_only_rwkv7.pth"
+
+
+def _page(**query):
+    return app_session("pages/4_Causal_tracing.py", **query)
+
+
+def _press_trace(at):
+    next(b for b in at.button if b.label == "Trace").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_page_end_to_end():
+    """The page on the shared frame: the reverse-digits model by registry name, the prompt from the sidebar, the
+    subject and answer given; a display option redraws from the cached results."""
+    pytest.importorskip("streamlit")
+    shared_file("260123_reverse_L2_only_rwkv7.pth")
+
+    at = _page()
+    at.session_state["model"] = DIGITS_MODEL
+    at.session_state["prompt"] = "12345,54"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [t for t in at.text_input if t.key in ("ct_checkpoint", "ct_tokenizer")]  # no path field any more
+    at.text_input(key="ct_subject").set_value("3")
+    at.text_input(key="ct_answer").set_value("3")
+    _press_trace(at)
+    assert len(at.get("plotly_chart")) >= 4  # three heat maps + the ablation bars
+    assert not at.error, [e.value for e in at.error]
+    labels = {m.label: m.value for m in at.metric}
+    assert float(labels["clean p('3')"]) > 0.99
+    assert at.query_params["ct_subject"] == "3" and at.query_params["ct_answer"] == "3"
+    # a display option redraws from the cached results
+    results_before = dict(at.session_state["ct_results"])
+    at.selectbox(key="ct_metric").set_value("logprob").run()
+    assert not at.exception and len(at.get("plotly_chart")) >= 4
+    assert list(at.session_state["ct_results"]) == list(results_before)
+    key = next(iter(results_before))
+    assert key[0][0] == DIGITS_MODEL and key[1] == "12345,54"
+    assert at.session_state["ct_results"][key]["results"] is results_before[key]["results"]
+
+
+def test_page_defaults_follow_the_prompt_and_compare_mode_traces_both():
+    """Defaults: the registry's tracing example for its own prompt, else the first word and the greedy next token.
+    Compare mode traces both prompts; an error of run B (subject not in prompt B) stays in its column."""
+    pytest.importorskip("streamlit")
+    shared_file("260123_reverse_L2_only_rwkv7.pth")
+
+    at = _page(model=DIGITS_MODEL, prompt="31415926,")
+    at.run()
+    assert not at.exception and not at.error
+    assert (at.text_input(key="ct_subject").value, at.text_input(key="ct_answer").value) == ("1", "6")
+    at.text_area(key="prompt").set_value("12345,54").run()
+    assert not at.exception and not at.error
+    assert at.text_input(key="ct_subject").value == "12345,54"
+    answer = at.text_input(key="ct_answer").value
+    assert len(answer) == 1 and answer in "0123456789,#"
+
+    at = _page(model=DIGITS_MODEL, prompt="12345,54", compare="prompt", prompt_b="5467,76", ct_subject="3",
+               ct_answer="3", ct_samples="2")
+    at.run()
+    assert not at.exception and not at.error
+    assert at.text_input(key="ct_subject").value == "3" and at.number_input(key="ct_samples").value == 2
+    _press_trace(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "3" in errors[0], errors  # B's prompt has no '3'
+    assert len(at.get("plotly_chart")) >= 4  # A's heat maps and bars
+    at.text_input(key="ct_subject").set_value("5")
+    at.text_input(key="ct_answer").set_value("5")
+    _press_trace(at)
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) >= 8  # both runs
+    assert len(at.session_state["ct_results"]) == 2
