@@ -45,11 +45,11 @@ import pandas as pd
 import torch
 
 from rwkv_core.model.config import ModelConfig
+from rwkv_core.model.rwkv import V7_DECAY_SCALE, time_mix_bonus
 
 LN2 = math.log(2.0)
 LOG10_LN2 = math.log10(LN2)
 LOG10_E = math.log10(math.e)
-V7_DECAY_SCALE = math.exp(-0.5)  # v7: rho = e^-0.5 sigmoid(d)
 V7_MIN_DECAY = math.exp(-V7_DECAY_SCALE)  # ~0.545: v7's decay floor
 V7_MIN_HALF_LIFE = LN2 / V7_DECAY_SCALE  # ~1.14 tokens
 DYNAMIC_VERSIONS = ("6", "7")  # versions whose decay depends on the input
@@ -229,19 +229,8 @@ def static_bonus(source) -> np.ndarray:
     """The bonus of the current token, [L, C]: v4 `time_first` (log space), v5.1 exp(`time_first`) per head,
     v5.2/v6 `time_faaaa`, v7 `r_k`. Same `source` kinds as `static_decay`."""
     sd, cfg = _params_and_config(source)
-    H, N = heads_of(cfg)
-    rows = []
-    for layer in range(cfg.n_layer):
-        p = f"blocks.{layer}.att."
-        if cfg.version == "7":
-            rows.append(_f64(sd[p + "r_k"]).reshape(-1))
-        elif cfg.version == "5.1":
-            rows.append(np.repeat(np.exp(_f64(sd[p + "time_first"]).reshape(H)), N))
-        elif cfg.version == "4":
-            rows.append(_f64(sd[p + "time_first"]).reshape(-1))
-        else:
-            rows.append(_f64(sd[p + "time_faaaa"]).reshape(-1))
-    return np.stack(rows)  # [L, C]
+    return np.stack([_f64(time_mix_bonus(sd, cfg, f"blocks.{layer}.att.", torch.float64)).reshape(-1)
+                     for layer in range(cfg.n_layer)])  # [L, C]
 
 
 # ------------------------------------------------------------------------------------------------ per-token decays

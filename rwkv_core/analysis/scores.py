@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from rwkv_core.errors import InputError
+from rwkv_core.model.config import VERSIONS
 from rwkv_core.model.wkv import V7_MAX_CHUNK_EXP, v7_chunk_terms
 
 V4_GROUP_SIZE = 64  # v4 channels per display "head"
@@ -201,7 +202,7 @@ class ScoreInputs:
 def _version(v) -> str:
     s = str(v)
     s = {"5": "5.2", "6.0": "6", "7.0": "7", "4.0": "4", "x052": "5.2", "x060": "6", "x070": "7"}.get(s, s)
-    if s not in ("4", "5.1", "5.2", "6", "7"):
+    if s not in VERSIONS:
         raise InputError(f"unknown RWKV version {v!r}")
     return s
 
@@ -256,15 +257,11 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
         hv = lambda x: x.reshape(T, H, N)
         logw = get("hook_logw")
         u = r_k = kk = a = None
-        if version == "4":
-            u = att.time_first.float().reshape(H, N)
-        elif version in ("5.1", "5.2"):
-            u = att.decay_and_bonus()[1].reshape(H, N)
-        elif version == "6":
-            u = att.time_faaaa.float().reshape(H, N)
-        else:
-            r_k = att.r_k.float().reshape(H, N)
+        if version == "7":
+            r_k = att.bonus().reshape(H, N)
             kk, a = hv(get("hook_kk")), hv(get("hook_a"))
+        else:
+            u = att.bonus().reshape(H, N)
         k = get("hook_k_tilde") if version == "7" else get("hook_k")
         out.append(ScoreInputs(version, hv(get("hook_r")), hv(k), hv(get("hook_v")), hv(logw), u=u, r_k=r_k, kk=kk,
                                a=a, wkv=hv(get("hook_wkv")), layer=l))

@@ -19,7 +19,7 @@ arguments, and changing one option (e.g. `include_v7_layer0_v`, a LoRA rank) lea
 Values are drawn in float32 and stored in `dtype` (fp32, bf16 or fp16), as official bf16 releases store every tensor
 in bf16.
 
-No Streamlit, no dependency on the rest of the project.
+No Streamlit; of the rest of the project only the list of versions (`rwkv_core.model.config.VERSIONS`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from os import PathLike
 
 import torch
 
-VERSIONS = ("4", "5.1", "5.2", "6", "7")
+from rwkv_core.model.config import VERSIONS
 
 # LoRA names follow ModelConfig.lora: v6 {"maa": Dm, "decay": Dd}; v7 {"w": Dw, "a": Da, "v": Dv, "g": Dg}.
 LORA_NAMES = {"6": ("maa", "decay"), "7": ("w", "a", "v", "g")}

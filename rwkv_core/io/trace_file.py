@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rwkv_core.errors import RWKVInspectorError
+from rwkv_core.model.config import VERSIONS
 
 FORMAT_VERSION = 2  # uncompressed .npz; version 1 files (compressed) still open
 READABLE_VERSIONS = (1, 2)
@@ -44,18 +45,10 @@ def capture_names(version: str) -> list[str]:
 
 
 def bonus_of(model, layer: int) -> tuple[str, np.ndarray]:
-    """The per-layer bonus parameter as stored in a trace: ('u', ...) for v4-v6, ('r_k', [H, N]) for v7."""
-    att = model.blocks[layer].att
-    version = model.cfg.version
-    if version == "7":
-        return "r_k", att.r_k.detach().float().cpu().numpy()
-    if version == "4":
-        bonus = att.time_first
-    elif version == "6":
-        bonus = att.time_faaaa
-    else:
-        bonus = att.decay_and_bonus()[1]
-    return "u", bonus.detach().float().cpu().numpy()
+    """The per-layer bonus parameter as stored in a trace (`TimeMix.bonus`): ('u', ...) for v4-v6 (v4 [C], v5.1
+    exp(time_first), v5.2/v6 time_faaaa as [H, N]), ('r_k', [H, N]) for v7."""
+    bonus = model.blocks[layer].att.bonus().detach().float().cpu().numpy()
+    return ("r_k" if model.cfg.version == "7" else "u"), bonus
 
 
 @torch.no_grad()
@@ -179,6 +172,6 @@ def load_trace(path_or_file) -> Trace:
         raise TraceFileError(f"{label}: trace format version {str(version)[:20]} is not one this RWKV Inspector reads "
                              f"({', '.join(map(str, READABLE_VERSIONS))}): export it again with this version")
     cfg = meta.get("config") or {}
-    if not isinstance(cfg, dict) or cfg.get("version") not in ("4", "5.1", "5.2", "6", "7"):
+    if not isinstance(cfg, dict) or cfg.get("version") not in VERSIONS:
         raise TraceFileError(f"{label}: meta has no valid model config")
     return Trace(arrays, meta)

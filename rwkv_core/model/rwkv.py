@@ -14,7 +14,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +121,23 @@ def run_wkv_segments(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: to
     return torch.cat(ys, 1), state
 
 
+def time_mix_bonus(params: Mapping[str, torch.Tensor], cfg: ModelConfig, prefix: str = "",
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The bonus a token's own write gets when that token reads it, from the time-mix parameters by official name
+    (`prefix` + name: "blocks.{l}.att." for a checkpoint's tensors, "" for a time-mix module's own parameters):
+    v4 `time_first` [C] (log space), v5.1 exp(`time_first`) per head as [H, N], v5.2/v6 `time_faaaa` [H, N], v7
+    `r_k` [H, N] (v7 adds its bonus after ln_x). The one definition the model, traces, scores and decay tables use.
+    """
+    get = lambda name: params[prefix + name].to(dtype)  # noqa: E731
+    if cfg.version == "7":
+        return get("r_k")
+    if cfg.version == "4":
+        return get("time_first")
+    if cfg.version == "5.1":
+        return torch.exp(get("time_first").reshape(cfg.n_head))[:, None].expand(cfg.n_head, cfg.head_size)
+    return get("time_faaaa")
+
+
 def group_norm(x: torch.Tensor, H: int, weight, bias, eps: float) -> torch.Tensor:
     """ln_x: GroupNorm with H groups over the channels of each token. x [B, T, C]."""
     B, T, C = x.shape
@@ -173,6 +190,10 @@ class TimeMix(nn.Module):
                 logw = patched.view(B, T, *tail)
         return logw
 
+    def bonus(self) -> torch.Tensor:
+        """This layer's bonus, float32 (see `time_mix_bonus`)."""
+        return time_mix_bonus(self._parameters, self.cfg)
+
     def use_chunked(self, chunked: bool, positions: Sequence[int], T: int) -> bool:
         """Chunks pay off only if the state is not stopped at most tokens (a state hook at every token)."""
         return chunked and not (self.hook_state.active and len(positions) * 8 > T)
@@ -196,7 +217,7 @@ class TimeMixV4(TimeMix):
         v = self.hook_v(lin(mix(self.time_mix_v), self.value.weight))
         rho = torch.exp(self.time_decay.float())  # [C] per-step log-decay is -rho
         rho_bt = -self._decay_hook(-rho.expand(B, T, C), B, T)
-        u = self.time_first.float()
+        u = self.bonus()
         if not torch.equal(rho_bt, rho.expand(B, T, C)):  # a hook patched the decay per token
             kern = lambda k_, v_, rho_, s, need_state: _wkv4_per_token(k_, v_, rho_, u, s)
             y, state = run_wkv_segments(kern, (k, v, rho_bt), state, self.hook_state, positions, need_state)
@@ -255,9 +276,8 @@ class TimeMixV5(TimeMix):
         """Static per-step log-decay [H, N] (<= 0) and the bonus u [H, N], float32."""
         H, N = self.cfg.n_head, self.cfg.head_size
         if self.gated:
-            return -torch.exp(self.time_decay.float()), self.time_faaaa.float()
-        logw = -torch.exp(self.time_decay.float())[:, None].expand(H, N)
-        return logw, torch.exp(self.time_first.float())[:, None].expand(H, N)
+            return -torch.exp(self.time_decay.float()), self.bonus()
+        return -torch.exp(self.time_decay.float())[:, None].expand(H, N), self.bonus()
 
     def forward(self, x, shift, state, v_first, positions, chunked: bool, need_state: bool = True):
         B, T, C = x.shape
@@ -318,7 +338,7 @@ class TimeMixV6(TimeMix):
         v = self.hook_v(lin(xv, self.value.weight))
         g = self.hook_g(F.silu(lin(xg, self.gate.weight)))
         logw = self._decay_hook(self.log_decay(self.hook_xw(xw)).view(B, T, H, N), B, T)
-        y, state = _wkv5_run(r, k, v, logw, self.time_faaaa.float(), state, self.hook_state, positions,
+        y, state = _wkv5_run(r, k, v, logw, self.bonus(), state, self.hook_state, positions,
                              self.use_chunked(chunked, positions, T), H, N, need_state)
         y = group_norm(self.hook_wkv(y), H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps) * g
         return self.hook_out(lin(y, self.output.weight)), shift, state, v_first
@@ -383,7 +403,7 @@ class TimeMixV7(TimeMix):
                                     state, self.hook_state, positions, need_state)
         y = self.hook_wkv(y.reshape(B, T, C))
         y = group_norm(y, H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps)
-        bonus = (r * k * self.r_k.float().view(C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
+        bonus = (r * k * self.bonus().view(C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
         y = y + bonus.view(B, T, C)
         return self.hook_out(lin(y * g, self.output.weight)), shift, state, v_first
 
