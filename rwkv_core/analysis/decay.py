@@ -355,12 +355,6 @@ def trace_token_decays(w: np.ndarray, cfg, tokens: Sequence[int], layer: int) ->
                            np.log(-np.log(w64))[None])  # [1, T, C]
 
 
-def trace_log10_half_life(w: np.ndarray) -> np.ndarray:
-    """log10(ln 2 / -ln w) of a trace's float32 w, clipped into [TRACE_W_MIN, TRACE_W_MAX] (what the Time decay page shows)."""
-    w64 = np.clip(np.asarray(w, dtype=np.float64), TRACE_W_MIN, TRACE_W_MAX)
-    return LOG10_LN2 - np.log10(-np.log(w64))
-
-
 def head_summary(log10_half_life: np.ndarray, n_head: int, context_length: int,
                  layers: Optional[Sequence[int]] = None) -> pd.DataFrame:
     """Per (layer, head): median and max half-life over the head's channels and the count of "long-memory"

@@ -377,11 +377,12 @@ def test_token_head_summary_hand_case():
 
 def test_trace_log10_half_life_clips():
     w = np.array([[0.0, 1.0, 0.5, np.float32(0.9999)]], dtype=np.float32)
-    lh = D.trace_log10_half_life(w)
+    td = D.trace_token_decays(np.tile(w, (3, 1)), type("C", (), {"version": "6", "n_head": 2, "head_size": 2,
+                                                                     "dim_att": 4})(), [1, 2, 3], 0)
+    lh = td.log10_half_life[0, :1]  # [1, C]: token 0, what the Time decay view shows
     assert np.all(np.isfinite(lh))
     np.testing.assert_allclose(lh[0, 2], 0.0, atol=1e-12)  # lambda = 0.5: half-life 1 token
     assert 6.8 < lh[0, 1] < 6.9  # w = 1 clipped to 1 - 1e-7: log10(ln2 / 1e-7) = 6.84
-    td = D.trace_token_decays(np.tile(w, (3, 1)), type("C", (), {"version": "6", "n_head": 2, "head_size": 2,
-                                                                     "dim_att": 4})(), [1, 2, 3], 0)
-    np.testing.assert_allclose(td.log10_half_life[0, 0], lh[0], rtol=1e-12)
+    w64 = np.clip(w.astype(np.float64), D.TRACE_W_MIN, D.TRACE_W_MAX)
+    np.testing.assert_allclose(lh[0], D.LOG10_LN2 - np.log10(-np.log(w64[0])), rtol=1e-12)
     np.testing.assert_allclose(td.decay[0, 0, 2:], [0.5, np.float32(0.9999)], rtol=1e-12)
