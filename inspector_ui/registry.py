@@ -12,7 +12,9 @@ from typing import Optional
 
 from inspector_ui import settings
 from rwkv_core.paths import DEMO_MODELS_DIR, shared_weights_dir
+from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS
+from rwkv_core.io.tokenizer import Tokenizer
 
 CHECKPOINT_SUFFIXES = (".pth", ".bin", ".safetensors", ".st")
 
@@ -127,6 +129,33 @@ def list_models() -> dict[str, ModelEntry]:
     """All offered models by name, demo models first (the first one is the default)."""
     entries = _demo_entries() + _shared_entries() + _folder_entries()
     return {e.name: e for e in entries}
+
+
+def id_prompts(vocab_size: int) -> tuple[str, ...]:
+    """Example prompts for a model whose prompt is typed as token ids: a run of ids and a repeated pattern (what an
+    induction head picks up), every id inside the vocabulary."""
+    def typed(ids: list[int]) -> str:
+        return ", ".join(str(i % vocab_size) for i in ids)
+
+    return typed(list(range(1, 9))), typed([11, 22, 33, 44, 11, 22, 33, 44])
+
+
+def can_read(tokenizer: Tokenizer, prompt: str) -> bool:
+    """Whether `tokenizer` turns `prompt` into at least one token (an ids tokenizer reads no English)."""
+    try:
+        return len(tokenizer.encode(prompt).ids) > 0
+    except RWKVInspectorError:
+        return False
+
+
+def example_prompts(entry: ModelEntry, tokenizer: Tokenizer) -> tuple[str, ...]:
+    """The entry's prompts that its tokenizer can read. A model typed as token ids (a vocabulary that matches no
+    tokenizer) gets id lists of its vocabulary instead of the English examples of a folder or upload, so it opens
+    on a prompt that runs rather than on an error."""
+    usable = tuple(p for p in entry.prompts if can_read(tokenizer, p))
+    if not usable and tokenizer.kind == "ids":
+        return id_prompts(tokenizer.vocab_size)
+    return usable or entry.prompts
 
 
 def default_model_name(models: dict[str, ModelEntry]) -> Optional[str]:

@@ -10,8 +10,9 @@ from typing import Optional
 import streamlit as st
 
 from inspector_ui import settings
-from inspector_ui.registry import ModelEntry, default_model_name
-from inspector_ui.resources import all_models, device_choices, get_pool, register_hub, register_upload
+from inspector_ui.registry import ModelEntry, can_read, default_model_name, example_prompts
+from inspector_ui.resources import (LoadedModel, all_models, device_choices, get_pool, register_hub,
+                                    register_upload)
 from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.io.trace_file import TraceFileError, load_trace
@@ -61,27 +62,49 @@ def _add_model_box() -> None:
                     st.error(str(e))
 
 
-def _prompt_box(key: str, entry: ModelEntry, label: str) -> str:
-    default = entry.prompts[0] if entry.prompts else "Hello"
-    seed_prompt(key, default)
-    if entry.prompts:
+def _loaded(entry: ModelEntry, device: str, dtype: str) -> LoadedModel:
+    with st.spinner(f"Loading {entry.name}..."):
+        return get_pool().get(entry, device, dtype)
+
+
+def _prompt_box(key: str, lm: LoadedModel, label: str) -> str:
+    """The prompt text area, seeded with the first example the model's tokenizer can read; for a model typed as
+    token ids, a line saying so (and an example in place of text left from another model)."""
+    prompts = example_prompts(lm.entry, lm.tokenizer)
+    seed_prompt(key, prompts[0] if prompts else "Hello")
+    typed_as_ids = lm.tokenizer.kind == "ids"
+    model_changed = st.session_state.get(f"{key}_read_by") != lm.entry.name
+    st.session_state[f"{key}_read_by"] = lm.entry.name
+    # Text typed for another model (or in a link) means nothing as ids: start from an example. A prompt typed for
+    # this model stays, typos included, and gets the tokenizer's message.
+    replaced = typed_as_ids and model_changed and bool(prompts) and not can_read(lm.tokenizer, st.session_state[key])
+    if replaced:
+        st.session_state[key] = prompts[0]
+    if prompts:
         def use_example():
             st.session_state[key] = st.session_state[f"{key}_example"]
-        st.sidebar.selectbox("Example prompts", entry.prompts, key=f"{key}_example", index=None,
+        st.sidebar.selectbox("Example prompts", prompts, key=f"{key}_example", index=None,
                              placeholder="Pick an example...", on_change=use_example)
     st.sidebar.text_area(label, key=key, height=110)
+    if typed_as_ids:
+        n = lm.tokenizer.vocab_size
+        st.sidebar.caption(f"Token ids: this model's vocabulary ({n} ids) matches no tokenizer, so the prompt is "
+                           f"typed as token ids 0..{n - 1}, separated by commas or spaces (1, 2, 3)."
+                           + (" The earlier prompt was not token ids: an example stands in its place." if replaced
+                              else ""))
     return st.session_state[key]
 
 
-def _load_run(label: str, entry: ModelEntry, prompt: str, device: str, dtype: str) -> Run:
-    with st.spinner(f"Loading {entry.name}..."):
-        lm = get_pool().get(entry, device, dtype)
+def _load_run(label: str, lm: LoadedModel, prompt: str) -> Run:
     enc = lm.tokenizer.encode(prompt)
     if len(enc.ids) == 0:
         raise RWKVInspectorError("the prompt is empty: type some text in the sidebar")
     if len(enc.ids) > settings.MAX_TOKENS:
         raise RWKVInspectorError(f"the prompt has {len(enc.ids)} tokens; the limit here is {settings.MAX_TOKENS}: shorten it")
-    texts = [lm.tokenizer.display(i) if a == b else enc.text[a:b] for i, (a, b) in zip(enc.ids, enc.spans)]
+    if lm.tokenizer.kind == "ids":  # the typed text of a token holds its separators: show the id alone
+        texts = [lm.tokenizer.display(i) for i in enc.ids]
+    else:
+        texts = [lm.tokenizer.display(i) if a == b else enc.text[a:b] for i, (a, b) in zip(enc.ids, enc.spans)]
     return Run(label, lm.model.cfg, enc.ids, texts, prompt, lm.key, lm, spans=enc.spans)
 
 
@@ -167,16 +190,16 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
                 st.selectbox("Device", device_choices(), key="device")
                 st.selectbox("Weights", ["fp32", "bf16", "fp16"], key="dtype",
                              help="Storage of the weight matrices; decays and states always stay fp32.")
-            prompt = _prompt_box("prompt", entry, "Prompt")
+            lm = _loaded(entry, st.session_state.device, st.session_state.dtype)
+            prompt = _prompt_box("prompt", lm, "Prompt")
             sb.radio("Compare", ["off", "prompt", "model"], key="compare", horizontal=True,
                      help="Show a second prompt, or the same prompt on a second model, side by side.")
-            runs.append(_load_run("A", entry, prompt, st.session_state.device, st.session_state.dtype))
+            runs.append(_load_run("A", lm, prompt))
             if st.session_state.compare == "prompt":
-                prompt_b = _prompt_box("prompt_b", entry, "Prompt B")
-                runs.append(_load_run("B", entry, prompt_b, st.session_state.device, st.session_state.dtype))
+                runs.append(_load_run("B", lm, _prompt_box("prompt_b", lm, "Prompt B")))
             elif st.session_state.compare == "model":
                 entry_b = _model_picker("model_b", models, "Model B")
-                runs.append(_load_run("B", entry_b, prompt, st.session_state.device, st.session_state.dtype))
+                runs.append(_load_run("B", _loaded(entry_b, st.session_state.device, st.session_state.dtype), prompt))
     except RWKVInspectorError as e:
         st.error(str(e))
         st.stop()

@@ -258,3 +258,19 @@ def test_tour_of_every_page_in_one_session():
             assert (sb["model"], sb["prompt"], sb["compare"]) == (DIGITS, PROMPT_A, mode), (page.name, sb)
             if mode == "model":
                 assert sb["model_b"] == TINY, (page.name, sb)
+
+
+# ------------------------------------------------------------------------------------------------ a model typed as ids
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_a_checkpoint_of_no_known_vocabulary_opens_on_every_page(page, ids_model):
+    """A model folder's checkpoint with 777 embedding rows (no tokenizer fits): every page opens on it, its prompt
+    an id list of its vocabulary, each token shown as its id, and the sidebar says the prompt is typed as ids."""
+    _frame_page(page)
+    at = _ok(_app(page, model=ids_model), f"{page.name} on a 777-id model")
+    sb = _sidebar(at)
+    assert sb["model"] == ids_model and sb["prompt"] == "1, 2, 3, 4, 5, 6, 7, 8"
+    assert any("typed as token ids" in c.value for c in at.sidebar.caption)
+    for text in _token_texts(at):
+        assert text == "12345678"  # the ids, one token each, no separators

@@ -1,0 +1,103 @@
+"""The home page under Streamlit's AppTest: each run's model card, the tokenized prompt with the model's top-16
+predictions per token, the token table and the trace download; and a checkpoint whose vocabulary matches no
+tokenizer, opened from a model folder or uploaded, with its prompt typed as token ids.
+
+Runs on the shared digit-reversal model (skipped with a reason where ../shared is absent) and on random
+checkpoints written by rwkv_core.io.synthetic.
+"""
+from __future__ import annotations
+
+import pytest
+
+from inspector_ui.registry import ENGLISH, id_prompts
+from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
+from tests.conftest import shared_file
+from tests.ui.conftest import ODD_VOCAB
+from tests.ui.page_helpers import app_session, run_clean, token_views
+
+DIGITS = "shared: 260123_reverse_L2_only_rwkv7.pth"
+TINY = "shared: tiny-rwkv-5v2-730K-FP32.bin"
+
+
+def _card(at, column: int = 0) -> dict[str, str]:
+    """The model card of run A (column 0) or B (column 1): field -> value."""
+    table = at.table[column].value
+    return {str(k): str(v) for k, v in zip(table.index, table["value"])}
+
+
+def _ids_caption(at) -> str:
+    return " ".join(c.value for c in at.sidebar.caption if "token ids" in c.value)
+
+
+def test_home_shows_the_card_the_tokens_with_predictions_and_the_download():
+    shared_file("260123_reverse_L2_only_rwkv7.pth")
+    at = run_clean(app_session(model=DIGITS, prompt="31415926,"))
+    card = _card(at)
+    assert (card["version"], card["layers"], card["vocabulary"], card["tokenizer"]) == ("RWKV v7", "2", "12", "digits")
+    tv = token_views(at)[0]
+    assert tv["tokens"] == list("31415926,")
+    tips = tv["tips"]  # per token: the top next tokens [id, text, p, is the actual next token]
+    assert len(tips) == 9 and all(len(t) == 12 for t in tips)  # top-16 of a 12-id vocabulary: every id
+    assert all(abs(sum(row[2] for row in t) - 1) < 1e-4 for t in tips)
+    assert not any(row[3] for row in tips[-1])  # after the last token nothing is known
+    assert [row[3] for row in tips[0]].count(True) == 1 and next(r for r in tips[0] if r[3])[1] == "1"
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [3, 1, 4, 1, 5, 9, 2, 6, 10] and list(table["token"]) == list("31415926,")
+    assert [b.key for b in at.get("download_button")] == ["dl_trace_A"]
+
+
+def test_home_in_compare_mode_shows_a_card_per_model():
+    shared_file("tiny-rwkv-5v2-730K-FP32.bin")
+    at = run_clean(app_session(model=DIGITS, model_b=TINY, compare="model", prompt="31415926,"))
+    assert [s.value for s in at.subheader] == [f"A: {DIGITS}", f"B: {TINY}"]
+    assert (_card(at, 0)["version"], _card(at, 1)["version"]) == ("RWKV v7", "RWKV v5.2")
+    assert [len(tv["tokens"]) for tv in token_views(at)] == [9, 9]  # both tokenizers read one byte per digit
+
+
+def test_a_model_folder_checkpoint_of_no_known_vocabulary_opens_with_the_prompt_typed_as_ids(ids_model):
+    at = run_clean(app_session(model=ids_model))
+    assert at.selectbox(key="model").value == ids_model
+    prompt = at.text_area(key="prompt").value
+    assert prompt == id_prompts(ODD_VOCAB)[0] == "1, 2, 3, 4, 5, 6, 7, 8"  # not the folder default, English text
+    assert ENGLISH not in at.sidebar.selectbox(key="prompt_example").options
+    assert "typed as token ids 0..776" in _ids_caption(at)
+    assert token_views(at)[0]["tokens"] == [str(i) for i in range(1, 9)]  # each token shows as its id
+    card = _card(at)
+    assert (card["tokenizer"], card["vocabulary"]) == ("ids", str(ODD_VOCAB))
+
+    at.text_area(key="prompt").set_value("700 5,5  776")
+    run_clean(at)
+    assert token_views(at)[0]["tokens"] == ["700", "5", "5", "776"]
+    assert list(at.dataframe[0].value["id"]) == [700, 5, 5, 776]
+
+    at.text_area(key="prompt").set_value("5, 777")  # a typo stays the user's, with the tokenizer's message
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_area(key="prompt").value == "5, 777"
+    assert any("outside the model's vocabulary of 777" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_an_uploaded_checkpoint_of_no_known_vocabulary_opens_with_the_prompt_typed_as_ids(tmp_path, monkeypatch):
+    from inspector_ui import settings
+
+    shared_file("260123_reverse_L2_only_rwkv7.pth")
+    monkeypatch.setattr(settings, "UPLOAD_DIR", tmp_path / "uploads")
+    ckpt = tmp_path / "odd.pth"
+    save_checkpoint(random_state_dict("5.2", vocab_size=ODD_VOCAB, n_layer=2, n_embd=32, head_size=16, seed=3), ckpt)
+    at = run_clean(app_session(model=DIGITS, prompt="31415926,"))  # a digits prompt: one huge id, not a prompt
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("odd.pth", ckpt.read_bytes(), "application/octet-stream"))
+    run_clean(at)
+    model = at.selectbox(key="model").value
+    assert model.startswith("upload: odd.pth")
+    assert at.text_area(key="prompt").value == "1, 2, 3, 4, 5, 6, 7, 8"
+    caption = _ids_caption(at)
+    assert "typed as token ids" in caption and "earlier prompt was not token ids" in caption
+    assert token_views(at)[0]["tokens"] == [str(i) for i in range(1, 9)]
+    assert _card(at)["version"] == "RWKV v5.2" and _card(at)["tokenizer"] == "ids"
+
+
+@pytest.mark.parametrize("vocab_size", [3, 40])
+def test_id_examples_stay_inside_a_small_vocabulary(vocab_size):
+    for prompt in id_prompts(vocab_size):
+        ids = [int(x) for x in prompt.split(", ")]
+        assert len(ids) == 8 and max(ids) < vocab_size
