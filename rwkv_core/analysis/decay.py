@@ -32,11 +32,9 @@ Arrays are numpy float64; shapes in comments: L layers, T tokens, C channels, H 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
@@ -508,45 +506,13 @@ def state_sizes(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = 
     return StateSizes(cfg.version, layers, frob, peak)
 
 
-# ------------------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------------------------ CSV
 
 
 def write_static_csv(checkpoint_path: PathLike, out_csv: PathLike) -> int:
     """Write the static decay table of a checkpoint (columns layer, head, channel, decay, half_life; one row per
-    layer and channel, L*C rows; v4: head 0) to `out_csv`; returns the number of rows. Floats at full precision."""
+    layer and channel, L*C rows; v4: head 0) to `out_csv` (a path or a text file such as sys.stdout); returns the
+    number of rows. Floats at full precision. `python -m rwkv_core decay` writes it."""
     table = static_decay(checkpoint_path).table()
     table.to_csv(out_csv, index=False, float_format="%.17g")
     return len(table)
-
-
-def add_decay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments of `python -m rwkv_core decay`."""
-    parser.add_argument("checkpoint", help="checkpoint file (.pth, .safetensors or rwkv.cpp .bin)")
-    parser.add_argument("--out", "-o", default=None,
-                        help="CSV file to write (layer, head, channel, decay, half_life); default: standard output")
-    return parser
-
-
-def decay_cli(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
-    """`python -m rwkv_core decay CHECKPOINT --out FILE.csv`: the static decay table for scripting.
-
-    `args` is a parsed namespace (attributes `checkpoint`, `out`) or an argv list. Returns the exit status;
-    errors are printed as one line to stderr.
-    """
-    from rwkv_core.errors import RWKVInspectorError
-
-    if not isinstance(args, argparse.Namespace):
-        parser = add_decay_arguments(argparse.ArgumentParser(
-            prog="python -m rwkv_core decay", description="Static time decay per layer and channel as CSV."))
-        args = parser.parse_args(None if args is None else list(args))
-    out = getattr(args, "out", None)
-    try:
-        if out in (None, "-"):
-            static_decay(args.checkpoint).table().to_csv(sys.stdout, index=False, float_format="%.17g")
-        else:
-            n = write_static_csv(args.checkpoint, out)
-            print(f"wrote {n} rows to {out}", file=sys.stderr)
-    except (RWKVInspectorError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
