@@ -15,8 +15,7 @@ from inspector_ui.resources import (LoadedModel, all_models, device_choices, get
                                     register_upload)
 from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
 from rwkv_core.errors import RWKVInspectorError
-from rwkv_core.io.trace_file import TraceFileError, load_trace
-from rwkv_core.model.config import ModelConfig
+from rwkv_core.io.trace_file import TraceFileError, load_trace, trace_contents
 
 
 def _model_picker(key: str, models: dict[str, ModelEntry], label: str) -> Optional[ModelEntry]:
@@ -108,32 +107,6 @@ def _load_run(label: str, lm: LoadedModel, prompt: str) -> Run:
     return Run(label, lm.model.cfg, enc.ids, texts, prompt, lm.key, lm, spans=enc.spans)
 
 
-def _trace_config(raw: dict) -> ModelConfig:
-    """The model config of a trace's meta, checked field by field: the meta comes from the file, and a hostile or
-    hand-edited one must give a message, not a traceback."""
-    import dataclasses
-
-    try:
-        cfg = ModelConfig(**raw)
-        for f in dataclasses.fields(ModelConfig):
-            v = getattr(cfg, f.name)
-            if f.type in (int, "int"):
-                ok = type(v) is int and (v > 0 if f.name in ("n_layer", "n_embd", "vocab_size", "n_head") else v >= 0)
-            elif f.type in (float, "float"):
-                ok = type(v) in (int, float) and v >= 0
-            elif f.type in (bool, "bool"):
-                ok = type(v) is bool
-            elif f.name == "lora":
-                ok = isinstance(v, dict) and all(isinstance(k, str) and type(n) is int for k, n in v.items())
-            else:
-                ok = isinstance(v, str)
-            if not ok:
-                raise ValueError(f"{f.name} = {v!r}")
-    except (TypeError, ValueError) as e:
-        raise TraceFileError(f"the trace's model config is not usable ({str(e).splitlines()[0][:120]})") from None
-    return cfg
-
-
 def _trace_run(label: str, upload) -> Run:
     try:
         trace = load_trace(upload)
@@ -141,15 +114,8 @@ def _trace_run(label: str, upload) -> Run:
         raise
     except Exception as e:  # slipped through load_trace (a forged .npy header: TokenError, MemoryError, ...)
         raise TraceFileError(f"not a usable trace file ({type(e).__name__})") from None
-    cfg = _trace_config(trace.meta["config"])
-    layers = trace.meta.get("layers")
-    if not (isinstance(layers, list) and all(type(l) is int and 0 <= l < cfg.n_layer for l in layers)):
-        raise TraceFileError(f"the trace's 'layers' must be a list of layer numbers 0..{cfg.n_layer - 1}")
-    tokens = [int(t) for t in trace.tokens]
-    texts = trace.meta.get("token_texts")
-    if not (isinstance(texts, list) and len(texts) == len(tokens) and all(isinstance(t, str) for t in texts)):
-        texts = [str(t) for t in tokens]  # no (usable) token texts: show the ids
-    return Run(label, cfg, tokens, texts, trace=trace)
+    contents = trace_contents(trace)  # TraceFileError for a config or layers a page cannot use
+    return Run(label, contents.cfg, contents.tokens, contents.token_texts, trace=trace)
 
 
 def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from rwkv_core.errors import RWKVInspectorError
-from rwkv_core.model.config import VERSIONS
+from rwkv_core.model.config import VERSIONS, ModelConfig
 
 FORMAT_VERSION = 2  # uncompressed .npz; version 1 files (compressed) still open
 READABLE_VERSIONS = (1, 2)
@@ -175,3 +175,59 @@ def load_trace(path_or_file) -> Trace:
     if not isinstance(cfg, dict) or cfg.get("version") not in VERSIONS:
         raise TraceFileError(f"{label}: meta has no valid model config")
     return Trace(arrays, meta)
+
+
+# ------------------------------------------------------------------------------------------------ checked meta
+
+
+@dataclass(frozen=True)
+class TraceContents:
+    """What a viewer draws from a loaded trace besides its arrays, checked: the model config, the exported layers,
+    the token ids and a text for every token."""
+
+    cfg: ModelConfig
+    layers: list[int]
+    tokens: list[int]
+    token_texts: list[str]
+
+
+_POSITIVE_CONFIG_FIELDS = ("n_layer", "n_embd", "vocab_size", "n_head")
+
+
+def trace_config(raw: dict) -> ModelConfig:
+    """The model config of a trace's meta, checked field by field: the meta comes from the file, and a hostile or
+    hand-edited one must give a one-line message, not a traceback."""
+    try:
+        cfg = ModelConfig(**raw)
+        for f in fields(ModelConfig):
+            v = getattr(cfg, f.name)
+            if f.type in (int, "int"):
+                ok = type(v) is int and (v > 0 if f.name in _POSITIVE_CONFIG_FIELDS else v >= 0)
+            elif f.type in (float, "float"):
+                ok = type(v) in (int, float) and v >= 0
+            elif f.type in (bool, "bool"):
+                ok = type(v) is bool
+            elif f.name == "lora":
+                ok = isinstance(v, dict) and all(isinstance(k, str) and type(n) is int for k, n in v.items())
+            else:
+                ok = isinstance(v, str)
+            if not ok:
+                raise ValueError(f"{f.name} = {v!r}")
+    except (TypeError, ValueError) as e:
+        raise TraceFileError(f"the trace's model config is not usable ({str(e).splitlines()[0][:120]})") from None
+    return cfg
+
+
+def trace_contents(trace: Trace) -> TraceContents:
+    """The config, layers, tokens and token texts of a loaded trace, checked (`load_trace` checks the arrays; this
+    checks the meta a viewer relies on). Layers must be layer numbers of the config (TraceFileError otherwise);
+    token texts missing, of the wrong length or of the wrong type give way to the token ids."""
+    cfg = trace_config(trace.meta["config"])
+    layers = trace.meta.get("layers")
+    if not (isinstance(layers, list) and all(type(l) is int and 0 <= l < cfg.n_layer for l in layers)):
+        raise TraceFileError(f"the trace's 'layers' must be a list of layer numbers 0..{cfg.n_layer - 1}")
+    tokens = [int(t) for t in trace.tokens]
+    texts = trace.meta.get("token_texts")
+    if not (isinstance(texts, list) and len(texts) == len(tokens) and all(isinstance(t, str) for t in texts)):
+        texts = [str(t) for t in tokens]
+    return TraceContents(cfg, list(layers), tokens, list(texts))
