@@ -98,7 +98,7 @@ def _frame_params():
 
 @pytest.mark.parametrize("page", _frame_params())
 def test_page_builds_the_shared_sidebar(page):
-    """Issue 8: every page builds the shared sidebar (model by registry name, prompt, compare toggle, URL state) by
+    """Every page builds the shared sidebar (model by registry name, prompt, compare toggle, URL state) by
     calling the one helper module, so it works when opened first from a link."""
     assert uses_frame(page), (f"{page.relative_to(REPO)} does not call inspector_ui.sidebar.page_setup: no shared "
                               "model/prompt/compare sidebar, no URL state, no compare mode")

@@ -150,7 +150,7 @@ TAKES_A_PATH_YET = {}  # page stem -> reason
     pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason=TAKES_A_PATH_YET[p.stem]))
     if p.stem in TAKES_A_PATH_YET else pytest.param(p, id=p.stem) for p in PAGES])
 def test_no_widget_takes_a_server_path(page):
-    """Issue 8: users pick a model by name, never by typing a server path. No text field of any page (opened first)
+    """Users pick a model by name, never by typing a server path. No text field of any page (opened first)
     holds a path of this machine: such a field would let a visitor make the server open any file."""
     at = _app(page)
     at.run()
