@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import APP, PAGE_IDS, PAGES, REPO, shared_file, uses_frame
 from tests.conftest import frame_page as _frame_page
+from tests.ui.page_helpers import app_session
 
 
 TINY = "shared: tiny-rwkv-5v2-730K-FP32.bin"  # RWKV-5.2, 12 layers, byte tokenizer
@@ -29,16 +30,9 @@ def _rel(page: Path) -> str:
 
 def _app(page: Path, **query) -> "AppTest":  # noqa: F821
     """A fresh session of the multipage app that will open `page` on its first run, with these URL parameters."""
-    from streamlit.testing.v1 import AppTest
-
     shared_file("tiny-rwkv-5v2-730K-FP32.bin")
     shared_file("260123_reverse_L2_only_rwkv7.pth")
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
-    for k, v in query.items():
-        at.query_params[k] = v
-    if page != APP:
-        at.switch_page(_rel(page))
-    return at
+    return app_session(_rel(page), TIMEOUT_S, **query)
 
 
 def _ok(at, what: str = ""):
