@@ -118,6 +118,14 @@ def _trace_run(label: str, upload) -> Run:
     return Run(label, contents.cfg, contents.tokens, contents.token_texts, trace=trace)
 
 
+def _pool_note() -> str:
+    """What the shared model pool holds, for a team on one server: which models, and how much of the budget."""
+    pool = get_pool()
+    held = ", ".join(f"{name} ({device}, {dtype})" for name, device, dtype in pool.loaded_names())
+    return (f"Loaded on this server: {held or 'none'}; {pool.total_bytes() / 2**30:.2f} of "
+            f"{pool.budget_bytes / 2**30:.2f} GiB of weights (least recently used unloaded beyond that).")
+
+
 def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
     """Page config, the shared sidebar, and the run(s) the page shows. Stops the page with a one-line message
     when the input is unusable."""
@@ -156,7 +164,9 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
                 st.selectbox("Device", device_choices(), key="device")
                 st.selectbox("Weights", ["fp32", "bf16", "fp16"], key="dtype",
                              help="Storage of the weight matrices; decays and states always stay fp32.")
+                pool_note = st.empty()  # filled once this run's model is loaded
             lm = _loaded(entry, st.session_state.device, st.session_state.dtype)
+            pool_note.caption(_pool_note())
             prompt = _prompt_box("prompt", lm, "Prompt")
             sb.radio("Compare", ["off", "prompt", "model"], key="compare", horizontal=True,
                      help="Show a second prompt, or the same prompt on a second model, side by side.")

@@ -114,12 +114,6 @@ def half_life(log_decay: np.ndarray) -> np.ndarray:
         return LN2 / rho
 
 
-def half_life_from_decay(decay: np.ndarray) -> np.ndarray:
-    """Half-life from lambda itself: ln 2 / -ln lambda (for user-given decays; loses precision near 1)."""
-    with np.errstate(divide="ignore"):
-        return LN2 / -np.log(np.asarray(decay, dtype=np.float64))
-
-
 # ------------------------------------------------------------------------------------------------ static decays
 
 
@@ -138,14 +132,6 @@ class StaticDecay:
     log10_half_life: np.ndarray  # [L, C]
 
     @property
-    def n_layer(self) -> int:
-        return self.logit.shape[0]
-
-    @property
-    def n_channel(self) -> int:
-        return self.logit.shape[1]
-
-    @property
     def decay(self) -> np.ndarray:
         """lambda [L, C] in (0, 1]."""
         return np.exp(self.log_decay)
@@ -161,11 +147,11 @@ class StaticDecay:
 
     def head_of_channel(self) -> np.ndarray:
         """[C] head index of every channel."""
-        return np.arange(self.n_channel) // self.head_size
+        return np.arange(self.logit.shape[1]) // self.head_size
 
     def by_head(self, values: np.ndarray) -> np.ndarray:
         """[L, C] -> [L, H, N]."""
-        return np.asarray(values).reshape(self.n_layer, self.n_head, self.head_size)
+        return np.asarray(values).reshape(self.logit.shape[0], self.n_head, self.head_size)
 
     def table(self) -> pd.DataFrame:
         """One row per (layer, channel): layer, head, channel, decay, half_life (the CLI's CSV)."""

@@ -8,7 +8,7 @@ diagonal):
     v5.x/v6  i < j: sum_c r_j[c] (prod_{t=i+1}^{j-1} w_t[c]) k_i[c];   i = j: sum_c r_j[c] u[c] k_j[c]
     v7       i < j: k~_i G_{i+1} ... G_j r_j^T;                          i = j: k~_j . r_j
              with G_t = diag(w_t) - kk_t^T (kk_t * a_t) (update first, then read); the r_k bonus is not part of A
-             (see `v7_rk_bonus`).
+             (the model adds it after ln_x).
     v4       per channel c: the normalised weight of token i in wkv_j[c] (rows sum to 1 per channel); v4 has no
              heads, so a "head" here is a group of `v4_group_size(C)` (= 64) consecutive channels and A is the mean
              of the per-channel weights over the group (rows of the mean still sum to 1). The identity holds per
@@ -27,7 +27,7 @@ API: `capture_score_inputs` / `capture_with_logits` (one forward, hook points) o
 `inputs_from_trace` (a trace file, no model) give a `ScoreInputs` per layer; `full_scores`, `full_spans` give one
 head's T x T matrix; `row_and_column` gives the selected token's row and column for every (layer, head);
 `trace_scores` is `export --scores`; `wkv_from_scores` checks the identity; `topk_predictions`, `auto_scale`,
-`span_curves`, `span_reach`, `overview_values`, `v7_rk_bonus` serve the pages. Figures: `rwkv_core.figures.scores`.
+`span_curves`, `span_reach`, `overview_values` serve the pages. Figures: `rwkv_core.figures.scores`.
 
 Numerics: float32 results on the inputs' device. v4-v6 decay products are exp of differences of float64 cumulative
 log-decays; between a query chunk and an earlier source chunk the factor is split in three at the chunk borders,
@@ -148,12 +148,6 @@ class ScoreInputs:
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
-
-    def slice_tokens(self, stop: int) -> "ScoreInputs":
-        """The first `stop` tokens (scores of a prefix do not depend on later tokens)."""
-        cut = {n: getattr(self, n)[:stop] for n in ("r", "k", "v", "logw", "kk", "a", "wkv")
-               if getattr(self, n) is not None}
-        return replace(self, **cut)
 
     @classmethod
     def from_arrays(cls, version: str, *, r: ArrayLike, k: ArrayLike, v: ArrayLike, n_head: Optional[int] = None,
@@ -408,7 +402,7 @@ def _pair_sum(q: Optional[torch.Tensor], key: Optional[torch.Tensor], alpha: tor
         if q is None:
             blk = E.sum(-1)
         else:
-            G, n = E.shape[0], L * L
+            G = E.shape[0]
             blk = torch.bmm(E.view(G * L, L, N), q.view(nC, L, N)[sl].reshape(G * L, N, 1)).view(G, L, L)
         for gi in range(blk.shape[0]):
             c0 = (g + gi) * L
@@ -573,7 +567,7 @@ def _diag_row_col(si: ScoreInputs, s: int, diagonal: bool, spans, variant: str) 
     v5/v6: with C_t = sum_{t' <= t} log w_t' (float64), A[s, i] uses exp(C_{s-1} - C_i) and A[j, s] uses
     exp(C_{j-1} - C_s): differences relative to s, non-positive, precise, bounded.
     """
-    T, H, N = si.T, si.H, si.N
+    T, H = si.T, si.H
     dev = si.device
     k, lw, u = si.k, si.logw, si.u  # [T, H, N], [H, N]
     names = ["row", "col"] + (["span_col"] if spans else []) + (["span_row"] if spans is True else [])
@@ -797,13 +791,6 @@ def wkv_from_scores(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if A.dim() == 4:
         return torch.einsum("hnji,ihn->jhn", A, v.to(A.dtype))
     raise InputError(f"wkv_from_scores: unsupported shapes A {tuple(A.shape)}, v {tuple(v.shape)}")
-
-
-def v7_rk_bonus(si: ScoreInputs) -> torch.Tensor:
-    """v7's separate bonus coefficient of v_j at token j, sum_c r_j[c] k~_j[c] r_k[h, c] (added after ln_x): [T, H]."""
-    if si.version != "7" or si.r_k is None:
-        raise InputError("the r_k bonus exists for v7 inputs with r_k only")
-    return (si.r * si.k * si.r_k).sum(-1)
 
 
 def topk_predictions(logits: torch.Tensor, k: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

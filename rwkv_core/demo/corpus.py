@@ -503,11 +503,6 @@ def iter_documents(seed: int, mix: Optional[Mapping[str, float]] = None,
         yield kind, _make(kind, rng, kv)
 
 
-def training_documents(seed: int, n: int, mix: Optional[Mapping[str, float]] = None) -> list[str]:
-    """The first `n` documents for a seed: facts in training phrasings, retrieval episodes, filler."""
-    return [d for _, d in itertools.islice(iter_documents(seed, mix), n)]
-
-
 def training_stream(seed: int, n_bytes: int, mix: Optional[Mapping[str, float]] = None,
                     kv: KVLayout = KVLayout()) -> bytes:
     """Exactly `n_bytes` of ASCII: the seed's documents joined with SEPARATOR (a prefix of any longer stream)."""

@@ -53,6 +53,16 @@ def _token_axis(fig: go.Figure, labels: Sequence[str], axis: str = "x") -> None:
 # ------------------------------------------------------------------------------------------------ static views
 
 
+def _head_channels(decay: np.ndarray, log10_half_life: np.ndarray, head_size: int,
+                   head: Optional[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """decay and log10 half-life [L, C] as float64, cut to one head's channels when `head` is given, and the
+    original channel numbers [C'] of what is kept."""
+    decay = np.asarray(decay, dtype=np.float64)
+    log10_half_life = np.asarray(log10_half_life, dtype=np.float64)
+    sl = _channel_slice(decay.shape[1], head_size, head)
+    return decay[:, sl], log10_half_life[:, sl], np.arange(decay.shape[1])[sl]
+
+
 def paper_figure(decay: np.ndarray, log10_half_life: np.ndarray, head_size: int, *, head: Optional[int] = None,
                  y: str = "decay", title: Optional[str] = None) -> go.Figure:
     """The RWKV-4 paper's decay figure: one line per layer, channels sorted by decay (descending).
@@ -63,15 +73,12 @@ def paper_figure(decay: np.ndarray, log10_half_life: np.ndarray, head_size: int,
     """
     if y not in ("decay", "half_life"):
         raise ValueError("y must be 'decay' or 'half_life'")
-    decay = np.asarray(decay, dtype=np.float64)
-    log10_half_life = np.asarray(log10_half_life, dtype=np.float64)
-    L, C = decay.shape
-    sl = _channel_slice(C, head_size, head)
-    channels = np.arange(C)[sl]
+    decay, log10_half_life, channels = _head_channels(decay, log10_half_life, head_size, head)
+    L = decay.shape[0]
     colors = layer_colors(L)
     fig = go.Figure()
     for layer in range(L):
-        lam, lh = decay[layer, sl], log10_half_life[layer, sl]
+        lam, lh = decay[layer], log10_half_life[layer]
         order = np.argsort(-lh, kind="stable")  # longest memory first = largest decay first
         hl = np.power(10.0, lh[order])
         custom = np.stack([channels[order], channels[order] // head_size, lam[order], hl], axis=-1)
@@ -108,12 +115,8 @@ def layer_channel_heatmap(decay: np.ndarray, log10_half_life: np.ndarray, head_s
     """
     if value not in ("decay", "log10_half_life"):
         raise ValueError("value must be 'decay' or 'log10_half_life'")
-    decay = np.asarray(decay, dtype=np.float64)
-    lh = np.asarray(log10_half_life, dtype=np.float64)
-    L, C = decay.shape
-    sl = _channel_slice(C, head_size, head)
-    channels = np.arange(C)[sl]
-    decay, lh = decay[:, sl], lh[:, sl]
+    decay, lh, channels = _head_channels(decay, log10_half_life, head_size, head)
+    L = decay.shape[0]
     chan = np.broadcast_to(channels, decay.shape)
     if sort:
         order = np.argsort(-lh, axis=1, kind="stable")

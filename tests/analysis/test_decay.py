@@ -173,7 +173,7 @@ def test_token_decays_tiny_equal_hook_w(key):
 def test_half_life_hand_cases():
     ln2 = math.log(2)
     np.testing.assert_allclose(D.half_life(np.log([0.5, 2 ** -0.1, 0.25])), [1.0, 10.0, 0.5], rtol=1e-12)
-    np.testing.assert_allclose(D.half_life_from_decay([0.5]), [1.0])
+    np.testing.assert_allclose(D.half_life(np.log([0.5])), [1.0])
     assert D.half_life(np.array([0.0]))[0] == np.inf
     # v4-v6 from the logit d: rho = e^d
     d = np.array([math.log(ln2), 0.0, -50.0, 50.0])

@@ -478,15 +478,6 @@ def test_wkv_from_scores_shapes():
     assert torch.allclose(yc[2, 1, 3], (Ac[1, 3, 2] * v[:, 1, 3]).sum(), atol=1e-6)
 
 
-def test_v7_rk_bonus():
-    si = rand_inputs("7", T=6, H=2, N=4)
-    b = S.v7_rk_bonus(si)
-    assert b.shape == (6, 2)
-    assert torch.isclose(b[3, 1], (si.r[3, 1] * si.k[3, 1] * si.r_k[1]).sum())
-    with pytest.raises(InputError):
-        S.v7_rk_bonus(rand_inputs("6"))
-
-
 def test_topk_predictions():
     logits = torch.randn(7, 50, generator=torch.Generator().manual_seed(0))
     ids, probs = S.topk_predictions(logits, k=16)

@@ -1,6 +1,7 @@
 """The demo corpus: deterministic, ASCII, held-out phrasings really held out, retrieval probes exact."""
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -21,19 +22,24 @@ def stream() -> str:
 # ------------------------------------------------------------------------------------------ determinism, format
 
 
+def training_documents(seed: int, n: int, mix=None) -> list[str]:
+    """The first `n` documents of a seed's training stream, as the corpus yields them."""
+    return [d for _, d in itertools.islice(dc.iter_documents(seed, mix), n)]
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes():
     a = dc.training_stream(3, 100_000)
     assert a == dc.training_stream(3, 100_000)
     assert len(a) == 100_000
     assert a != dc.training_stream(4, 100_000)
     assert dc.training_stream(3, 40_000) == a[:40_000]  # a shorter stream is a prefix of a longer one
-    assert dc.training_documents(5, 30) == dc.training_documents(5, 30)
+    assert training_documents(5, 30) == training_documents(5, 30)
     assert dc.retrieval_probes(1, 20) == dc.retrieval_probes(1, 20)
     assert dc.retrieval_probes(1, 20) != dc.retrieval_probes(2, 20)
 
 
 def test_stream_is_documents_joined(stream):
-    docs = dc.training_documents(0, 200)
+    docs = training_documents(0, 200)
     assert stream.startswith(dc.SEPARATOR.join(docs))
     assert all(d and dc.SEPARATOR not in d for d in docs)  # the separator splits the stream back into documents
 
@@ -54,10 +60,10 @@ def test_all_kinds_present_in_proportion(stream):
 
 
 def test_mix_selects_kinds():
-    docs = dc.training_documents(0, 50, mix={"kv": 1.0})
+    docs = training_documents(0, 50, mix={"kv": 1.0})
     assert all(d.split("\n")[0] in dc.KV_HEADERS for d in docs)
     with pytest.raises(ValueError):
-        dc.training_documents(0, 5, mix={"poems": 1.0})
+        training_documents(0, 5, mix={"poems": 1.0})
 
 
 def test_stats_cli(capsys):
@@ -154,7 +160,7 @@ def test_every_fact_trained_in_several_phrasings(stream):
 
 def test_fact_documents_use_only_training_phrasings():
     allowed = {p.prompt + p.answer + "." for p in dc.train_fact_prompts()}
-    for d in dc.training_documents(7, 400, mix={"facts": 1.0}):
+    for d in training_documents(7, 400, mix={"facts": 1.0}):
         for s in re.split(r"(?<=\.)[ \n]", d):
             assert s in allowed, s
 
@@ -202,7 +208,7 @@ def test_kv_keys_are_not_substrings_of_each_other():
 def test_kv_formats_share_the_stream_layout():
     """The "word" stream is what it always was (the committed models' first phase replays it); "letter" lines hold
     one key byte right before the value; an unknown format is refused."""
-    word = dc.training_documents(5, 40, mix={"kv": 1.0})
+    word = training_documents(5, 40, mix={"kv": 1.0})
     letter = [doc for _, (_, doc) in zip(range(40), dc.iter_documents(5, {"kv": 1.0}, dc.KVLayout("letter")))]
     assert all("=" in d for d in word) and not any("=" in d for d in letter)
     for d in letter:
@@ -228,7 +234,7 @@ def test_kv_pairs_set_the_pairs_per_episode_and_bad_layouts_are_refused():
 
 
 def test_retrieval_episodes_in_stream_are_short():
-    docs = dc.training_documents(2, 500, mix={"kv": 0.5, "repeat": 0.5})
+    docs = training_documents(2, 500, mix={"kv": 0.5, "repeat": 0.5})
     assert all(len(d) < 200 for d in docs)
     with pytest.raises(ValueError):
         dc.retrieval_probes(0, 1, kind="nope")
