@@ -8,7 +8,6 @@ invariants of the method must hold exactly (restoring everything at the end = cl
 """
 from __future__ import annotations
 
-import argparse
 import threading
 
 import numpy as np
@@ -329,11 +328,11 @@ def test_cli(tmp_path):
     sd = random_state_dict("7", n_layer=2, n_embd=32, head_size=16, vocab_size=256, seed=5)
     ckpt = tmp_path / "m.pth"
     save_checkpoint(sd, ckpt)
-    parser = TR.add_trace_arguments(argparse.ArgumentParser())
+    from rwkv_core.cli import main
+
     out = tmp_path / "g.npz"
-    args = parser.parse_args([str(ckpt), "--prompt", PROMPT, "--subject", SUBJECT, "--answer", "Z", "--mode", "resid",
-                              "--samples", "2", "--out", str(out)])
-    assert TR.trace_cli(args) == 0
+    assert main(["trace", str(ckpt), "--prompt", PROMPT, "--subject", SUBJECT, "--answer", "Z", "--mode", "resid",
+                 "--samples", "2", "--out", str(out)]) == 0
     with np.load(out) as z:
         assert z["grid"].shape == (len(PROMPT), 2) and str(z["metric"]) == "prob"
         assert str(z["mode"]) == "resid" and str(z["kind"]) == "block"

@@ -53,13 +53,12 @@ output replaced by zero, by its mean over a reference text, or by the corrupted 
 reset at one token; the change of every metric at the answer, per layer.
 
 Modules: `setup` (prepare_trace, TraceSetup, subject, noise), `results` (TraceSpec, TraceResult, grids), `fast`
-(the fast path, trace_grids, trace), `reference` (reference_cell), `ablation` (ablate_layers), `command` (the
-`python -m rwkv_core trace` options). No Streamlit here.
+(the fast path, trace_grids, trace), `reference` (reference_cell), `ablation` (ablate_layers); the
+`python -m rwkv_core trace` command is in `rwkv_core.cli`. No Streamlit here.
 """
 
 from rwkv_core.analysis.tracing.ablation import (ABLATION_REPLACEMENTS, ABLATION_TARGETS, AblationResult,
                                                  ablate_layers, reference_means)
-from rwkv_core.analysis.tracing.command import add_trace_arguments, trace_cli
 from rwkv_core.analysis.tracing.fast import (DEFAULT_MEMORY_BUDGET, ProgressFn, _FastTracer, row_token_bytes, trace,
                                              trace_grids)
 from rwkv_core.analysis.tracing.reference import reference_cell
@@ -68,7 +67,7 @@ from rwkv_core.analysis.tracing.setup import (NOISE_SITES, StopFn, TraceSetup, _
                                               prepare_trace, window_layers)
 
 __all__ = ["ABLATION_REPLACEMENTS", "ABLATION_TARGETS", "AblationResult", "ablate_layers", "reference_means",
-           "add_trace_arguments", "trace_cli", "DEFAULT_MEMORY_BUDGET", "ProgressFn", "_FastTracer", "row_token_bytes",
+           "DEFAULT_MEMORY_BUDGET", "ProgressFn", "_FastTracer", "row_token_bytes",
            "trace", "trace_grids", "reference_cell", "KINDS", "METRICS", "MODES", "TraceResult", "TraceSpec",
            "NOISE_SITES", "StopFn", "TraceSetup", "_aggregate", "locate_subject", "noise_sigma", "prepare_trace",
            "window_layers"]
