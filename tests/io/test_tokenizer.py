@@ -309,6 +309,14 @@ def test_world_vocab_path_fallback_and_errors(tmp_path):
     bad.write_text("1 'a' 2\n")
     with pytest.raises(TokenizerError, match="line 1"):
         WorldTokenizer(bad)
+    # a line that would join its neighbours into another expression when the literals are parsed as one list:
+    # refused, naming that line (and the blank line before it counts)
+    bad.write_text("1 'a' 1\n\n2 'b'] + ['c' 2\n3 'd' 1\n")
+    with pytest.raises(TokenizerError, match="line 3"):
+        WorldTokenizer(bad)
+    good = tmp_path / "good.txt"
+    good.write_text("1 'a' 1\r\n2 b'\\xff' 1\r\n3 '\u2028x' 4\r\n")
+    assert WorldTokenizer(good).display(3) != "" and WorldTokenizer(good).encode("a\u2028x").ids == [1, 3]
 
 
 def test_digits_tokenizer_for_task_model():
