@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from rwkv_core.model.config import ModelConfig
 from rwkv_core.errors import CheckpointError
@@ -199,24 +198,9 @@ def detect_config(sd: dict[str, torch.Tensor], path: PathLike = None, *, ln_x_ep
 OPTIONAL_KEYS = re.compile(r"blocks\.0\.att\.v[012]$")  # v7 layer 0 ignores its value-residual LoRA
 
 
-class SkipInit(TorchFunctionMode):
-    """Within this mode `torch.nn.init` functions do nothing, for modules whose tensors are replaced right away.
-
-    Built on the meta device, `nn.Linear`/`nn.Embedding` still run their random init through PyTorch's Python
-    reference kernels, whose first use imports torch._dynamo: over a second of every `export` and `info` process.
-    A function mode is thread-local, so a model built meanwhile elsewhere (a training thread) is initialised as usual.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **kwargs)
-
-
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Official key -> shape of every tensor the modules of `cfg` hold (built on the meta device, no data)."""
-    from rwkv_core.model.rwkv import RWKV
+    from rwkv_core.model.rwkv import RWKV, SkipInit
 
     with torch.device("meta"), SkipInit():
         return {k: tuple(v.shape) for k, v in RWKV(cfg).state_dict().items()}
@@ -284,7 +268,6 @@ def load_model(path: Union[PathLike, Checkpoint], *, device: Union[str, torch.de
     from rwkv_core.model.rwkv import RWKV
 
     ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, ln_x_eps=ln_x_eps)
-    with SkipInit():  # its meta-device build need not import torch._dynamo (see SkipInit)
-        model = RWKV.from_state_dict(ckpt.config, ckpt.state_dict, device=device, dtype=dtype)
+    model = RWKV.from_state_dict(ckpt.config, ckpt.state_dict, device=device, dtype=dtype)
     model.checkpoint_info = ckpt.info()
     return model

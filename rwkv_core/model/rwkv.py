@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Un
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from rwkv_core.model import wkv
 from rwkv_core.model.config import ModelConfig
@@ -496,6 +497,21 @@ class ActivationCache(dict):
     state_positions: tuple[int, ...] = ()
 
 
+class SkipInit(TorchFunctionMode):
+    """Within this mode `torch.nn.init` functions do nothing, for modules whose tensors are replaced right away.
+
+    Built on the meta device, `nn.Linear`/`nn.Embedding` still run their random init through PyTorch's Python
+    reference kernels, whose first use imports torch._dynamo: over a second of every `export` and `info` process.
+    A function mode is thread-local, so a model built meanwhile elsewhere (a training thread) is initialised as usual.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 class RWKV(nn.Module):
     """An RWKV language model of any generation; `state_dict()` keys equal the official checkpoint keys."""
 
@@ -515,7 +531,7 @@ class RWKV(nn.Module):
     def from_state_dict(cls, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], *, device="cpu",
                         dtype: torch.dtype = torch.float32) -> "RWKV":
         """Build on the meta device, then take the given tensors: no throw-away random init, no double memory."""
-        with torch.device("meta"):
+        with torch.device("meta"), SkipInit():
             model = cls(cfg)
         model.load_state_dict(state_dict, strict=True, assign=True)
         model.hook_points = name_hook_points(model)
