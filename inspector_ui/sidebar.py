@@ -11,7 +11,7 @@ import streamlit as st
 
 from inspector_ui import settings
 from inspector_ui.registry import ModelEntry, can_read, default_model_name, example_prompts
-from inspector_ui.resources import (LoadedModel, all_models, device_choices, get_pool, register_hub,
+from inspector_ui.resources import (LoadedModel, all_models, device_choices, get_gate, get_pool, register_hub,
                                     register_upload)
 from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
 from rwkv_core.errors import RWKVInspectorError
@@ -122,8 +122,10 @@ def _pool_note() -> str:
     """What the shared model pool holds, for a team on one server: which models, and how much of the budget."""
     pool = get_pool()
     held = ", ".join(f"{name} ({device}, {dtype})" for name, device, dtype in pool.loaded_names())
+    waiting = get_gate().waiting()
     return (f"Loaded on this server: {held or 'none'}; {pool.total_bytes() / 2**30:.2f} of "
-            f"{pool.budget_bytes / 2**30:.2f} GiB of weights (least recently used unloaded beyond that).")
+            f"{pool.budget_bytes / 2**30:.2f} GiB of weights (least recently used unloaded beyond that). "
+            f"Jobs waiting for the model now: {waiting}.")
 
 
 def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
