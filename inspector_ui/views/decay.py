@@ -120,7 +120,8 @@ def _view(run, suffix: str) -> View:
 # ------------------------------------------------------------------------------------------------ cached numbers
 
 
-# Cached by the model's key and the tokens; the View object itself (leading underscore) is not hashed.
+# Cached by the model's key and the tokens; the View object itself (leading underscore) is not hashed. One forward
+# pass per (model, prompt) gives every layer's numbers; every display choice (token, head, layer, radio) reads them.
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -129,19 +130,47 @@ def static_numbers(model_key: tuple, _acq: View) -> tuple[D.StaticDecay, np.ndar
     return D.static_decay(_acq.model), D.static_bonus(_acq.model)
 
 
-@st.cache_data(show_spinner="Computing per-token decays…", max_entries=64)
-def token_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: View) -> D.TokenDecay:
-    """Per-token decays of one layer (one layer at a time: [T, C] float64 stays small for big models)."""
-    return _acq.run_work(lambda: D.token_decays(_acq.model, list(tokens), layers=[layer]))
+@st.cache_resource(show_spinner="Running the prompt through the model…", max_entries=4, ttl=3600)
+def prompt_pass(model_key: tuple, tokens: tuple[int, ...], _acq: View) -> D.DecayPass:
+    """The one forward pass of a prompt: x_w of every layer ([T, C] each, v6/v7) and the state sizes of every layer.
+    A resource, not data: it is read in place by every rerun (x_w of all layers is L*T*C floats), never changed."""
+    return _acq.run_work(lambda: D.decay_pass(_acq.model, list(tokens)))
 
 
-@st.cache_data(show_spinner="Measuring the state after every token…", max_entries=16)
-def state_numbers(model_key: tuple, tokens: tuple[int, ...], _acq: View) -> D.StateSizes:
-    return _acq.run_work(lambda: D.state_sizes(_acq.model, list(tokens)))
+@dataclass
+class LayerNumbers:
+    """What the per-token views show of one layer, computed once per (model, prompt, layer)."""
+
+    token_decay: D.TokenDecay  # this layer only: logit [1, T, C]
+    head_median: np.ndarray  # [T, H] median over each head's channels of log10 h_t
+    summary: pd.DataFrame  # `D.token_head_summary`: one row per head
 
 
-def view_token_decays(v: View, layer: int) -> Optional[D.TokenDecay]:
-    """Per-token decays of one layer of a run, or None when the run lacks that layer (or the trace its w)."""
+def layer_numbers_of(td: D.TokenDecay, layer: int) -> LayerNumbers:
+    return LayerNumbers(td, td.head_median_log10_half_life(layer), D.token_head_summary(td, layer))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def token_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: View) -> LayerNumbers:
+    """Per-token decays of one layer, from the prompt's x_w (no forward pass of its own)."""
+    xw = prompt_pass(model_key, tokens, _acq).lora_inputs[layer]  # [T, C]
+    return layer_numbers_of(D.token_decays_from_inputs(_acq.model, tokens, {layer: xw}), layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def retention_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, source: int, agg: str,
+                      _numbers: LayerNumbers) -> np.ndarray:
+    """[T, H] retention of token `source`'s write, aggregated over each head's channels."""
+    return retention_by_head(_numbers, layer, source, agg)
+
+
+def retention_by_head(numbers: LayerNumbers, layer: int, source: int, agg: str) -> np.ndarray:
+    td = numbers.token_decay
+    return D.retention_by_head(D.retention(td.select(layer).log_decay[0], source, td.version), td.n_head, agg)
+
+
+def view_layer_numbers(v: View, layer: int) -> Optional[LayerNumbers]:
+    """Per-token numbers of one layer of a run, or None when the run lacks that layer (or the trace its w)."""
     if layer not in v.layers:
         return None
     if v.has_model:
@@ -149,7 +178,13 @@ def view_token_decays(v: View, layer: int) -> Optional[D.TokenDecay]:
     w = v.trace.arrays.get(f"w_l{layer}")
     if w is None or w.ndim != 2 or w.shape[0] != len(v.tokens) or w.shape[1] != v.cfg.dim_att:
         return None
-    return D.trace_token_decays(w, v.cfg, v.tokens, layer)
+    return layer_numbers_of(D.trace_token_decays(w, v.cfg, v.tokens, layer), layer)
+
+
+def view_retention(v: View, numbers: LayerNumbers, layer: int, source: int, agg: str) -> np.ndarray:
+    if v.has_model:
+        return retention_numbers(v.key, tuple(v.tokens), layer, source, agg, numbers)
+    return retention_by_head(numbers, layer, source, agg)
 
 
 def _run_heading(col, v: View, n: int) -> None:
@@ -257,9 +292,10 @@ def static_section(views: list[View], config: dict) -> None:
                        f"({T} tokens).")
             st.dataframe(summary, hide_index=True, width="stretch")
             d1, d2 = st.columns(2)
-            d1.download_button("Static decays (CSV)", csv_bytes(sd.table()), file_name=f"static_decay{v.suffix}.csv",
-                               mime="text/csv", on_click="ignore", key=f"decay_dl_static{v.suffix}")
-            d2.download_button("Per-head summary (CSV)", csv_bytes(summary),
+            d1.download_button("Static decays (CSV)", lambda sd=sd: csv_bytes(sd.table()),
+                               file_name=f"static_decay{v.suffix}.csv", mime="text/csv", on_click="ignore",
+                               key=f"decay_dl_static{v.suffix}")
+            d2.download_button("Per-head summary (CSV)", lambda summary=summary: csv_bytes(summary),
                                file_name=f"decay_head_summary{v.suffix}.csv", mime="text/csv", on_click="ignore",
                                key=f"decay_dl_summary{v.suffix}")
             with st.expander("Bonus of the current token (u / r_k)"):
@@ -286,19 +322,19 @@ def dynamic_section(views: list[View], config: dict) -> None:
         return
     clamp_choice("decay_dyn_layer", layer_opts, layer_opts[-1])
     layer = st.selectbox("Layer", layer_opts, key="decay_dyn_layer", index=len(layer_opts) - 1)
-    tds = [view_token_decays(v, layer) for v in views]
-    live = [(v, td) for v, td in zip(views, tds) if td is not None]
+    nums = [view_layer_numbers(v, layer) for v in views]
+    live = [(v, n) for v, n in zip(views, nums) if n is not None]
     if not live:
         st.info(f"No run holds the per-token decays of layer {layer}.")
         return
     T = min(len(v.tokens) for v, _ in live)
-    H = min(td.n_head for _, td in live)
+    H = min(n.token_decay.n_head for _, n in live)
     tc = TokenChoices(layer, list(range(T)), list(range(H)), live[0][0])
     clamp_choice("decay_sel_token", tc.token_opts, 0)
     clamp_choice("decay_sel_head", tc.head_opts, 0)
-    token_head_section(views, tds, tc, config)
-    spectrum_section(views, tds, tc, config)
-    retention_section(views, tds, tc, config)
+    token_head_section(views, nums, tc, config)
+    spectrum_section(views, nums, tc, config)
+    retention_section(views, nums, tc, config)
 
 
 def _apply_heatmap_clicks(views: list[View], tc: TokenChoices) -> None:
@@ -312,18 +348,19 @@ def _apply_heatmap_clicks(views: list[View], tc: TokenChoices) -> None:
                 st.session_state["decay_sel_token"], st.session_state["decay_sel_head"] = clicked
 
 
-def token_head_section(views: list[View], tds: list, tc: TokenChoices, config: dict) -> None:
+def token_head_section(views: list[View], nums: list[Optional[LayerNumbers]], tc: TokenChoices,
+                       config: dict) -> None:
     """Tokens x heads heat maps of the median half-life (one colour scale for all runs; B − A where defined)."""
     layer = tc.layer
-    live = [(v, td) for v, td in zip(views, tds) if td is not None]
+    live = [(v, n) for v, n in zip(views, nums) if n is not None]
     _apply_heatmap_clicks([v for v, _ in live], tc)
     cell = (st.session_state.get("decay_sel_token", 0), st.session_state.get("decay_sel_head", 0))
-    meds = {v.label: td.head_median_log10_half_life(layer) for v, td in live}  # [T, H] each
+    meds = {v.label: n.head_median for v, n in live}  # [T, H] each
     zmin, zmax = shared_range(*meds.values()) if len(live) > 1 else (None, None)
-    for col, v, td in zip(run_columns(len(views)), views, tds):
+    for col, v, n in zip(run_columns(len(views)), views, nums):
         with col:
             _run_heading(col, v, len(views))
-            if td is None:
+            if n is None:
                 st.info(f"Run {v.label} has no per-token decays of layer {layer}.")
                 continue
             fig = FD.token_head_heatmap(meds[v.label], v.token_texts, layer=layer, selected=cell,
@@ -336,7 +373,7 @@ def token_head_section(views: list[View], tds: list, tc: TokenChoices, config: d
                 st.caption("avg = half-life of the mean rate over tokens (median over channels); p5/p50/p95 over "
                            "tokens of the per-token median half-life; min_at_token = where the head forgets most; "
                            f"n_long = channels whose average half-life exceeds the prompt ({len(v.tokens)} tokens).")
-                st.dataframe(D.token_head_summary(td, layer), hide_index=True, width="stretch")
+                st.dataframe(n.summary, hide_index=True, width="stretch")
     if len(live) > 1:
         st.caption("Both heat maps share one colour scale (log10 half-life from "
                    f"{zmin:.2f} to {zmax:.2f})." if zmin is not None else "Both heat maps share one colour scale.")
@@ -353,7 +390,7 @@ def token_head_section(views: list[View], tds: list, tc: TokenChoices, config: d
                   if len(live) > 1 else ""))
 
 
-def spectrum_section(views: list[View], tds: list, tc: TokenChoices, config: dict) -> None:
+def spectrum_section(views: list[View], nums: list[Optional[LayerNumbers]], tc: TokenChoices, config: dict) -> None:
     """The chosen (token, head): each channel's decay at that token against the static decay."""
     layer = tc.layer
     c1, c2, c3, c4 = st.columns(4)
@@ -362,25 +399,26 @@ def spectrum_section(views: list[View], tds: list, tc: TokenChoices, config: dic
     h = c2.selectbox("Head", tc.head_opts, key="decay_sel_head")
     spec_y = c3.radio("Spectrum y", ["half-life (log)", "decay λ"], horizontal=True, key="decay_spec_y")
     spec_sort = c4.toggle("Sorted spectrum", value=False, key="decay_spec_sort")
-    for col, v, td in zip(run_columns(len(views)), views, tds):
-        if td is None:
+    for col, v, n in zip(run_columns(len(views)), views, nums):
+        if n is None:
             continue
         with col:
-            N = td.head_size
+            N = n.token_decay.head_size
             sl = slice(h * N, (h + 1) * N)
-            li = td.index(layer)
+            cut = n.token_decay.select(layer, slice(t, t + 1), sl)  # [1, 1, N]
             s_decay = s_lh = None
             if v.has_model:
                 sd, _ = static_numbers(v.key, v)
                 s_decay, s_lh = sd.decay[layer, sl], sd.log10_half_life[layer, sl]
             fig = FD.channel_spectrum_figure(
-                td.decay[li, t, sl], td.log10_half_life[li, t, sl], s_decay, s_lh,
+                cut.decay[0, 0], cut.log10_half_life[0, 0], s_decay, s_lh,
                 channels=np.arange(sl.start, sl.stop), token_label=f"{t}: {v.token_texts[t]}", layer=layer, head=h,
                 y="decay" if spec_y == "decay λ" else "half_life", sort=spec_sort)
             st.plotly_chart(fig, config=config, key=f"decay_spectrum_fig{v.suffix}")
 
 
-def retention_section(views: list[View], tds: list, tc: TokenChoices, config: dict) -> None:
+def retention_section(views: list[View], nums: list[Optional[LayerNumbers]], tc: TokenChoices,
+                      config: dict) -> None:
     """How much of a source token's write survives at every later token, per head, with the layer's CSV."""
     layer = tc.layer
     st.subheader("Retention from a source token")
@@ -390,14 +428,13 @@ def retention_section(views: list[View], tds: list, tc: TokenChoices, config: di
                           format_func=lambda i: f"{i}: {tc.first.token_texts[i]}")
     agg = c2.radio("Head aggregate", ["median", "mean", "max"], horizontal=True, key="decay_ret_agg")
     log_y = c3.toggle("Log y", value=True, key="decay_ret_log")
-    for col, v, td in zip(run_columns(len(views)), views, tds):
-        if td is None:
+    for col, v, n in zip(run_columns(len(views)), views, nums):
+        if n is None:
             continue
         with col:
-            Tv, li = len(v.tokens), td.index(layer)
-            ret = D.retention(td.log_decay[li], source, td.version)  # [T, C]
-            by_head = D.retention_by_head(ret, td.n_head, agg)
-            if D.first_read(source, td.version) >= Tv:
+            td = n.token_decay
+            by_head = view_retention(v, n, layer, source, agg)  # [T, H]
+            if D.first_read(source, td.version) >= len(v.tokens):
                 st.info("The source is the last token: no later token reads its write.")
             else:
                 st.plotly_chart(FD.retention_figure(by_head, v.token_texts, source=source, layer=layer, agg=agg,
@@ -405,13 +442,9 @@ def retention_section(views: list[View], tds: list, tc: TokenChoices, config: di
             first_t = "t = i" if D.reads_after_update(td.version) else "t = i + 1"
             st.caption(f"v{td.version}: the write of token i is first read through the state at {first_t}, "
                        "where R = 1.")
-            Hv, N = td.n_head, td.head_size
-            long = pd.DataFrame({
-                "layer": layer, "token": np.repeat(np.arange(Tv), Hv * N),
-                "head": np.tile(np.repeat(np.arange(Hv), N), Tv), "channel": np.tile(np.arange(Hv * N), Tv),
-                "decay": td.decay[li].reshape(-1), "half_life": td.half_life[li].reshape(-1),
-                f"retention_from_{source}": ret.reshape(-1)})
-            st.download_button(f"Per-token decays and retention, layer {layer} (CSV)", csv_bytes(long),
+            st.download_button(f"Per-token decays and retention, layer {layer} (CSV)",
+                               lambda td=td, layer=layer, source=source: csv_bytes(
+                                   D.token_decay_table(td, layer, source)),
                                file_name=f"token_decay_layer{layer}{v.suffix}.csv", mime="text/csv",
                                on_click="ignore", key=f"decay_dl_tokens{v.suffix}")
 
@@ -436,7 +469,7 @@ def state_section(views: list[View], config: dict) -> None:
             if not v.has_model:
                 st.info("The state size needs the model: a trace file does not hold the states.")
                 continue
-            ss = state_numbers(v.key, tuple(v.tokens), v)
+            ss = prompt_pass(v.key, tuple(v.tokens), v).state_sizes
             if layer not in ss.layers:
                 st.info(f"Run {v.label}'s model has no layer {layer}.")
                 continue
@@ -446,10 +479,6 @@ def state_section(views: list[View], config: dict) -> None:
             if ss.version == "4":
                 st.caption("v4 keeps per channel aa, bb, pp (numerator aa·e^pp, denominator bb·e^pp); shown is "
                            "aa/bb, the decay-weighted average of past values, over all channels.")
-            T, H = values.shape
-            n = len(ss.layers)
-            table = pd.DataFrame({"layer": np.repeat(ss.layers, T * H), "token": np.tile(np.repeat(np.arange(T), H), n),
-                                  "head": np.tile(np.arange(H), T * n),
-                                  "frobenius": ss.frobenius.reshape(-1), "max_abs": ss.max_abs.reshape(-1)})
-            st.download_button("State sizes, all layers (CSV)", csv_bytes(table), file_name=f"state_size{v.suffix}.csv",
-                               mime="text/csv", on_click="ignore", key=f"decay_dl_state{v.suffix}")
+            st.download_button("State sizes, all layers (CSV)", lambda ss=ss: csv_bytes(ss.table()),
+                               file_name=f"state_size{v.suffix}.csv", mime="text/csv", on_click="ignore",
+                               key=f"decay_dl_state{v.suffix}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
@@ -258,6 +257,13 @@ class TokenDecay:
         """Position of model layer `layer` on the first axis."""
         return self.layers.index(int(layer))
 
+    def select(self, layer: int, tokens: slice = slice(None), channels: slice = slice(None)) -> "TokenDecay":
+        """One layer's decays cut to some tokens and channels, [1, T', C'], with this class's formulas: what a view
+        shows, without deriving log lambda or h for the whole [L, T, C]."""
+        li = self.index(layer)
+        return type(self)(self.version, self.n_head, self.head_size, self.tokens[tokens], [int(layer)],
+                          self.logit[li:li + 1, tokens, channels])
+
     def head_median_log10_half_life(self, layer: int) -> np.ndarray:
         """[T, H]: per token and head, the median over the head's channels of log10 h_t."""
         x = log10_half_life_from_logit(self.logit[self.index(layer)], self.version)  # [T, C]
@@ -282,6 +288,33 @@ def decay_logit_from_xw(att, xw: torch.Tensor, version: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def decay_lora_inputs(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> dict[int, torch.Tensor]:
+    """The x_w each chosen layer feeds to its decay LoRA (hook_xw), {layer: [T, C]} as the model computed it (its
+    device and dtype), from one forward pass (v6/v7). The smallest capture that gives a layer's per-token decays:
+    the decay page keeps it for every layer, so that showing another layer needs no second forward pass."""
+    cfg = model.cfg
+    if not is_dynamic(cfg.version):
+        raise ValueError(f"RWKV v{cfg.version} has no data-dependent decay")
+    layers = list(range(cfg.n_layer)) if layers is None else [int(l) for l in layers]
+    names = [f"blocks.{l}.att.hook_xw" for l in layers]
+    _, _, cache = model.run_with_cache([int(t) for t in tokens], names_filter=names, device=None,
+                                        logits="none")
+    return {l: cache[n][0] for l, n in zip(layers, names)}
+
+
+@torch.no_grad()
+def token_decays_from_inputs(model, tokens: Sequence[int], lora_inputs: dict[int, torch.Tensor]) -> TokenDecay:
+    """Per-token decays of the layers in `lora_inputs` ({layer: x_w [T, C]}, see `decay_lora_inputs`): d_t in
+    float64 from those inputs and each layer's own parameters (v6/v7)."""
+    cfg = model.cfg
+    H, N = heads_of(cfg)
+    layers = [int(l) for l in lora_inputs]
+    d = np.stack([decay_logit_from_xw(model.blocks[l].att, lora_inputs[l], cfg.version).cpu().numpy()
+                  for l in layers])  # [L, T, C]
+    return TokenDecay(cfg.version, H, N, [int(t) for t in tokens], layers, d)
+
+
+@torch.no_grad()
 def token_decays(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> TokenDecay:
     """Per-token decays of a prompt for every (chosen) layer: the w_t of the forward pass (hook_w), as log w_t.
 
@@ -294,17 +327,11 @@ def token_decays(model, tokens: Sequence[int], layers: Optional[Iterable[int]] =
     if not tokens:
         raise ValueError("token_decays needs at least one token")
     layers = list(range(cfg.n_layer)) if layers is None else [int(l) for l in layers]
+    if is_dynamic(cfg.version):
+        return token_decays_from_inputs(model, tokens, decay_lora_inputs(model, tokens, layers))
     H, N = heads_of(cfg)
-    T = len(tokens)
-    if not is_dynamic(cfg.version):
-        d = static_logit(dict(model.named_parameters()), cfg)[layers]  # [L, C]
-        d = np.repeat(d[:, None, :], T, axis=1)  # [L, T, C]
-    else:
-        names = [f"blocks.{l}.att.hook_xw" for l in layers]
-        _, _, cache = model.run_with_cache(tokens, names_filter=names, device=None, logits="none")
-        d = np.stack([decay_logit_from_xw(model.blocks[l].att, cache[f"blocks.{l}.att.hook_xw"][0],
-                                          cfg.version).cpu().numpy() for l in layers])  # [L, T, C]
-    return TokenDecay(cfg.version, H, N, tokens, layers, d)
+    d = static_logit(dict(model.named_parameters()), cfg)[layers]  # [L, C]
+    return TokenDecay(cfg.version, H, N, tokens, layers, np.repeat(d[:, None, :], len(tokens), axis=1))  # [L, T, C]
 
 
 # ------------------------------------------------------------------------------------------------ summaries
@@ -439,6 +466,20 @@ def retention_by_head(retained: np.ndarray, n_head: int, agg: str = "median") ->
     return fn(x, axis=-1)  # NaN rows stay NaN
 
 
+def token_decay_table(token_decay: TokenDecay, layer: int, source: int) -> pd.DataFrame:
+    """One row per (token, channel) of one layer: layer, token, head, channel, decay, half_life and the retention of
+    token `source`'s write (column `retention_from_{source}`). T * C rows: the decay page builds it only when its
+    download button is clicked."""
+    one = token_decay.select(layer)  # [1, T, C]
+    T, C = one.logit.shape[1:]
+    log_decay = one.log_decay[0]  # [T, C]
+    return pd.DataFrame({
+        "layer": int(layer), "token": np.repeat(np.arange(T), C), "head": np.tile(np.arange(C) // one.head_size, T),
+        "channel": np.tile(np.arange(C), T), "decay": np.exp(log_decay).reshape(-1),
+        "half_life": one.half_life[0].reshape(-1),
+        f"retention_from_{source}": retention(log_decay, source, one.version).reshape(-1)})
+
+
 # ------------------------------------------------------------------------------------------------ state size
 
 
@@ -454,6 +495,13 @@ class StateSizes:
     def index(self, layer: int) -> int:
         return self.layers.index(int(layer))
 
+    def table(self) -> pd.DataFrame:
+        """One row per (layer, token, head): layer, token, head, frobenius, max_abs (L * T * H rows)."""
+        L, T, H = self.frobenius.shape
+        return pd.DataFrame({"layer": np.repeat(self.layers, T * H), "token": np.tile(np.repeat(np.arange(T), H), L),
+                             "head": np.tile(np.arange(H), T * L),
+                             "frobenius": self.frobenius.reshape(-1), "max_abs": self.max_abs.reshape(-1)})
+
 
 def state_size(wkv_state: torch.Tensor, version: str) -> tuple[np.ndarray, np.ndarray]:
     """Frobenius norm and max |entry| per head of WKV states [..., H, N, N] (v4: [..., 3, C] -> of aa / bb over
@@ -467,29 +515,78 @@ def state_size(wkv_state: torch.Tensor, version: str) -> tuple[np.ndarray, np.nd
             s.abs().amax(dim=(-2, -1)).cpu().numpy())
 
 
+@dataclass
+class DecayPass:
+    """What one forward pass over a prompt gives the decay views: the decay LoRA inputs of the chosen layers (v6/v7;
+    empty for v4/v5), as `decay_lora_inputs` returns them, and the state sizes after every token."""
+
+    lora_inputs: dict[int, torch.Tensor]  # {layer: x_w [T, C]}
+    state_sizes: StateSizes
+
+
+class _StateMeter:
+    """State hook that fills [L, T, H] state sizes: it keeps the states of up to `block` tokens per layer and measures
+    them together (one bulk norm per block instead of a few small tensor operations per token)."""
+
+    def __init__(self, version: str, layers: list[int], T: int, H: int, block: int = 64):
+        self.version, self.T, self.block = version, T, block
+        self.slot = {f"blocks.{l}.att.hook_state": i for i, l in enumerate(layers)}
+        self.frobenius = np.full((len(layers), T, H), np.nan)
+        self.max_abs = np.full((len(layers), T, H), np.nan)
+        self.pending: dict[int, list[tuple[int, torch.Tensor]]] = {i: [] for i in range(len(layers))}
+
+    def __call__(self, state: torch.Tensor, hook) -> None:
+        i = self.slot[hook.name]
+        self.pending[i].append((hook.pos, state[0].clone()))  # [H, N, N] (v4: [3, C])
+        if len(self.pending[i]) == self.block or hook.pos == self.T - 1:
+            self.flush(i)
+
+    def flush(self, i: int) -> None:
+        if not self.pending[i]:
+            return
+        pos = [p for p, _ in self.pending[i]]
+        f, m = state_size(torch.stack([s for _, s in self.pending[i]]), self.version)  # [P, H] each
+        self.frobenius[i, pos], self.max_abs[i, pos] = f, m
+        self.pending[i] = []
+
+
+def _decay_forward(model, tokens: Sequence[int], layers: list[int], lora_inputs: bool) -> DecayPass:
+    """One forward pass measuring the state after every token in `layers` (their WKV runs token by token, the other
+    layers keep the chunked kernel) and, with `lora_inputs`, recording their x_w."""
+    cfg = model.cfg
+    tokens = [int(t) for t in tokens]
+    T = len(tokens)
+    meter = _StateMeter(cfg.version, layers, T, heads_of(cfg)[0])
+    xw: dict[int, torch.Tensor] = {}
+
+    def record(x: torch.Tensor, hook) -> None:
+        xw[int(hook.name.split(".")[1])] = x[0].detach()  # [T, C]
+
+    hooks = [(f"blocks.{l}.att.hook_state", meter) for l in layers]
+    if lora_inputs:
+        hooks += [(f"blocks.{l}.att.hook_xw", record) for l in layers]
+    model.run_with_hooks(tokens, hooks, state_positions=range(T), logits="none")
+    for i in meter.pending:
+        meter.flush(i)
+    return DecayPass({l: xw[l] for l in layers if l in xw},
+                     StateSizes(cfg.version, layers, meter.frobenius, meter.max_abs))
+
+
+@torch.no_grad()
+def decay_pass(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> DecayPass:
+    """Everything per token the decay page needs, from one forward pass: `state_sizes` and (v6/v7) the x_w that
+    `token_decays_from_inputs` turns into any layer's per-token decays. The measured layers run their WKV token by
+    token, so x_w equals `decay_lora_inputs`'s to float32 rounding (the chunked kernel sums in another order)."""
+    layers = list(range(model.cfg.n_layer)) if layers is None else [int(l) for l in layers]
+    return _decay_forward(model, tokens, layers, is_dynamic(model.cfg.version))
+
+
 @torch.no_grad()
 def state_sizes(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> StateSizes:
     """State size after every token of the prompt, measured on the fly through the state hook (nothing big
     is cached, so long prompts are fine). See `state_size` for what is measured."""
-    cfg = model.cfg
-    tokens = [int(t) for t in tokens]
-    T = len(tokens)
-    layers = list(range(cfg.n_layer)) if layers is None else [int(l) for l in layers]
-    H = heads_of(cfg)[0]
-    slot = {l: i for i, l in enumerate(layers)}
-    frob = np.full((len(layers), T, H), np.nan)
-    peak = np.full((len(layers), T, H), np.nan)
-
-    def measure(state: torch.Tensor, hook) -> None:
-        i = slot[int(re.match(r"blocks\.(\d+)\.", hook.name).group(1))]
-        f, m = state_size(state[0], cfg.version)
-        frob[i, hook.pos], peak[i, hook.pos] = f, m
-
-    names = [f"blocks.{l}.att.hook_state" for l in layers]
-    # serial WKV: with a stop after every token the chunked kernel would run T one-token chunks (~10x slower)
-    model.run_with_hooks(tokens, [(n, measure) for n in names], state_positions=range(T), logits="none",
-                         chunked=False)
-    return StateSizes(cfg.version, layers, frob, peak)
+    layers = list(range(model.cfg.n_layer)) if layers is None else [int(l) for l in layers]
+    return _decay_forward(model, tokens, layers, lora_inputs=False).state_sizes
 
 
 # ------------------------------------------------------------------------------------------------ CSV

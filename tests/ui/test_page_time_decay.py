@@ -141,3 +141,103 @@ def test_page_trace_file():
     assert not at.exception, at.exception
     live = D.token_decays(model, tokens, layers=[2]).head_median_log10_half_life(2)
     np.testing.assert_allclose(plotly_array(_token_head_maps(at)[0]["z"]).T, live, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ work per rerun
+
+
+def _counting(monkeypatch, owner, name: str) -> list:
+    """Wrap owner.name so that every call is recorded (its positional arguments) and still runs."""
+    calls: list = []
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def test_page_builds_csv_only_on_click(monkeypatch):
+    """The download buttons hand Streamlit a callable: no CSV is written while the page renders or reruns (the
+    per-token table of one layer alone is T x C rows, 38 MB for 1,031 tokens at width 768)."""
+    import pandas as pd
+
+    shared_file(TINY["7"])
+    written = _counting(monkeypatch, pd.DataFrame, "to_csv")
+    at = _page_on(TINY["7"])
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.get("download_button")) == 4  # static, per-head summary, per-token, state sizes
+    at.radio(key="decay_spec_y").set_value("decay λ")
+    at.run()
+    assert not at.exception, at.exception
+    assert written == []
+
+
+def test_page_one_forward_pass_per_prompt(monkeypatch):
+    """One forward pass per (model, prompt): another layer, token, head or display choice reruns on cached numbers."""
+    from inspector_ui.views import decay as V
+
+    shared_file(TINY["6"])
+    V.prompt_pass.clear()
+    V.token_numbers.clear()
+    passes = _counting(monkeypatch, D, "decay_pass")
+    at = _page_on(TINY["6"])
+    at.run()
+    assert not at.exception, at.exception
+    assert len(passes) == 1
+    for kind, key, value in [("selectbox", "decay_dyn_layer", 0), ("selectbox", "decay_sel_token", 2),
+                             ("selectbox", "decay_sel_head", 1), ("selectbox", "decay_state_layer", 0),
+                             ("radio", "decay_ret_agg", "max"), ("selectbox", "decay_ret_source", 1)]:
+        getattr(at, kind)(key=key).set_value(value)
+        at.run()
+        assert not at.exception, at.exception
+    assert len(passes) == 1
+
+
+def _figure(at, title_start: str) -> dict:
+    return next(spec for spec in chart_specs(at) if chart_title(spec).startswith(title_start))
+
+
+def test_page_numbers_equal_engine():
+    """Every per-token figure of a live model shows the engine's numbers: tokens x heads medians, the channel
+    spectrum, retention and state sizes (the page's one forward pass runs the measured layers token by token:
+    equal to float32 rounding)."""
+    from inspector_ui.resources import all_models, make_tokenizer
+
+    path = shared_file(TINY["6"])
+    model = load_model(path)
+    prompt = "Hello world, decay"
+    at = _page_on(TINY["6"])
+    at.session_state["prompt"] = prompt
+    at.run()
+    layer, token, head, source = 1, 4, 2, 3
+    at.selectbox(key="decay_dyn_layer").set_value(layer)
+    at.selectbox(key="decay_sel_token").set_value(token)
+    at.selectbox(key="decay_sel_head").set_value(head)
+    at.selectbox(key="decay_ret_source").set_value(source)
+    at.selectbox(key="decay_state_layer").set_value(layer)
+    at.radio(key="decay_spec_y").set_value("decay λ")
+    at.run()
+    assert not at.exception, at.exception
+    entry = all_models()[f"shared: {TINY['6']}"]
+    tokens = make_tokenizer(entry, model.cfg.vocab_size).encode(prompt).ids
+    td = D.token_decays(model, tokens, layers=[layer])
+    maps = _token_head_maps(at)
+    np.testing.assert_allclose(plotly_array(maps[0]["z"]).T, td.head_median_log10_half_life(layer), rtol=1e-5,
+                               atol=1e-6)
+    N = td.head_size
+    spectrum = _figure(at, f"Channel decays of head {head}, layer {layer}")
+    np.testing.assert_allclose(plotly_array(spectrum["data"][1]["y"]), td.decay[0, token, head * N:(head + 1) * N],
+                               rtol=1e-5)
+    retained = D.retention_by_head(D.retention(td.log_decay[0], source, td.version), td.n_head, "median")
+    ret = _figure(at, f"Retention of token {source}")
+    for h, trace in enumerate(ret["data"]):
+        x = plotly_array(trace["x"]).astype(int)
+        np.testing.assert_allclose(plotly_array(trace["y"]), retained[x, h], rtol=1e-4)
+    ss = D.state_sizes(model, tokens, layers=[layer])
+    state = _figure(at, f"State size after each token, layer {layer}")
+    for h, trace in enumerate(state["data"]):
+        np.testing.assert_allclose(plotly_array(trace["y"]), ss.frobenius[0, :, h], rtol=1e-4)
