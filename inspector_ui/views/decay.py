@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from inspector_ui.resources import get_gate
 from inspector_ui.session import PageContext
 from inspector_ui.widgets import clamp_choice, csv_bytes, gated, run_columns
 from rwkv_core.analysis import decay as D
@@ -88,6 +89,7 @@ class View:
     model: Any = None  # rwkv_core.model.RWKV, or None for a trace
     trace: Any = None  # rwkv_core.trace_file.Trace, or None
     run_work: Callable[[Callable[[], Any]], Any] = field(default=lambda fn: fn())
+    state_layer: int = -1  # the state section's layer: the one the prompt's forward pass measures (-1: the last)
 
     @property
     def has_model(self) -> bool:
@@ -132,9 +134,29 @@ def static_numbers(model_key: tuple, _acq: View) -> tuple[D.StaticDecay, np.ndar
 
 @st.cache_resource(show_spinner="Running the prompt through the model…", max_entries=4, ttl=3600)
 def prompt_pass(model_key: tuple, tokens: tuple[int, ...], _acq: View) -> D.DecayPass:
-    """The one forward pass of a prompt: x_w of every layer ([T, C] each, v6/v7) and the state sizes of every layer.
-    A resource, not data: it is read in place by every rerun (x_w of all layers is L*T*C floats), never changed."""
-    return _acq.run_work(lambda: D.decay_pass(_acq.model, list(tokens)))
+    """The one forward pass of a prompt: x_w of every layer ([T, C] each, v6/v7) and the state sizes of the state
+    section's layer at the time (`_acq.state_layer`; measuring a layer runs its WKV token by token, so only the one
+    shown). A resource, not data: every rerun reads it in place (x_w of all layers is L*T*C floats), never changed."""
+    layer = _acq.state_layer % _acq.cfg.n_layer
+    return _acq.run_work(lambda: D.decay_pass(_acq.model, list(tokens), state_layers=[layer]))
+
+
+@st.cache_data(show_spinner="Measuring the state after every token…", max_entries=64)
+def state_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: View) -> D.StateSizes:
+    """State sizes of one layer: from the prompt's forward pass when it measured this layer, else from a pass of
+    its own that ends after the layer."""
+    measured = prompt_pass(model_key, tokens, _acq).state_sizes
+    if layer in measured.layers:
+        i = measured.index(layer)
+        return D.StateSizes(measured.version, [layer], measured.frobenius[i:i + 1], measured.max_abs[i:i + 1])
+    return _acq.run_work(lambda: D.state_sizes(_acq.model, list(tokens), layers=[layer]))
+
+
+def all_state_sizes_csv(v: View) -> bytes:
+    """The CSV of every layer's state sizes, built when its download button is clicked (one more forward pass,
+    its WKV token by token in every layer), holding the shared model's work gate like every page computation."""
+    with get_gate().slot():
+        return csv_bytes(D.state_sizes(v.model, v.tokens).table())
 
 
 @dataclass
@@ -214,6 +236,9 @@ def same_shape(a: View, b: View) -> bool:
 def render(ctx: PageContext) -> None:
     """The time decay page below the shared sidebar: static, per-token and state-size sections."""
     views = [_view(r, "" if i == 0 else "_b") for i, r in enumerate(ctx.runs)]
+    chosen = st.session_state.get("decay_state_layer")
+    for v in views:  # the state layer shown, so that the prompt's one forward pass measures it
+        v.state_layer = chosen if isinstance(chosen, int) and 0 <= chosen < v.cfg.n_layer else -1
     config = image_format_choice()
     intro_section(views)
     static_section([v for v in (views if ctx.compare and ctx.compare_what == "model" else views[:1]) if v.has_model],
@@ -469,16 +494,16 @@ def state_section(views: list[View], config: dict) -> None:
             if not v.has_model:
                 st.info("The state size needs the model: a trace file does not hold the states.")
                 continue
-            ss = prompt_pass(v.key, tuple(v.tokens), v).state_sizes
-            if layer not in ss.layers:
+            if layer >= v.cfg.n_layer:
                 st.info(f"Run {v.label}'s model has no layer {layer}.")
                 continue
+            ss = state_numbers(v.key, tuple(v.tokens), layer, v)
             values = getattr(ss, key)[ss.index(layer)]  # [T, H]
             st.plotly_chart(FD.state_size_figure(values, v.token_texts, layer=layer, metric=key, version=ss.version,
                                                  log_y=log_y), config=config, key=f"decay_state_fig{v.suffix}")
             if ss.version == "4":
                 st.caption("v4 keeps per channel aa, bb, pp (numerator aa·e^pp, denominator bb·e^pp); shown is "
                            "aa/bb, the decay-weighted average of past values, over all channels.")
-            st.download_button("State sizes, all layers (CSV)", lambda ss=ss: csv_bytes(ss.table()),
+            st.download_button("State sizes, all layers (CSV)", lambda v=v: all_state_sizes_csv(v),
                                file_name=f"state_size{v.suffix}.csv", mime="text/csv", on_click="ignore",
                                key=f"decay_dl_state{v.suffix}")

@@ -505,32 +505,42 @@ class StateSizes:
 
 def state_size(wkv_state: torch.Tensor, version: str) -> tuple[np.ndarray, np.ndarray]:
     """Frobenius norm and max |entry| per head of WKV states [..., H, N, N] (v4: [..., 3, C] -> of aa / bb over
-    the C channels, one head). Returns two arrays [..., H]."""
-    s = wkv_state.detach().double()
+    the C channels, one head). Returns two float64 arrays [..., H]. The norm sums in float64; the largest entry is
+    exact in the state's own dtype (no float64 copy of a block of states)."""
+    s = wkv_state.detach()
     if version == "4":
+        s = s.double()
         content = (s[..., 0, :] / s[..., 1, :])[..., None, :]  # [..., 1, C] aa / bb
         return (torch.linalg.vector_norm(content, dim=-1).cpu().numpy(),
                 content.abs().amax(-1).cpu().numpy())
-    return (torch.linalg.matrix_norm(s, ord="fro").cpu().numpy(),
-            s.abs().amax(dim=(-2, -1)).cpu().numpy())
+    peak = torch.maximum(s.amax(dim=(-2, -1)), -s.amin(dim=(-2, -1)))
+    return (torch.linalg.vector_norm(s, dim=(-2, -1), dtype=torch.float64).cpu().numpy(),
+            peak.double().cpu().numpy())
 
 
 @dataclass
 class DecayPass:
-    """What one forward pass over a prompt gives the decay views: the decay LoRA inputs of the chosen layers (v6/v7;
-    empty for v4/v5), as `decay_lora_inputs` returns them, and the state sizes after every token."""
+    """What one forward pass over a prompt gives the decay views: the decay LoRA inputs of every layer (v6/v7; empty
+    for v4/v5), as `decay_lora_inputs` returns them, and the state sizes of the measured layers."""
 
     lora_inputs: dict[int, torch.Tensor]  # {layer: x_w [T, C]}
     state_sizes: StateSizes
 
 
+class _Measured(Exception):
+    """Raised by the state hook once the last measured layer has seen every token: the rest of the forward pass
+    would compute nothing that is asked for."""
+
+
 class _StateMeter:
     """State hook that fills [L, T, H] state sizes: it keeps the states of up to `block` tokens per layer and measures
-    them together (one bulk norm per block instead of a few small tensor operations per token)."""
+    them together (one bulk norm per block instead of a few small tensor operations per token). With `stop_after`
+    it ends the forward pass (raises `_Measured`) when the last measured layer is done."""
 
-    def __init__(self, version: str, layers: list[int], T: int, H: int, block: int = 64):
+    def __init__(self, version: str, layers: list[int], T: int, H: int, stop_after: bool, block: int = 64):
         self.version, self.T, self.block = version, T, block
         self.slot = {f"blocks.{l}.att.hook_state": i for i, l in enumerate(layers)}
+        self.last = f"blocks.{max(layers)}.att.hook_state" if stop_after and layers else None
         self.frobenius = np.full((len(layers), T, H), np.nan)
         self.max_abs = np.full((len(layers), T, H), np.nan)
         self.pending: dict[int, list[tuple[int, torch.Tensor]]] = {i: [] for i in range(len(layers))}
@@ -540,6 +550,8 @@ class _StateMeter:
         self.pending[i].append((hook.pos, state[0].clone()))  # [H, N, N] (v4: [3, C])
         if len(self.pending[i]) == self.block or hook.pos == self.T - 1:
             self.flush(i)
+        if hook.pos == self.T - 1 and hook.name == self.last:
+            raise _Measured
 
     def flush(self, i: int) -> None:
         if not self.pending[i]:
@@ -550,41 +562,49 @@ class _StateMeter:
         self.pending[i] = []
 
 
-def _decay_forward(model, tokens: Sequence[int], layers: list[int], lora_inputs: bool) -> DecayPass:
-    """One forward pass measuring the state after every token in `layers` (their WKV runs token by token, the other
-    layers keep the chunked kernel) and, with `lora_inputs`, recording their x_w."""
+def _decay_forward(model, tokens: Sequence[int], state_layers: list[int], lora_inputs: bool) -> DecayPass:
+    """One forward pass measuring the state after every token in `state_layers` (their WKV runs token by token, the
+    other layers keep the chunked kernel) and, with `lora_inputs`, recording the x_w of every layer; without, the
+    pass ends after the last measured layer."""
     cfg = model.cfg
     tokens = [int(t) for t in tokens]
     T = len(tokens)
-    meter = _StateMeter(cfg.version, layers, T, heads_of(cfg)[0])
+    meter = _StateMeter(cfg.version, state_layers, T, heads_of(cfg)[0], stop_after=not lora_inputs)
     xw: dict[int, torch.Tensor] = {}
 
     def record(x: torch.Tensor, hook) -> None:
         xw[int(hook.name.split(".")[1])] = x[0].detach()  # [T, C]
 
-    hooks = [(f"blocks.{l}.att.hook_state", meter) for l in layers]
+    hooks = [(f"blocks.{l}.att.hook_state", meter) for l in state_layers]
     if lora_inputs:
-        hooks += [(f"blocks.{l}.att.hook_xw", record) for l in layers]
-    model.run_with_hooks(tokens, hooks, state_positions=range(T), logits="none")
+        hooks += [(f"blocks.{l}.att.hook_xw", record) for l in range(cfg.n_layer)]
+    try:
+        model.run_with_hooks(tokens, hooks, state_positions=range(T), logits="none")
+    except _Measured:
+        pass
     for i in meter.pending:
         meter.flush(i)
-    return DecayPass({l: xw[l] for l in layers if l in xw},
-                     StateSizes(cfg.version, layers, meter.frobenius, meter.max_abs))
+    return DecayPass({l: xw[l] for l in sorted(xw)}, StateSizes(cfg.version, state_layers, meter.frobenius,
+                                                                 meter.max_abs))
 
 
 @torch.no_grad()
-def decay_pass(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> DecayPass:
-    """Everything per token the decay page needs, from one forward pass: `state_sizes` and (v6/v7) the x_w that
-    `token_decays_from_inputs` turns into any layer's per-token decays. The measured layers run their WKV token by
-    token, so x_w equals `decay_lora_inputs`'s to float32 rounding (the chunked kernel sums in another order)."""
-    layers = list(range(model.cfg.n_layer)) if layers is None else [int(l) for l in layers]
-    return _decay_forward(model, tokens, layers, is_dynamic(model.cfg.version))
+def decay_pass(model, tokens: Sequence[int], state_layers: Optional[Iterable[int]] = None) -> DecayPass:
+    """Everything per token the decay page needs, from one forward pass: (v6/v7) the x_w of every layer, which
+    `token_decays_from_inputs` turns into that layer's per-token decays, and the state sizes of `state_layers`
+    (default all). A measured layer runs its WKV token by token (~0.3 s per layer at 1,031 tokens and width 768 on
+    a 2-core CPU): measure the layers shown. x_w of the layers above a measured one equals `decay_lora_inputs`'s to
+    float32 rounding (the chunked kernel sums in another order)."""
+    cfg = model.cfg
+    state_layers = list(range(cfg.n_layer)) if state_layers is None else [int(l) for l in state_layers]
+    return _decay_forward(model, tokens, state_layers, is_dynamic(cfg.version))
 
 
 @torch.no_grad()
 def state_sizes(model, tokens: Sequence[int], layers: Optional[Iterable[int]] = None) -> StateSizes:
     """State size after every token of the prompt, measured on the fly through the state hook (nothing big
-    is cached, so long prompts are fine). See `state_size` for what is measured."""
+    is cached, so long prompts are fine); the forward pass ends after the last measured layer. See `state_size`
+    for what is measured."""
     layers = list(range(model.cfg.n_layer)) if layers is None else [int(l) for l in layers]
     return _decay_forward(model, tokens, layers, lora_inputs=False).state_sizes
 

@@ -147,12 +147,12 @@ def test_page_trace_file():
 
 
 def _counting(monkeypatch, owner, name: str) -> list:
-    """Wrap owner.name so that every call is recorded (its positional arguments) and still runs."""
+    """Wrap owner.name so that every call is recorded (its arguments: (args, kwargs)) and still runs."""
     calls: list = []
     inner = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
-        calls.append(args)
+        calls.append((args, kwargs))
         return inner(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, wrapper)
@@ -177,24 +177,32 @@ def test_page_builds_csv_only_on_click(monkeypatch):
 
 
 def test_page_one_forward_pass_per_prompt(monkeypatch):
-    """One forward pass per (model, prompt): another layer, token, head or display choice reruns on cached numbers."""
+    """One forward pass per (model, prompt): another per-token layer, token, head or display choice reruns on cached
+    numbers; another state layer runs one pass of its own (ended after that layer), once."""
     from inspector_ui.views import decay as V
 
     shared_file(TINY["6"])
-    V.prompt_pass.clear()
-    V.token_numbers.clear()
+    for cached in (V.prompt_pass, V.token_numbers, V.state_numbers, V.retention_numbers):
+        cached.clear()
     passes = _counting(monkeypatch, D, "decay_pass")
+    state_passes = _counting(monkeypatch, D, "state_sizes")
     at = _page_on(TINY["6"])
     at.run()
     assert not at.exception, at.exception
-    assert len(passes) == 1
+    assert len(passes) == 1 and state_passes == []
     for kind, key, value in [("selectbox", "decay_dyn_layer", 0), ("selectbox", "decay_sel_token", 2),
-                             ("selectbox", "decay_sel_head", 1), ("selectbox", "decay_state_layer", 0),
-                             ("radio", "decay_ret_agg", "max"), ("selectbox", "decay_ret_source", 1)]:
+                             ("selectbox", "decay_sel_head", 1), ("radio", "decay_ret_agg", "max"),
+                             ("selectbox", "decay_ret_source", 1), ("radio", "decay_spec_y", "decay λ"),
+                             ("radio", "decay_state_metric", "max |entry|"), ("selectbox", "decay_dyn_layer", 5)]:
         getattr(at, kind)(key=key).set_value(value)
         at.run()
         assert not at.exception, at.exception
-    assert len(passes) == 1
+    assert len(passes) == 1 and state_passes == []
+    for layer in (3, 11, 3):  # 11: measured by the prompt's pass; 3: measured once
+        at.selectbox(key="decay_state_layer").set_value(layer)
+        at.run()
+        assert not at.exception, at.exception
+    assert len(passes) == 1 and [kwargs["layers"] for _, kwargs in state_passes] == [[3]]
 
 
 def _figure(at, title_start: str) -> dict:
