@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import streamlit as st
+from streamlit.runtime.scriptrunner import RerunException, StopException
 
 from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
 from inspector_ui.widgets import gated, progress_text, run_columns, url_bool
@@ -153,30 +155,50 @@ def _one_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def trace_one(run: Run, settings: dict, specs: list) -> dict:
+def trace_one(run: Run, settings: dict, specs: list, keep: Callable[[dict], None]) -> None:
     """Prepare and trace every spec of one run with a progress bar (in the current container), holding the work
-    gate; the Stop flag is checked between batches. An input error becomes {"error": message}."""
+    gate, and hand the entry to `keep` as soon as the grids exist: {"results", "setup", "ablations"}, or
+    {"error": message} for an input error.
+
+    Stop (the page's button, or Streamlit's) reaches a running script as an exception at its next Streamlit call,
+    here the progress bar: the trace then ends after the batch in hand, like the engine's `should_stop`, its
+    incomplete grids (blank cells NaN) are kept, and only then does the run end as Streamlit asked."""
     bar = st.progress(0.0, text="Waiting for the model…")
+    interrupted: list[BaseException] = []
 
-    def work() -> dict:
+    def show_progress(done: int, total: int, elapsed: float) -> None:
+        if interrupted:
+            return
+        try:
+            bar.progress(done / total, text=progress_text("Tracing", done, total, elapsed, "cells"))
+        except (RerunException, StopException) as e:
+            interrupted.append(e)
+
+    def work() -> None:
         start = time.perf_counter()
-
-        def progress(done: int, total: int) -> None:
-            bar.progress(done / total, text=progress_text("Tracing", done, total, time.perf_counter() - start, "cells"))
-
         bar.progress(0.0, text="Clean and corrupted runs…")
         setup = TR.prepare_trace(run.loaded.model, run.loaded.tokenizer, run.prompt, **settings)
         bar.progress(0.0, text="Clean and corrupted runs done; tracing…")
-        results = TR.trace_grids(setup, specs, metric="prob", progress=progress,
-                                 should_stop=lambda: bool(st.session_state.get("ct_stop")))
-        return {"results": results, "setup": setup, "ablations": {}}
+        results = TR.trace_grids(
+            setup, specs, metric="prob",
+            progress=lambda done, total: show_progress(done, total, time.perf_counter() - start),
+            should_stop=lambda: bool(interrupted) or bool(st.session_state.get("ct_stop")))
+        keep({"results": results, "setup": setup, "ablations": {}})
 
     try:
-        return gated(work, "Tracing")
+        gated(work, "Tracing")
     except RWKVInspectorError as e:
-        return {"error": _one_line(e)}
+        keep({"error": _one_line(e)})
     finally:
         bar.empty()
+    if interrupted:
+        raise interrupted[0]
+
+
+def cells_done(results: list[TR.TraceResult]) -> tuple[int, int]:
+    """(cells computed, cells in all) of a run's grids: a stopped trace leaves its other cells NaN."""
+    done = sum(int(np.isfinite(r.grids["prob"]).sum()) for r in results)
+    return done, sum(r.grids["prob"].size for r in results)
 
 
 def ablate_one(setup: TR.TraceSetup, run: Run, abl_key: tuple) -> Any:
@@ -199,8 +221,10 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool =
     setup: TR.TraceSetup = entry["setup"]
     for w in setup.warnings:
         st.warning(w)
-    if not results[0].complete:
-        st.warning("Stopped early: the grids are incomplete (blank cells were not computed).")
+    if not all(r.complete for r in results):
+        done, total = cells_done(results)
+        st.warning(f"Stopped after {done} of {total} cells: the grids show those (blank cells were not computed). "
+                   "Press **Trace** to compute them all.")
     if narrow:  # half a page: two rows of two, so small numbers (6.15e-17) are not cut
         m1, m2 = st.columns(2)
         m3, m4 = st.columns(2)
@@ -361,19 +385,24 @@ def settings_section(runs: list[Run]) -> TraceRequest:
 
 
 def run_traces(runs: list[Run], cols: list, request: TraceRequest) -> None:
-    """Trace every run in its column, with a progress bar each and one Stop button; keep only what is shown."""
+    """Trace every run in its column, with a progress bar each and one Stop button; keep only what is shown (a
+    stopped run's incomplete grids included)."""
     store: dict = st.session_state.setdefault("ct_results", {})
     st.session_state["ct_stop"] = False
     stop_slot = st.empty()
     stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
+
+    def keep(key: tuple, entry: dict) -> None:
+        store[key] = entry
+        for k in [k for k in store if k not in request.keys]:  # setups hold the runs: drop what is not shown
+            del store[k]
+
     for col, run, key in zip(cols, runs, request.keys):
         if st.session_state.get("ct_stop"):
             break
         with col:
-            store[key] = trace_one(run, request.settings, request.specs)
+            trace_one(run, request.settings, request.specs, keep=lambda entry, key=key: keep(key, entry))
     stop_slot.empty()
-    for k in [k for k in store if k not in request.keys]:  # setups hold the runs: drop what is not shown
-        del store[k]
 
 
 def results_section(runs: list[Run], cols: list, entries: list[Optional[dict]], request: TraceRequest,

@@ -87,3 +87,40 @@ def test_page_defaults_follow_the_prompt_and_compare_mode_traces_both():
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("plotly_chart")) >= 8  # both runs
     assert len(at.session_state["ct_results"]) == 2
+
+
+def test_stop_keeps_the_cells_already_traced(monkeypatch):
+    """Stop during a trace reaches the script as Streamlit's StopException at the progress bar's next update: the
+    cells traced so far stay on the page as incomplete grids, and the warning says how many were done. Runs on the
+    app's default model and prompt (the demo RWKV-7 and its tracing example)."""
+    pytest.importorskip("streamlit")
+    from streamlit.runtime.scriptrunner import StopException
+
+    from inspector_ui.views import tracing as view
+
+    updates: list[tuple] = []
+    real_progress_text = view.progress_text
+
+    def stop_at_third_update(*args, **kwargs) -> str:
+        updates.append(args)
+        if len(updates) == 3:
+            raise StopException()
+        return real_progress_text(*args, **kwargs)
+
+    monkeypatch.setattr(view, "progress_text", stop_at_third_update)
+    at = _page()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    _press_trace(at)
+    monkeypatch.setattr(view, "progress_text", real_progress_text)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+
+    entries = list(at.session_state["ct_results"].values())
+    assert len(entries) == 1 and "results" in entries[0]
+    results = entries[0]["results"]
+    assert not any(r.complete for r in results)
+    done, total = view.cells_done(results)
+    assert 0 < done < total
+    assert any(f"Stopped after {done} of {total} cells" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert len(at.get("plotly_chart")) >= 3  # the partial heat maps are drawn
