@@ -11,9 +11,9 @@ code version opens pages/3_Time_decay.py with AppTest and times `at.run()`:
             and back to the first layer (its numbers cached by then)
 
 The same child first times the forward pass over the prompt (`model(tokens, logits="none")`, sequence mode, the
-best of three after a warm-up, each in a fresh thread as Streamlit runs a rerun): the baseline every page time is
-divided by. The load average is printed with it: on a shared machine the ratios count, not the seconds. Goals: first render <= forward + 2 s,
-every display change <= 1 s.
+best of three after a warm-up, each in a fresh thread as Streamlit runs a rerun): the baseline every page time
+is divided by. The load average is printed with it: on a shared machine the ratios count, not the seconds.
+Goals: first render <= forward + 2 s, every display change <= 1 s.
 
     python bench/bench_decay_page.py                       # this checkout
     python bench/bench_decay_page.py --before HEAD~3       # also a git revision (a temporary worktree), same run
