@@ -33,6 +33,11 @@ CHAR_KINDS = ("chars", "digits")
 # (alternative subject, reference text for mean ablation)
 DIGITS_EXAMPLE = ("7", "1234567890,0987654321#80,08#")
 TEXT_EXAMPLE = ("The Colosseum", "The quick brown fox jumps over the lazy dog. Paris is the capital of France.")
+# Replacement subjects offered for subject replacement, landmarks of many lengths: the first that takes the subject's
+# tokens in place is the default (`TR.suggest_replacement`).
+REPLACEMENT_SUBJECTS = ("The Colosseum", "The Space Needle", "Big Ben", "The Kremlin", "Times Square",
+                        "The Great Wall", "Buckingham Palace", "Niagara Falls", "The Golden Gate Bridge",
+                        "The Statue of Liberty", "The Empire State Building", "Mount Everest", "Stonehenge")
 EXTRAS = ["resid and state separately", "window 1"]
 ABOUT = ("Where does the subject of a prompt reach the answer: up the layers at one token, or forward in time "
          "through the recurrent state? ROME's causal trace (Meng et al. 2022) as in the RWKV paper's "
@@ -85,6 +90,16 @@ def default_subject_answer(run: Run) -> tuple[str, str]:
     return (words[0] if words else run.prompt), _greedy_answer(run)
 
 
+def default_replacement(run: Run, subject: str) -> str:
+    """A replacement subject that takes this subject's tokens in place on the run's tokenizer (a landmark of the
+    right length, a run of sevens for the digits model, other ids for a model typed as ids), so subject replacement
+    works as offered; the page's example where none fits (the subject is not in the prompt)."""
+    tok = run.loaded.tokenizer
+    example = DIGITS_EXAMPLE[0] if is_char_tokenizer(tok) else TEXT_EXAMPLE[0]
+    candidates = (example * max(1, len(subject)),) if is_char_tokenizer(tok) else REPLACEMENT_SUBJECTS
+    return TR.suggest_replacement(tok, run.prompt, subject, candidates) or example
+
+
 def _bind_extras() -> None:
     if "ct_extra" not in st.session_state:
         raw = qp_get("ct_extra", "") or ""
@@ -114,6 +129,7 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
         st.session_state["ct_defaults_for"] = ex_key
     elif st.session_state.get("ct_defaults_for") != ex_key:
         st.session_state["ct_subject"], st.session_state["ct_answer"] = default_subject_answer(a)
+        st.session_state["ct_alt"] = default_replacement(a, st.session_state["ct_subject"])
         st.session_state["ct_defaults_for"] = ex_key
     else:
         bind("ct_subject", "")
@@ -121,6 +137,8 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
     example = DIGITS_EXAMPLE if is_char_tokenizer(a.loaded.tokenizer) else TEXT_EXAMPLE
     bind("ct_answer2", "")
     bind("ct_corruption", "noise", options=("noise", "replace"))
+    if "ct_alt" not in st.session_state and qp_get("ct_alt") is None:
+        st.session_state["ct_alt"] = default_replacement(a, st.session_state["ct_subject"])
     bind("ct_alt", example[0])
     bind("ct_samples", 10, int, bounds=(1, 100))
     bind("ct_noise", 3.0, float, bounds=(0.0, 100.0))
@@ -158,7 +176,7 @@ def _one_line(e: Exception) -> str:
 def trace_one(run: Run, settings: dict, specs: list, keep: Callable[[dict], None]) -> None:
     """Prepare and trace every spec of one run with a progress bar (in the current container), holding the work
     gate, and hand the entry to `keep` as soon as the grids exist: {"results", "setup", "ablations"}, or
-    {"error": message} for an input error.
+    {"warning": message} for a replacement subject of the wrong length, {"error": message} for other input errors.
 
     Stop (the page's button, or Streamlit's) reaches a running script as an exception at its next Streamlit call,
     here the progress bar: the trace then ends after the batch in hand, like the engine's `should_stop`, its
@@ -187,6 +205,10 @@ def trace_one(run: Run, settings: dict, specs: list, keep: Callable[[dict], None
 
     try:
         gated(work, "Tracing")
+    except TR.ReplacementLengthError as e:  # a setting to change, not a failure: one line naming both counts
+        message = _one_line(e)
+        keep({"warning": f"{message[:1].upper()}{message[1:]}; for example "
+                         f"{default_replacement(run, settings['subject'])!r}."})
     except RWKVInspectorError as e:
         keep({"error": _one_line(e)})
     finally:
@@ -415,6 +437,8 @@ def results_section(runs: list[Run], cols: list, entries: list[Optional[dict]], 
                     st.warning("Stopped. Press **Trace** to start again.")
                 else:
                     st.info("Set the subject and answer (the prompt is the sidebar's), then press **Trace**.")
+            elif "warning" in entry:
+                st.warning(entry["warning"])
             elif "error" in entry:
                 st.error(entry["error"])
             else:

@@ -405,3 +405,28 @@ def test_gpu_out_of_memory_splits_the_batch_and_gives_the_same_grid(monkeypatch)
     monkeypatch.setattr(TR._FastTracer, "run_cells", never)
     with pytest.raises(InputError, match="out of memory"):
         TR.trace_grids(setup, spec)
+
+
+def test_a_replacement_of_another_length_names_both_counts_and_one_that_fits_is_suggested():
+    """Subject replacement needs the subject's token count: the error says both counts in one line, and
+    `suggest_replacement` finds one that fits for a text, a digits-alphabet and an ids-typed tokenizer."""
+    from rwkv_core.io.tokenizer import CharTokenizer, IdsTokenizer
+
+    enc = BYTES.encode(PROMPT)
+    with pytest.raises(TR.ReplacementLengthError, match=r"'xyz' has 3 token\(s\) and the subject 'cd' 2"):
+        TR.replacement_ids(BYTES, enc, (3, 5), (3, 5), "xyz")
+    eiffel = "The Eiffel Tower is located in the city of"
+    assert TR.suggest_replacement(BYTES, eiffel, "The Eiffel Tower", ("The Colosseum", "The Space Needle")) \
+        == "The Space Needle"  # 16 bytes, as the subject
+    assert TR.suggest_replacement(BYTES, PROMPT, "cd", ("The Colosseum",)) == "Th"  # cut short to fit
+    # no start of the candidates is long enough: the subject's bytes each moved to the next id
+    assert TR.suggest_replacement(BYTES, eiffel, "The Eiffel Tower is located", ("Big Ben", "Rome")) \
+        == "Uif!Fjggfm!Upxfs!jt!mpdbufe"
+    digits = CharTokenizer()
+    assert TR.suggest_replacement(digits, "12345,54", "345", ("777",)) == "777"
+    assert TR.suggest_replacement(digits, "12345,54", "345") == "456"  # each token moved to the next id
+    ids = IdsTokenizer(777)
+    alt = TR.suggest_replacement(ids, "1, 2, 3, 4", "2, 3", ("The Colosseum",))
+    got = TR.replacement_ids(ids, ids.encode("1, 2, 3, 4"), (1, 3), (3, 7), alt)
+    assert len(got) == 4 and got[0] == 1 and got[3] == 4 and got[1:3] != [2, 3]
+    assert TR.suggest_replacement(BYTES, PROMPT, "not in it", ("xy",)) is None

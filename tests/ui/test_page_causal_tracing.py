@@ -124,3 +124,26 @@ def test_stop_keeps_the_cells_already_traced(monkeypatch):
     assert 0 < done < total
     assert any(f"Stopped after {done} of {total} cells" in w.value for w in at.warning), [w.value for w in at.warning]
     assert len(at.get("plotly_chart")) >= 3  # the partial heat maps are drawn
+
+
+def test_subject_replacement_default_fits_and_a_wrong_length_is_one_warning_line():
+    """On the app's default prompt the offered replacement subject takes the subject's 16 byte tokens, so subject
+    replacement traces at once; a replacement of another length gets one warning line naming both counts (not a red
+    error)."""
+    pytest.importorskip("streamlit")
+    at = _page()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    assert at.text_input(key="ct_subject").value == "The Eiffel Tower"
+    alt = at.text_input(key="ct_alt").value
+    assert len(alt.encode()) == len("The Eiffel Tower") and alt != "The Eiffel Tower"
+    at.radio(key="ct_corruption").set_value("replace")
+    _press_trace(at)
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) >= 3
+
+    at.text_input(key="ct_alt").set_value("The Colosseum")
+    _press_trace(at)
+    assert not at.error, [e.value for e in at.error]
+    lines = [w.value for w in at.warning if "The Colosseum" in w.value]
+    assert len(lines) == 1 and "13 token(s)" in lines[0] and "16" in lines[0] and "\n" not in lines[0], lines

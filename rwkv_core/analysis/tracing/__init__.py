@@ -63,11 +63,12 @@ from rwkv_core.analysis.tracing.fast import (DEFAULT_MEMORY_BUDGET, ProgressFn, 
                                              trace_grids)
 from rwkv_core.analysis.tracing.reference import reference_cell
 from rwkv_core.analysis.tracing.results import KINDS, METRICS, MODES, TraceResult, TraceSpec
-from rwkv_core.analysis.tracing.setup import (NOISE_SITES, StopFn, TraceSetup, _aggregate, locate_subject, noise_sigma,
-                                              prepare_trace, window_layers)
+from rwkv_core.analysis.tracing.setup import (NOISE_SITES, ReplacementLengthError, StopFn, TraceSetup, _aggregate,
+                                              locate_subject, noise_sigma, prepare_trace, replacement_ids,
+                                              suggest_replacement, window_layers)
 
 __all__ = ["ABLATION_REPLACEMENTS", "ABLATION_TARGETS", "AblationResult", "ablate_layers", "reference_means",
            "DEFAULT_MEMORY_BUDGET", "ProgressFn", "_FastTracer", "row_token_bytes",
            "trace", "trace_grids", "reference_cell", "KINDS", "METRICS", "MODES", "TraceResult", "TraceSpec",
-           "NOISE_SITES", "StopFn", "TraceSetup", "_aggregate", "locate_subject", "noise_sigma", "prepare_trace",
-           "window_layers"]
+           "NOISE_SITES", "ReplacementLengthError", "StopFn", "TraceSetup", "_aggregate", "locate_subject",
+           "noise_sigma", "prepare_trace", "replacement_ids", "suggest_replacement", "window_layers"]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from rwkv_core.errors import InputError
+from rwkv_core.errors import InputError, RWKVInspectorError
 from rwkv_core.io.tokenizer import Encoding, Tokenizer
 
 NOISE_SITES = {"resid_pre": "blocks.0.hook_resid_pre", "embed": "hook_embed"}
@@ -44,6 +44,66 @@ def locate_subject(encoding: Encoding, subject: Optional[str] = None,
             raise InputError(f"the subject {subject!r} does not occur in the prompt")
         ce = cs + len(subject)
     return encoding.tokens_in_char_span(cs, ce), (cs, ce)
+
+
+class ReplacementLengthError(InputError):
+    """A replacement subject (subject replacement) that takes another number of tokens than the subject: the one-line
+    message names both counts."""
+
+    def __init__(self, alt_subject: str, alt_tokens: int, subject: str, subject_tokens: int):
+        self.alt_tokens, self.subject_tokens = alt_tokens, subject_tokens
+        super().__init__(f"the replacement subject {alt_subject!r} has {alt_tokens} token(s) and the subject {subject!r} "
+                         f"{subject_tokens}: subject replacement needs the same number of tokens")
+
+
+def replacement_ids(tokenizer: Tokenizer, encoding: Encoding, subject: tuple[int, int], subject_chars: tuple[int, int],
+                    alt_subject: Optional[str]) -> list[int]:
+    """The prompt's token ids with the subject's characters replaced by `alt_subject`, which must take the subject's
+    tokens in place (same number, the rest of the prompt tokenised the same): ReplacementLengthError when the count
+    differs, InputError when it merges with its neighbours."""
+    if not alt_subject:
+        raise InputError("subject replacement needs an alternative subject")
+    (s0, s1), (cs, ce) = subject, subject_chars
+    prompt = encoding.text
+    alt_enc = tokenizer.encode(prompt[:cs] + alt_subject + prompt[ce:])
+    alt_tokens = len(alt_enc) - (len(encoding) - (s1 - s0))  # the prompt's other tokens stay
+    if alt_tokens != s1 - s0:
+        raise ReplacementLengthError(alt_subject, alt_tokens, prompt[cs:ce], s1 - s0)
+    if (alt_enc.tokens_in_char_span(cs, cs + len(alt_subject)) != (s0, s1) or alt_enc.ids[:s0] != encoding.ids[:s0]
+            or alt_enc.ids[s1:] != encoding.ids[s1:]):
+        raise InputError(f"the alternative subject {alt_subject!r} must replace the subject's {s1 - s0} token(s) "
+                         "in place (same number of tokens, the rest of the prompt tokenised the same)")
+    return list(alt_enc.ids)
+
+
+def suggest_replacement(tokenizer: Tokenizer, prompt: str, subject: str, candidates: Sequence[str] = ()) -> Optional[str]:
+    """A replacement subject that fits this prompt's subject (`replacement_ids` accepts it), so subject replacement
+    works as offered: the first of `candidates` that fits, else the shortest fitting start of the candidates run
+    together (a name cut short or padded with the next), else the subject's tokens each moved to the next id (what
+    suits a model typed as token ids or a small alphabet). None when nothing fits or the subject is not in the
+    prompt."""
+    try:
+        encoding = tokenizer.encode(prompt)
+        span, chars = locate_subject(encoding, subject)
+    except RWKVInspectorError:
+        return None
+
+    def fits(alt: str) -> bool:
+        if not alt or alt == subject:
+            return False
+        try:
+            replacement_ids(tokenizer, encoding, span, chars, alt)
+            return True
+        except RWKVInspectorError:
+            return False
+
+    joined = " and ".join(candidates)
+    tried = list(candidates) + [joined[:k].rstrip() for k in range(1, len(joined) + 1)]
+    try:
+        tried.append(tokenizer.decode([(i + 1) % tokenizer.vocab_size for i in encoding.ids[span[0]:span[1]]]))
+    except RWKVInspectorError:
+        pass
+    return next((alt for alt in tried if fits(alt)), None)
 
 
 _NOISE_SIGMA: "weakref.WeakKeyDictionary[Any, dict[str, float]]" = weakref.WeakKeyDictionary()
@@ -258,16 +318,7 @@ def prepare_trace(model, tokenizer: Tokenizer, prompt: str, subject: Optional[st
     seq = torch.tensor(list(enc.ids) + ans[:-1], dtype=torch.long, device=dev)  # [S]
     alt_ids = None
     if corruption == "replace":
-        if not alt_subject:
-            raise InputError("subject replacement needs an alternative subject")
-        cs, ce = chars
-        alt_enc = tokenizer.encode(prompt[:cs] + alt_subject + prompt[ce:])
-        same_len = len(alt_enc) == len(enc)
-        alt_span = alt_enc.tokens_in_char_span(cs, cs + len(alt_subject)) if same_len else None
-        if not same_len or alt_span != (s0, s1) or alt_enc.ids[:s0] != enc.ids[:s0] or alt_enc.ids[s1:] != enc.ids[s1:]:
-            raise InputError(f"the alternative subject {alt_subject!r} must replace the subject's {s1 - s0} token(s) "
-                             "in place (same number of tokens, the rest of the prompt tokenised the same)")
-        alt_ids = list(alt_enc.ids)
+        alt_ids = replacement_ids(tokenizer, enc, (s0, s1), chars, alt_subject)
         corrupt_seq = torch.tensor(alt_ids + ans[:-1], dtype=torch.long, device=dev)
         sigma, noise_t = noise_sigma(model, noise_site), None
     else:
