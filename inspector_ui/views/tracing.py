@@ -100,6 +100,12 @@ def default_replacement(run: Run, subject: str) -> str:
     return TR.suggest_replacement(tok, run.prompt, subject, candidates) or example
 
 
+def default_window(n_layer: int) -> int:
+    """The window grids' default: ROME's 10 layers for deep models, half the layers (at least 1) for small ones,
+    whose window of 10 would cover every layer and draw both window grids flat."""
+    return max(1, min(10, n_layer // 2))
+
+
 def _bind_extras() -> None:
     if "ct_extra" not in st.session_state:
         raw = qp_get("ct_extra", "") or ""
@@ -145,7 +151,7 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
     bind("ct_seed", 1, int, bounds=(0, 2 ** 31 - 1))
     bind("ct_site", "resid_pre", options=tuple(TR.NOISE_SITES))
     bind("ct_mode", "both", options=TR.MODES)
-    bind("ct_window", min(10, n_layer), int, bounds=(1, max(1, n_layer)))
+    bind("ct_window", default_window(n_layer), int, bounds=(1, max(1, n_layer)))
     bind("ct_vfirst", True, url_bool)
     _bind_extras()
     bind("ct_metric", "prob", options=TR.METRICS)
@@ -298,7 +304,7 @@ Layers are numbered from 0, as on every page.
 - **Block / state**: only layer *l*'s recurrent state after *t* (time-mix token shift, WKV state, channel-mix
   token shift), which reaches only later tokens: the path *forward in time*.
 - **Time-mix window** (Reds, ROME's attention): the time-mix output at token *t* in a window of layers centred on
-  *l* (default 10, as ROME; windows inflate peaks, so compare with window 1).
+  *l* (default 10, as ROME, or half the layers of a smaller model; windows inflate peaks, so compare with window 1).
 - **Channel-mix window** (Greens, ROME's MLP): the same for the channel-mix output.
 - **Restore v_first** (RWKV-7): layer 0's value at token *t* enters every layer; with this on it is restored in
   the layers above *l* together with the residual, otherwise the corrupted subject keeps leaking in.

@@ -147,3 +147,20 @@ def test_subject_replacement_default_fits_and_a_wrong_length_is_one_warning_line
     assert not at.error, [e.value for e in at.error]
     lines = [w.value for w in at.warning if "The Colosseum" in w.value]
     assert len(lines) == 1 and "13 token(s)" in lines[0] and "16" in lines[0] and "\n" not in lines[0], lines
+
+
+def test_window_default_fits_a_small_model_and_a_link_keeps_its_window():
+    """On the 4-layer demo a window of 10 layers would cover every layer (both window grids flat): the default is
+    half the layers. ROME's 10 stays for deep models, and a window given in the link wins."""
+    pytest.importorskip("streamlit")
+    from inspector_ui.views.tracing import default_window
+
+    assert [default_window(n) for n in (1, 2, 4, 12, 24, 48)] == [1, 1, 2, 6, 10, 10]
+    at = _page()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    assert at.number_input(key="ct_window").value == 2
+    at = _page(ct_window="4")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    assert at.number_input(key="ct_window").value == 4 and at.query_params["ct_window"] == "4"
