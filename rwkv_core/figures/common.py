@@ -33,6 +33,12 @@ def escape_label(text: Optional[str], empty: str = "∅") -> str:
     return html.escape("".join(out), quote=False)
 
 
+def token_label(text: Optional[str]) -> str:
+    """A token's text as a tick label on a token axis: `escape_label` with every space shown as ␣, so a space token
+    is a visible tick (and, starred as part of a subject, "␣*" rather than a bare "*")."""
+    return escape_label(None if text is None else str(text).replace(" ", "␣"))
+
+
 def image_config(filename: str, fmt: str = "png", scale: int = 2) -> dict:
     """`config=` of a Plotly chart whose camera button downloads the figure as `fmt` ("png" or "svg") under a file
     name made of letters, digits, - and _ (at most 80 characters)."""

@@ -5,7 +5,8 @@ the subject's tokens starred, columns are layers numbered from 0 (as on every pa
 sequential colour maps (Purples for the block / state restores, Reds for time-mix ("attention") windows, Greens for
 channel-mix ("MLP") windows), the colour bar titled with the metric, and for probabilities the colour scale starting at
 the corrupted run's value (ROME's vmin = low score). Every label that comes from the prompt passes through
-`common.escape_label`: Plotly renders tick and hover text as HTML.
+`common.escape_label` (token ticks through `common.token_label`, which also shows spaces as ␣): Plotly renders tick
+and hover text as HTML.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from rwkv_core.analysis.tracing import AblationResult, TraceResult
-from rwkv_core.figures.common import escape_label
+from rwkv_core.figures.common import escape_label, token_label
 
 COLORSCALES = {"block": "Purples", "att": "Reds", "ffn": "Greens", "state": "Purples"}
 KIND_NAMES = {"block": "layer", "att": "time-mix (attention)", "ffn": "channel-mix (MLP)"}
@@ -41,9 +42,9 @@ def metric_label(metric: str, answer: str, answer2: Optional[str] = None, recove
 
 
 def subject_row_labels(result: TraceResult) -> list[str]:
-    """Escaped row labels, subject tokens starred (ROME)."""
+    """Escaped row labels (`common.token_label`: spaces shown as ␣), subject tokens starred (ROME)."""
     s0, s1 = result.subject
-    return [escape_label(lab) + ("*" if s0 <= t < s1 else "") for t, lab in enumerate(result.token_labels)]
+    return [token_label(lab) + ("*" if s0 <= t < s1 else "") for t, lab in enumerate(result.token_labels)]
 
 
 def restore_description(result: TraceResult) -> str:

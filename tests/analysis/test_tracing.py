@@ -366,7 +366,7 @@ def test_figures():
     fig = FT.trace_heatmap(res)
     heat = fig.data[0]
     assert heat.colorscale[0][1] != heat.colorscale[-1][1] and fig.layout.yaxis.autorange == "reversed"
-    assert list(fig.layout.yaxis.ticktext) == ["a", "&lt;*", "b*", "&gt;*", "&amp;", "c", " ", "d"]
+    assert list(fig.layout.yaxis.ticktext) == ["a", "&lt;*", "b*", "&gt;*", "&amp;", "c", "␣", "d"]
     assert list(heat.x) == [0, 1, 2] and heat.zmin == pytest.approx(res.corrupt["prob"])
     assert "p(" in heat.colorbar.title.text and "low" in fig.layout.title.text
     assert "layer %{x}" in heat.hovertemplate
@@ -430,3 +430,14 @@ def test_a_replacement_of_another_length_names_both_counts_and_one_that_fits_is_
     got = TR.replacement_ids(ids, ids.encode("1, 2, 3, 4"), (1, 3), (3, 7), alt)
     assert len(got) == 4 and got[0] == 1 and got[3] == 4 and got[1:3] != [2, 3]
     assert TR.suggest_replacement(BYTES, PROMPT, "not in it", ("xy",)) is None
+
+
+def test_a_space_token_is_a_visible_tick_and_starred_in_the_subject():
+    """A space token shows as ␣ on the tracing heat map's rows and hover, inside the subject as "␣*" (never a bare
+    star, which read as a marker with no token)."""
+    from rwkv_core.figures import tracing as FT
+
+    res = TR.trace(small_model("6"), BYTES, "ab c d", "c d", "Z", samples=1)
+    fig = FT.trace_heatmap(res)
+    assert list(fig.layout.yaxis.ticktext) == ["a", "b", "␣", "c*", "␣*", "d*"]
+    assert fig.data[0].customdata[4][0] == "␣*"
