@@ -161,3 +161,18 @@ def example_prompts(entry: ModelEntry, tokenizer: Tokenizer) -> tuple[str, ...]:
 def default_model_name(models: dict[str, ModelEntry]) -> Optional[str]:
     demo_v7 = [n for n in models if n.startswith("demo:") and "v7" in n]
     return (demo_v7 or list(models) or [None])[0]
+
+
+def model_family(name: str) -> str:
+    """The group a registry name belongs to: "demo", "shared", "upload", "hub" (the part before ": "), or a
+    configured folder's name (the part before "/")."""
+    return name.split(":", 1)[0] if ":" in name else name.split("/", 1)[0]
+
+
+def default_model_b_name(models: dict[str, ModelEntry], model_a: Optional[str]) -> Optional[str]:
+    """Compare mode's model B: another offered model than A (B equal to A would only show a zero difference), of
+    A's family where there is one (the other demo model beside a demo model); A itself only when nothing else is
+    offered."""
+    others = [n for n in models if n != model_a]
+    same_family = [n for n in others if model_a is not None and model_family(n) == model_family(model_a)]
+    return (same_family or others or [model_a])[0]

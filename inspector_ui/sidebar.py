@@ -10,7 +10,7 @@ from typing import Optional
 import streamlit as st
 
 from inspector_ui import settings
-from inspector_ui.registry import ModelEntry, can_read, default_model_name, example_prompts
+from inspector_ui.registry import ModelEntry, can_read, default_model_b_name, default_model_name, example_prompts
 from inspector_ui.resources import (LoadedModel, all_models, device_choices, get_gate, get_pool, register_hub,
                                     register_upload)
 from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
@@ -18,13 +18,17 @@ from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.io.trace_file import TraceFileError, load_trace, trace_contents
 
 
-def _model_picker(key: str, models: dict[str, ModelEntry], label: str) -> Optional[ModelEntry]:
+def _model_picker(key: str, models: dict[str, ModelEntry], label: str,
+                  default: Optional[str] = None) -> Optional[ModelEntry]:
+    """The model selectbox `key`, seeded from the URL; a name not offered becomes `default` (the app's default
+    model when None), with a warning."""
     names = list(models)
-    bind(key, default_model_name(models))
+    default = default or default_model_name(models)
+    bind(key, default)
     if st.session_state[key] not in models:
         if st.session_state[key]:
             st.sidebar.warning(f"Model {st.session_state[key]!r} is not offered here; showing the default.")
-        st.session_state[key] = default_model_name(models)
+        st.session_state[key] = default
     st.sidebar.selectbox(label, names, key=key, help="Models of the configured folders, the demo models and the "
                                                       "shared test models. Files are chosen by name, never by path.")
     entry = models[st.session_state[key]]
@@ -176,7 +180,7 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
             if st.session_state.compare == "prompt":
                 runs.append(_load_run("B", lm, _prompt_box("prompt_b", lm, "Prompt B")))
             elif st.session_state.compare == "model":
-                entry_b = _model_picker("model_b", models, "Model B")
+                entry_b = _model_picker("model_b", models, "Model B", default_model_b_name(models, entry.name))
                 runs.append(_load_run("B", _loaded(entry_b, st.session_state.device, st.session_state.dtype), prompt))
     except RWKVInspectorError as e:
         st.error(str(e))

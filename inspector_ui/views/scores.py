@@ -182,7 +182,7 @@ head, layer 1 head 0, does); look at $|A|$ for where a head reads.
 
 The diagonal toggle drops $A[j,j]$ (the bonus term; v4 keeps its normaliser). Colour intensity is
 $|A|\cdot 10^{s}$ clipped to 1, or with *auto* $|A| / \max|A|$ over the shown row and column (shared by both runs in
-compare mode). Overview tiles: the largest $|A[h,\mathrm{sel},i]|$ over earlier tokens ($i<\mathrm{sel}$), or the
+compare mode unless their RWKV versions differ). Overview tiles: the largest $|A[h,\mathrm{sel},i]|$ over earlier tokens ($i<\mathrm{sel}$), or the
 largest $|A[h,j,\mathrm{sel}]|$ over later ones ($j>\mathrm{sel}$).
 """
 
@@ -218,6 +218,7 @@ class RunScores:
     ok: bool = True  # the open layer/head exists in this run
     values: Optional[np.ndarray] = None  # per token: row (i <= sel) / column (i > sel) of the open head
     matrix: Optional[np.ndarray] = None
+    factor: float = 1.0  # colour intensity multiplier of this run's token view (shared unless the versions differ)
 
 
 @dataclass
@@ -234,7 +235,11 @@ class Choices:
     scale: str
     config: dict  # Plotly chart config (camera button format and file name)
     heads_word: str  # "head", or "group" for v4
-    factor: float = 1.0  # colour intensity multiplier of the token views (set with the values)
+    separate_scales: bool = False  # runs of different RWKV versions: each run has its own colour scale
+
+    @property
+    def score_word(self) -> str:
+        return "scores" if self.mode == ATTN else "spans"
 
     @property
     def value_name(self) -> str:
@@ -305,7 +310,7 @@ def render(ctx: PageContext, mode: str) -> None:
     """The Attention (mode=ATTN) or Influence spans (mode=SPAN) page below `page_setup`."""
     scored = score_runs(ctx.runs)
     choices = controls_section(scored, mode)
-    explain_section(mode, scored[0].run.cfg.version)
+    explain_section(mode, [rs.run for rs in scored])
     select_values(scored, choices)
     token_section(scored, choices)
     thr = overview_section(scored, choices)
@@ -373,7 +378,8 @@ def controls_section(scored: list[RunScores], mode: str) -> Choices:
     c[3].select_slider("Intensity scale", SCALE_OPTIONS, key="scale",
                        format_func=lambda s: "auto" if s == "auto" else f"10^{s}",
                        help="Colour intensity = |value| × 10^s (clipped to 1); auto divides by the largest |value| "
-                            "of the shown row and column (shared by both runs in compare mode).")
+                            "of the shown row and column (shared by both runs in compare mode, unless their RWKV "
+                            "versions differ).")
     with c[4]:
         if mode == ATTN:
             st.toggle("Diagonal (bonus)", key="diag",
@@ -391,16 +397,30 @@ def controls_section(scored: list[RunScores], mode: str) -> Choices:
                    config=image_config(f"rwkv-{mode}", st.session_state["img"]), heads_word=heads_word)
 
 
-def explain_section(mode: str, version: str) -> None:
-    """The formula behind the page, and what differs for this model's version."""
+def explain_section(mode: str, runs: list[Run]) -> None:
+    """The formula behind the page, and what differs for the runs' versions (naming the run when compare mode shows
+    runs of different versions)."""
     with st.expander("Formula and how to read this page"):
         st.markdown(ATTN_HELP if mode == ATTN else SPAN_HELP)
-    if version == "4":
-        st.info("RWKV-4 has no heads: scores are per-channel normalised weights (each row sums to 1 per channel), "
-                "averaged over groups of 64 consecutive channels; each group is shown as a 'head'.")
-    elif version == "7" and mode == ATTN:
-        st.caption("v7: A uses the modified key k̃ and the full transition G (decay and in-context removal); "
-                   "the separate r_k bonus (added after ln_x) is not included.")
+
+    def which(version: str) -> Optional[str]:
+        """The prefix naming the runs of this version: empty when every run is of it, "Run A (v7): " when only some
+        are, None when none is."""
+        labels = [r.label for r in runs if str(r.cfg.version) == version]
+        if not labels:
+            return None
+        return "" if len(labels) == len(runs) else f"Run {' and '.join(labels)} (v{version}): "
+
+    v4, v7 = which("4"), which("7")
+    if v4 is not None:
+        st.info(f"{v4}RWKV-4 has no heads: scores are per-channel normalised weights (each row sums to 1 per "
+                "channel), averaged over groups of 64 consecutive channels; each group is shown as a 'head'.")
+    if v7 is not None and mode == ATTN:
+        st.caption(f"{v7 or 'v7: '}A uses the modified key k̃ and the full transition G (decay and in-context "
+                   "removal); the separate r_k bonus (added after ln_x) is not included.")
+    if len({str(r.cfg.version) for r in runs}) > 1:
+        st.caption("The runs are of different RWKV versions, whose " + ("scores" if mode == ATTN else "spans")
+                   + " differ in size: each run has its own colour scale.")
 
 
 def select_values(scored: list[RunScores], ch: Choices) -> None:
@@ -419,8 +439,12 @@ def select_values(scored: list[RunScores], ch: Choices) -> None:
             li = rs.layers.index(ch.layer)
             row, col = (rs.rc["row"], rs.rc["col"]) if ch.mode == ATTN else (rs.rc["span_row"], rs.rc["span_col"])
             rs.values = np.where(np.arange(T) <= rs.sel, row[li, ch.head], col[li, ch.head])
-    ch.factor = scale_factor(ch.scale, [rs.values[np.arange(len(rs.values)) != rs.sel]
-                                        for rs in scored if rs.values is not None])
+    ch.separate_scales = len({str(rs.run.cfg.version) for rs in scored}) > 1
+    for group in ([[rs] for rs in scored] if ch.separate_scales else [scored]):
+        factor = scale_factor(ch.scale, [rs.values[np.arange(len(rs.values)) != rs.sel]
+                                         for rs in group if rs.values is not None])
+        for rs in group:
+            rs.factor = factor
 
 
 def token_section(scored: list[RunScores], ch: Choices) -> None:
@@ -442,7 +466,7 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
                        f"{value_name}[j, {rs.sel}] ({'who reads it' if ch.mode == ATTN else 'how long its key stays'})"
                        ". Hover: top-16 predictions.")
             token_view(run.token_texts, key=_tv_key(P, run.label, tok, rs.sel),
-                       colors=token_css(rs.values, ch.factor, ch.colorblind, rs.sel),
+                       colors=token_css(rs.values, rs.factor, ch.colorblind, rs.sel),
                        values=list(map(float, rs.values)), value_name=value_name, selected=rs.sel, tips=run.hover_tips())
             idx = np.arange(len(run.tokens))
             df = pd.DataFrame({"token": idx, "text": run.token_texts, "id": run.tokens,
@@ -454,13 +478,14 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_tok_{run.label}")
     if len(scored) == 2 and all(rs.ok for rs in scored) and _same_shape(*scored):
         a, b = scored
-        st.subheader(f"Difference B − A ({value_name}, layer {ch.layer}, {heads_word} {ch.head})")
+        st.subheader(f"Difference of the {ch.score_word} {value_name}: run B − run A (layer {ch.layer}, "
+                     f"{heads_word} {ch.head})")
         dv = b.values - a.values
         dfac = scale_factor(ch.scale, [dv[np.arange(len(dv)) != a.sel]])
         st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
         token_view(b.run.token_texts, key=_tv_key(P, "diff", tok, a.sel),
                    colors=token_css(dv, dfac, ch.colorblind, a.sel), values=list(map(float, dv)),
-                   value_name=f"{value_name}(B) − {value_name}(A)", selected=a.sel)
+                   value_name=f"{value_name} of run B − {value_name} of run A", selected=a.sel)
 
 
 OVERVIEW_LABELS = {"row": "max |A[sel, i]| over earlier tokens (what it reads)",
@@ -497,13 +522,14 @@ def overview_section(scored: list[RunScores], ch: Choices) -> float:
     ov = st.session_state["ov"]
     thr = float(st.session_state.get("thr", 0.1))
     grids = [overview_values(rs, ov, thr) for rs in scored]
-    gmax = max(float(np.nanmax(np.abs(g))) if g.size else 0.0 for g in grids)
+    tops = [float(np.nanmax(np.abs(g))) if g.size else 0.0 for g in grids]
+    zmaxes = tops if ch.separate_scales else [max(tops)] * len(tops)
     tile_name = {"row": "max|A|", "col": "max|A|", "reach": "reach", "end": "left"}[ov]
-    for col, rs, V in zip(run_columns(len(scored)), scored, grids):
+    for col, rs, V, zmax in zip(run_columns(len(scored)), scored, grids, zmaxes):
         with col:
             fig = FS.overview_grid_figure(V, f"{rs.run.label}: token {rs.run.token_name(rs.sel)}", diverging=False,
                                           colorblind=ch.colorblind, layers=rs.layers, value_name=tile_name,
-                                          selected=(ch.layer, ch.head), zmax=gmax)
+                                          selected=(ch.layer, ch.head), zmax=zmax)
             fig.update_yaxes(range=[max(rs.layers) + 0.5, min(rs.layers) - 0.5], autorange=False)  # no padding rows
             fig.update_xaxes(range=[-0.5, V.shape[1] - 0.5], autorange=False)
             st.plotly_chart(fig, config=ch.config, on_select="rerun", selection_mode="points",
@@ -526,7 +552,7 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
     P, mode, value_name, heads_word = ch.prefix, ch.mode, ch.value_name, ch.heads_word
     layer, head = ch.layer, ch.head
     st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}")
-    mats = []
+    peaks: dict[str, float] = {}  # per run label: the largest |value| of its shown window
     for rs in scored:
         if rs.ok:
             si = rs.inputs[rs.layers.index(layer)]
@@ -536,14 +562,15 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
                 show_error(e)
                 continue
             a_, b_ = heat_window(len(rs.run.tokens), rs.sel)
-            mats.append(rs.matrix[a_:b_, a_:b_])
-    hmax = max((float(np.abs(m).max()) for m in mats if m.size), default=1.0)
-    if ch.scale != "auto":
-        hmax = 1.0 / ch.factor
+            shown = rs.matrix[a_:b_, a_:b_]
+            peaks[rs.run.label] = float(np.abs(shown).max()) if shown.size else 1.0
     for col, rs in zip(run_columns(len(scored)), scored):
         if rs.matrix is None:
             continue
         with col:
+            hmax = peaks[rs.run.label] if ch.separate_scales else max(peaks.values())
+            if ch.scale != "auto":
+                hmax = 1.0 / rs.factor
             T = len(rs.run.tokens)
             win = heat_window(T, rs.sel)
             if win != (0, T):

@@ -147,3 +147,30 @@ def test_attention_v4_groups_and_digits_reversal():
     reads = [int(np.argmax(z[j, :n])) for j in range(n + 1, 16)]
     # the queries after ',' read the input backwards: a falling line (the reversal) in layer 0, head 0
     assert np.corrcoef(np.arange(len(reads)), reads)[0, 1] < -0.8, reads
+
+
+def test_compare_model_opens_on_another_model_with_its_own_scale_when_the_versions_differ():
+    """Compare = model opens with model B another offered model than A (the v6 demo beside the v7 demo), not A again
+    (a zero difference). v7 scores run far larger than v6 ones, so each run has its own colour scale, and the v7
+    caption names run A. In compare = prompt the difference is labelled as the score it is, run B − run A."""
+    from tests.ui.page_helpers import app_session
+
+    at = run_clean(app_session("pages/1_Attention.py", compare="model"))
+    model_a, model_b = at.selectbox(key="model").value, at.selectbox(key="model_b").value
+    assert model_a.startswith("demo:") and "v7" in model_a
+    assert model_b.startswith("demo:") and "v6" in model_b
+    heats = score_heatmaps(at)
+    assert len(heats) == 2  # no difference of two architectures
+    for heat in heats:
+        assert heat["data"][0]["zmax"] == pytest.approx(float(np.nanmax(np.abs(heatmap_z(heat)))), rel=1e-5)
+    assert heats[0]["data"][0]["zmax"] != pytest.approx(heats[1]["data"][0]["zmax"], rel=1e-3)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Run A (v7): A uses the modified key") for c in captions), captions
+    assert not any(c.startswith("v7: A uses") for c in captions), captions
+    assert any("its own colour scale" in c for c in captions), captions
+
+    prompt = "The Eiffel Tower is located in the city of"
+    at = run_clean(app_session("pages/1_Attention.py", compare="prompt", prompt=prompt,
+                               prompt_b=prompt.replace("Eiffel", "Effiel")))
+    headers = [h.value for h in at.subheader if h.value.startswith("Difference")]
+    assert headers and headers[0].startswith("Difference of the scores A: run B − run A (layer "), headers

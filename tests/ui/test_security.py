@@ -133,7 +133,9 @@ def test_no_parameter_opens_a_path(query, opened):
     at = _run_clean(_app(PAGES[1], **query), str(query))
     assert at.selectbox(key="model").value == _default_model()
     if "model_b" in query:
-        assert at.selectbox(key="model_b").value == _default_model()
+        from inspector_ui.registry import default_model_b_name, list_models
+
+        assert at.selectbox(key="model_b").value == default_model_b_name(list_models(), _default_model())
     if "prompt_id" in query or "prompt_b_id" in query:
         key = "prompt" if "prompt_id" in query else "prompt_b"
         assert "root:" not in at.text_area(key=key).value
