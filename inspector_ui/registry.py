@@ -159,6 +159,11 @@ def example_prompts(entry: ModelEntry, tokenizer: Tokenizer) -> tuple[str, ...]:
 
 
 def default_model_name(models: dict[str, ModelEntry]) -> Optional[str]:
+    """The model the app opens on: the one `RWKV_INSPECTOR_DEFAULT_MODEL` names when it is offered (a hosted app's
+    choice; a name not offered is ignored, without an error), else the v7 demo model, else the first offered."""
+    chosen = settings.default_model()
+    if chosen in models:
+        return chosen
     demo_v7 = [n for n in models if n.startswith("demo:") and "v7" in n]
     return (demo_v7 or list(models) or [None])[0]
 

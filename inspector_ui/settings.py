@@ -19,12 +19,19 @@ PROMPT_STORE = Path.home() / ".cache" / "rwkv-inspector" / "prompts"
 # The store keeps the most recently stored or opened prompts (links in use stay); the oldest beyond this go.
 PROMPT_STORE_MAX_FILES = int(os.environ.get("RWKV_INSPECTOR_PROMPT_STORE_MAX_FILES", "20000"))
 MODEL_DIRS_ENV = "RWKV_INSPECTOR_MODEL_DIRS"  # os.pathsep-separated folders of checkpoints
+DEFAULT_MODEL_ENV = "RWKV_INSPECTOR_DEFAULT_MODEL"  # registry name of the model the app opens on
 
 
 def model_dirs() -> list[Path]:
     """The configured checkpoint folders (`RWKV_INSPECTOR_MODEL_DIRS`), as given."""
     raw = os.environ.get(MODEL_DIRS_ENV, "")
     return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
+
+
+def default_model() -> str:
+    """The registry name a deployment chose for the app to open on (`RWKV_INSPECTOR_DEFAULT_MODEL`, e.g.
+    "odd/odd-vocab.pth" or "shared: tiny-rwkv-5v2-730K-FP32.bin"), or "" for the built-in default."""
+    return os.environ.get(DEFAULT_MODEL_ENV, "").strip()
 
 
 def model_budget_bytes() -> int:

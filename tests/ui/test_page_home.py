@@ -101,3 +101,10 @@ def test_id_examples_stay_inside_a_small_vocabulary(vocab_size):
     for prompt in id_prompts(vocab_size):
         ids = [int(x) for x in prompt.split(", ")]
         assert len(ids) == 8 and max(ids) < vocab_size
+
+
+def test_a_hosted_app_opens_on_the_model_its_environment_names(ids_model, monkeypatch):
+    """RWKV_INSPECTOR_DEFAULT_MODEL (a registry name) is the model a fresh session opens on."""
+    monkeypatch.setenv("RWKV_INSPECTOR_DEFAULT_MODEL", ids_model)
+    at = run_clean(app_session())
+    assert at.selectbox(key="model").value == ids_model

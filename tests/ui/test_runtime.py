@@ -121,6 +121,20 @@ def test_default_budget_from_env(monkeypatch):
     assert model_budget_bytes() == 8 * 2**30
 
 
+def test_default_model_from_env(monkeypatch):
+    """RWKV_INSPECTOR_DEFAULT_MODEL names the model a hosted app opens on; a name not offered leaves the v7 demo, with
+    no error."""
+    from inspector_ui.registry import default_model_name
+
+    models = {"demo: demo v6": None, "demo: demo v7": None, "shared: tiny.bin": None}
+    monkeypatch.delenv("RWKV_INSPECTOR_DEFAULT_MODEL", raising=False)
+    assert default_model_name(models) == "demo: demo v7"
+    monkeypatch.setenv("RWKV_INSPECTOR_DEFAULT_MODEL", "shared: tiny.bin")
+    assert default_model_name(models) == "shared: tiny.bin"
+    monkeypatch.setenv("RWKV_INSPECTOR_DEFAULT_MODEL", "shared: not offered.bin")
+    assert default_model_name(models) == "demo: demo v7"
+
+
 # ------------------------------------------------------------------------------------------------ WorkGate
 
 
