@@ -123,22 +123,24 @@ class WorkGate:
 # ------------------------------------------------------------------------------------------------ shared by all sessions
 
 
-@st.cache_resource
+# No spinners: these are also reached outside a script run (a download's data callable), where a spinner element
+# would only log "missing ScriptRunContext".
+@st.cache_resource(show_spinner=False)
 def get_pool() -> ModelPool:
     return ModelPool(settings.model_budget_bytes())
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def get_gate() -> WorkGate:
     return WorkGate(slots=1)
 
 
-@st.cache_resource(ttl=60)
+@st.cache_resource(ttl=60, show_spinner=False)
 def get_registry() -> dict[str, ModelEntry]:
     return list_models()
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def get_extra_models() -> dict[str, ModelEntry]:
     """Models added at run time (uploads, hub downloads), by a name that carries their content hash."""
     return {}

@@ -71,14 +71,31 @@ def layer_capture(model_key: tuple, tokens: tuple[int, ...], layer: int) -> dict
     return {k: v for k, v in arrays.items() if k.endswith(f"_l{layer}")}
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+_TRACE_FILES: "OrderedDict[tuple, bytes]" = OrderedDict()
+_TRACE_FILES_LOCK = threading.Lock()
+TRACE_FILES_KEPT = 4  # trace files kept for repeated downloads (each holds every layer's arrays)
+
+
 def full_trace_bytes(model_key: tuple, tokens: tuple[int, ...], token_texts: tuple[str, ...]) -> bytes:
-    """The whole trace file (.npz) of a prompt, for download."""
+    """The whole trace file (.npz) of a prompt, for the home page's download button. The button calls this when
+    clicked, outside any script run, so nothing here touches a Streamlit element or cache (each would log "missing
+    ScriptRunContext" on the server): the work gate is held without the waiting box, and the last few files are kept
+    in a plain lock-guarded cache."""
+    key = (tuple(model_key), tuple(tokens), tuple(token_texts))
+    with _TRACE_FILES_LOCK:
+        if key in _TRACE_FILES:
+            _TRACE_FILES.move_to_end(key)
+            return _TRACE_FILES[key]
     lm = loaded_model(model_key)
     arrays = gated(lambda: build_trace(lm.model, list(tokens), token_texts=token_texts,
-                                       tokenizer_kind=lm.tokenizer.kind, checkpoint_name=Path(lm.entry.path).name))
+                                       tokenizer_kind=lm.tokenizer.kind, checkpoint_name=Path(lm.entry.path).name),
+                   show_waiting=False)
     buf = io.BytesIO()
     save_trace(arrays, buf)
+    with _TRACE_FILES_LOCK:
+        _TRACE_FILES[key] = buf.getvalue()
+        while len(_TRACE_FILES) > TRACE_FILES_KEPT:
+            _TRACE_FILES.popitem(last=False)
     return buf.getvalue()
 
 

@@ -107,22 +107,26 @@ def prediction_tips(pred_ids, pred_probs, tokens: Sequence[int], display) -> lis
     return tips
 
 
-def gated(fn: Callable[[], Any], label: str = "Computing") -> Any:
-    """Run `fn` holding the work gate, showing the place in line while waiting."""
-    box = st.empty()
+def gated(fn: Callable[[], Any], label: str = "Computing", *, show_waiting: bool = True) -> Any:
+    """Run `fn` holding the work gate, showing the place in line while waiting. With `show_waiting=False` nothing of
+    Streamlit is touched: for work run outside a script run (a download button's data callable, called when the
+    user clicks), where an element would only log "missing ScriptRunContext" and show nothing."""
+    box = st.empty() if show_waiting else None
 
     def on_wait(ahead: int) -> None:
         box.info(f"Waiting for the shared model: {ahead} job(s) ahead of you. Press Stop (top right) to cancel.")
 
     try:
-        with get_gate().slot(on_wait):
-            box.empty()
+        with get_gate().slot(on_wait if box is not None else None):
+            if box is not None:
+                box.empty()
             return fn()
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise RWKVInspectorError("the GPU ran out of memory: try a shorter prompt, fewer layers or bf16") from None
     finally:
-        box.empty()
+        if box is not None:
+            box.empty()
 
 
 def show_error(e: Exception) -> None:

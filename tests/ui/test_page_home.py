@@ -108,3 +108,43 @@ def test_a_hosted_app_opens_on_the_model_its_environment_names(ids_model, monkey
     monkeypatch.setenv("RWKV_INSPECTOR_DEFAULT_MODEL", ids_model)
     at = run_clean(app_session())
     assert at.selectbox(key="model").value == ids_model
+
+
+def test_the_trace_download_builds_its_file_without_touching_streamlit():
+    """The home page's download button calls its data callable (`session.full_trace_bytes`) when clicked, outside
+    any script run: building the trace file there logs no "missing ScriptRunContext!" warning (before, each download
+    wrote such lines to the server log)."""
+    import io
+    import logging
+    import threading
+
+    import numpy as np
+
+    from inspector_ui.registry import default_model_name, list_models
+    from inspector_ui.session import full_trace_bytes
+
+    logged: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record.getMessage())
+
+    handler = Keep(level=logging.WARNING)
+    # Streamlit's loggers do not propagate: listen on each of them
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("streamlit")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    got: list[bytes] = []
+    try:
+        text = "Hello"
+        worker = threading.Thread(target=lambda: got.append(full_trace_bytes(
+            (default_model_name(list_models()), "cpu", "fp32"), tuple(text.encode()), tuple(text))))
+        worker.start()
+        worker.join(120)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    assert got, "the trace file was not built"
+    with np.load(io.BytesIO(got[0])) as z:
+        assert "logits" in z.files
+    assert not [m for m in logged if "ScriptRunContext" in m], logged
