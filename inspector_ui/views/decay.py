@@ -169,6 +169,7 @@ class LayerNumbers:
 
 
 def layer_numbers_of(td: D.TokenDecay, layer: int) -> LayerNumbers:
+    """The per-token views' numbers of `layer` from its decays (a live model's or a trace's)."""
     return LayerNumbers(td, td.head_median_log10_half_life(layer), D.token_head_summary(td, layer))
 
 
@@ -183,10 +184,11 @@ def token_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: V
 def retention_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, source: int, agg: str,
                       _numbers: LayerNumbers) -> np.ndarray:
     """[T, H] retention of token `source`'s write, aggregated over each head's channels."""
-    return retention_by_head(_numbers, layer, source, agg)
+    return head_retention(_numbers, layer, source, agg)
 
 
-def retention_by_head(numbers: LayerNumbers, layer: int, source: int, agg: str) -> np.ndarray:
+def head_retention(numbers: LayerNumbers, layer: int, source: int, agg: str) -> np.ndarray:
+    """[T, H] retention of token `source`'s write at every reading token, each head's channels aggregated by `agg`."""
     td = numbers.token_decay
     return D.retention_by_head(D.retention(td.select(layer).log_decay[0], source, td.version), td.n_head, agg)
 
@@ -204,9 +206,10 @@ def view_layer_numbers(v: View, layer: int) -> Optional[LayerNumbers]:
 
 
 def view_retention(v: View, numbers: LayerNumbers, layer: int, source: int, agg: str) -> np.ndarray:
+    """[T, H] retention for a run: cached per (model, prompt, layer, source, aggregate) for a live model."""
     if v.has_model:
         return retention_numbers(v.key, tuple(v.tokens), layer, source, agg, numbers)
-    return retention_by_head(numbers, layer, source, agg)
+    return head_retention(numbers, layer, source, agg)
 
 
 def _run_heading(col, v: View, n: int) -> None:
