@@ -386,3 +386,48 @@ def test_trace_log10_half_life_clips():
     w64 = np.clip(w.astype(np.float64), D.TRACE_W_MIN, D.TRACE_W_MAX)
     np.testing.assert_allclose(lh[0], D.LOG10_LN2 - np.log10(-np.log(w64[0])), rtol=1e-12)
     np.testing.assert_allclose(td.decay[0, 0, 2:], [0.5, np.float32(0.9999)], rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ the page's one pass
+
+
+@pytest.mark.parametrize("version", ["4", "6", "7"])
+def test_decay_pass_equals_separate_passes(random_ckpt, version):
+    """decay_pass: x_w of every layer (the per-token decays to float32 rounding) and the state sizes of the measured
+    layer from one forward pass; state_sizes of one layer (its pass ended after it) equals the all-layer rows."""
+    model = load_model(random_ckpt[version][0])
+    tokens = [9, 120, 33, 33, 250, 1, 77]
+    every = D.state_sizes(model, tokens)
+    one = D.decay_pass(model, tokens, state_layers=[0])
+    assert one.state_sizes.layers == [0]
+    np.testing.assert_allclose(one.state_sizes.frobenius[0], every.frobenius[0], rtol=1e-6)
+    np.testing.assert_allclose(one.state_sizes.max_abs[0], every.max_abs[0], rtol=1e-6)
+    early = D.state_sizes(model, tokens, layers=[0])
+    np.testing.assert_array_equal(early.frobenius[0], every.frobenius[0])
+    if not D.is_dynamic(version):
+        assert one.lora_inputs == {}
+        return
+    assert sorted(one.lora_inputs) == [0, 1]
+    td = D.token_decays_from_inputs(model, tokens, one.lora_inputs)
+    np.testing.assert_allclose(td.log_decay, D.token_decays(model, tokens).log_decay, rtol=1e-5, atol=1e-7)
+
+
+def test_tables_of_the_downloads(random_ckpt):
+    """The per-token table (T x C rows of one layer, with the retention from a source) and the state-size table
+    (L x T x H rows) hold the arrays they are built from, row by row."""
+    model = load_model(random_ckpt["7"][0])
+    tokens = [5, 200, 17, 99, 3]
+    td = D.token_decays(model, tokens)
+    table = D.token_decay_table(td, 1, source=2)
+    T, C = len(tokens), 64
+    assert len(table) == T * C and list(table.columns)[-1] == "retention_from_2"
+    np.testing.assert_array_equal(table["decay"].to_numpy().reshape(T, C), td.decay[1])
+    np.testing.assert_array_equal(table["half_life"].to_numpy().reshape(T, C), td.half_life[1])
+    np.testing.assert_array_equal(table["retention_from_2"].to_numpy().reshape(T, C),
+                                  D.retention(td.log_decay[1], 2, "7"))
+    assert (table["head"] == table["channel"] // td.head_size).all() and (table["layer"] == 1).all()
+    ss = D.state_sizes(model, tokens)
+    rows = ss.table()
+    assert len(rows) == 2 * T * 4
+    row = rows[(rows["layer"] == 1) & (rows["token"] == 3) & (rows["head"] == 2)].iloc[0]
+    assert row.frobenius == ss.frobenius[1, 3, 2] and row.max_abs == ss.max_abs[1, 3, 2]
