@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from inspector_ui.resources import get_gate
 from inspector_ui.session import PageContext
 from inspector_ui.widgets import clamp_choice, csv_bytes, gated, run_columns
 from rwkv_core.analysis import decay as D
@@ -155,8 +154,7 @@ def state_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: V
 def all_state_sizes_csv(v: View) -> bytes:
     """The CSV of every layer's state sizes, built when its download button is clicked (one more forward pass,
     its WKV token by token in every layer), holding the shared model's work gate like every page computation."""
-    with get_gate().slot():
-        return csv_bytes(D.state_sizes(v.model, v.tokens).table())
+    return gated(lambda: csv_bytes(D.state_sizes(v.model, v.tokens).table()), show_waiting=False)
 
 
 @dataclass
