@@ -34,10 +34,15 @@ Method (ROME's causal tracing, Meng et al. 2022, adapted to a recurrent model; .
 Two implementations give the same numbers:
 - the reference path (`method="reference"`): one ordinary forward pass per cell over the whole sequence, ROME style:
   batch row 0 is the clean run, rows 1..n the corrupted ones, hooks copy row 0 into the other rows;
-- the fast path (`method="fast"`, default): the clean and corrupted runs are computed once and cached (every layer's
-  input, output and module outputs; the clean run's states after every prompt token; the corrupted run's states
-  advanced token by token). A restore at token t changes nothing before t and nothing in the layers below the
-  restored one, so each cell starts from the corrupted state after token t-1 and runs only the layers that change
+- the fast path (`method="fast"`, default): the clean and corrupted runs are computed once and cached, only every
+  block's input and the last block's output (`resid` [L+1, S, C] clean, [L+1, n, S, C] corrupted; v7 also
+  v_first; the corrupted logits at the answer): `setup_bytes` bytes in all. Both runs' states are advanced token by
+  token from these inputs as the grid moves along the tokens (`RunWalk`: every layer on one token per step, not
+  the states after every token kept, which were [L, T, H, N, N] for the clean run), and each step also gives what a
+  cell reads at its token (the clean att/ffn outputs, the corrupted residual after the time-mix); ablation reruns
+  one layer on its cached input for the module outputs over the sequence (`TraceSetup.layer_values`). A restore at
+  token t changes nothing before t and nothing in the layers below the restored one, so each cell starts from the
+  corrupted state after token t-1 and runs only the layers that change
   (from l+1 for "resid" and "both" (plus layer l itself over tokens t+1.. from its clean state), from l for "state"
   over tokens t+1..; from the window's first layer for "att", from the layer after it for "ffn", whose first window
   layer changes only its output at t) over tokens t..end. Cells join one batch layer by layer (samples x cells
@@ -52,7 +57,7 @@ Layer ablation (`ablate_layers`, noising): the clean run with layer l's time-mix
 output replaced by zero, by its mean over a reference text, or by the corrupted run's value, or layer l's WKV state
 reset at one token; the change of every metric at the answer, per layer.
 
-Modules: `setup` (prepare_trace, TraceSetup, subject, noise), `results` (TraceSpec, TraceResult, grids), `fast`
+Modules: `setup` (prepare_trace, TraceSetup, subject, noise, RunWalk, setup_bytes, state_bytes), `results` (TraceSpec, TraceResult, grids), `fast`
 (the fast path, trace_grids, trace), `reference` (reference_cell), `ablation` (ablate_layers); the
 `python -m rwkv_core trace` command is in `rwkv_core.cli`. No Streamlit here.
 """
@@ -63,12 +68,13 @@ from rwkv_core.analysis.tracing.fast import (DEFAULT_MEMORY_BUDGET, ProgressFn, 
                                              trace_grids)
 from rwkv_core.analysis.tracing.reference import reference_cell
 from rwkv_core.analysis.tracing.results import KINDS, METRICS, MODES, TraceResult, TraceSpec
-from rwkv_core.analysis.tracing.setup import (NOISE_SITES, ReplacementLengthError, StopFn, TraceSetup, _aggregate,
-                                              locate_subject, noise_sigma, prepare_trace, replacement_ids,
-                                              suggest_replacement, window_layers)
+from rwkv_core.analysis.tracing.setup import (NOISE_SITES, ReplacementLengthError, RunWalk, StopFn, TraceSetup,
+                                              _aggregate, locate_subject, noise_sigma, prepare_trace, replacement_ids,
+                                              setup_bytes, state_bytes, suggest_replacement, window_layers)
 
 __all__ = ["ABLATION_REPLACEMENTS", "ABLATION_TARGETS", "AblationResult", "ablate_layers", "reference_means",
            "DEFAULT_MEMORY_BUDGET", "ProgressFn", "_FastTracer", "row_token_bytes",
            "trace", "trace_grids", "reference_cell", "KINDS", "METRICS", "MODES", "TraceResult", "TraceSpec",
-           "NOISE_SITES", "ReplacementLengthError", "StopFn", "TraceSetup", "_aggregate", "locate_subject",
-           "noise_sigma", "prepare_trace", "replacement_ids", "suggest_replacement", "window_layers"]
+           "NOISE_SITES", "ReplacementLengthError", "RunWalk", "StopFn", "TraceSetup", "_aggregate",
+           "locate_subject", "noise_sigma", "prepare_trace", "replacement_ids", "setup_bytes", "state_bytes",
+           "suggest_replacement", "window_layers"]

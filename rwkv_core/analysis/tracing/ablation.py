@@ -9,9 +9,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from rwkv_core.analysis.tracing.fast import DEFAULT_MEMORY_BUDGET, _FastTracer, row_token_bytes
 from rwkv_core.analysis.tracing.results import METRICS
-from rwkv_core.analysis.tracing.setup import TraceSetup
+from rwkv_core.analysis.tracing.setup import DEFAULT_MEMORY_BUDGET, TraceSetup, row_token_bytes
 from rwkv_core.errors import InputError
 
 ABLATION_TARGETS = ("block", "att", "ffn", "state")
@@ -104,23 +103,22 @@ def ablate_layers(setup: TraceSetup, target: str = "block", replacement: str = "
     if target == "state" and not 0 <= rt < setup.T:
         raise InputError(f"the reset token must be a prompt token 0..{setup.T - 1}")
     g = setup.n if replacement == "corrupt" else 1  # rows per layer
-    cc, clc = setup.corrupt_cache, setup.clean_cache
     pidx = torch.tensor(pos, device=model.device)
-    corrupt_states = (_FastTracer(setup, memory_budget).corrupt_states_after(rt)
-                      if target == "state" and replacement == "corrupt" else None)
+    run_of = "corrupt" if replacement == "corrupt" else "clean"  # the run whose values replace ("clean", "corrupt")
+    # states after the reset token of every layer, advanced from the cached run (the caches keep no states)
+    run_states = (setup.walk(run_of).states_after(rt)
+                  if target == "state" and replacement in ("corrupt", "clean") else None)
 
     def seq_value(l: int) -> torch.Tensor:
         """Replacement of the sequence target at layer l: [g, len(pos), C] or broadcastable."""
-        key = {"att": "att_out", "ffn": "ffn_out"}.get(target)
         if replacement == "zero":
             return torch.zeros(1, 1, cfg.n_embd, device=model.device)
         if replacement == "mean":
             return means[target][l].view(1, 1, -1)
-        src = cc if replacement == "corrupt" else {k: v[:, None] for k, v in clc.items() if k in
-                                                  ("att_out", "ffn_out", "resid_pre", "resid_post")}
-        if key:
-            return src[key][l][:, pidx]
-        return (src["resid_post"][l] - src["resid_pre"][l])[:, pidx]
+        if target in ("att", "ffn"):  # layer l run again on the cached input: [g, S, C]
+            return setup.layer_values(run_of, l)[f"{target}_out"][:, pidx]
+        resid = setup.run_inputs(run_of)[0]  # [L+1, g, S, C]
+        return resid[l + 1][:, pidx] - resid[l][:, pidx]
 
     def state_value(l: int) -> tuple:
         if replacement == "zero":
@@ -128,9 +126,7 @@ def ablate_layers(setup: TraceSetup, target: str = "block", replacement: str = "
             return (z.att_shift[l] if reset_shift else None, z.wkv[l], z.ffn_shift[l] if reset_shift else None)
         if replacement == "mean":
             return means["att_shift"][l][None], means["wkv"][l][None], means["ffn_shift"][l][None]
-        if replacement == "clean":
-            return tuple(clc[k][l, rt][None] for k in ("att_shift", "wkv", "ffn_shift"))
-        return corrupt_states[l]
+        return run_states[l]  # "clean" [1, ...] or "corrupt" [n, ...]
 
     def run(layers: list[int]) -> list[dict[str, float]]:
         k = len(layers)

@@ -1,4 +1,4 @@
-"""Causal tracing, the fast path: the cached clean and corrupted runs reused, the corrupted states advanced token
+"""Causal tracing, the fast path: the cached clean and corrupted runs reused, both runs' states advanced token
 by token, and the cells of a grid batched layer by layer within a memory budget (`_FastTracer`); `trace_grids`
 fills every grid by this path or by the reference one, and `trace` is one grid in one call."""
 from __future__ import annotations
@@ -11,19 +11,12 @@ import torch
 
 from rwkv_core.analysis.tracing.reference import reference_cell
 from rwkv_core.analysis.tracing.results import METRICS, TraceResult, TraceSpec, _empty_grids, _fill, _finish
-from rwkv_core.analysis.tracing.setup import StopFn, TraceSetup, _rep, _stop_check, prepare_trace, window_layers
+from rwkv_core.analysis.tracing.setup import (DEFAULT_MEMORY_BUDGET, StopFn, TraceSetup, _rep, _stop_check,
+                                              prepare_trace, row_token_bytes, run_block, state_bytes, window_layers)
 from rwkv_core.errors import InputError
 from rwkv_core.io.tokenizer import Tokenizer
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per batch of cells (CPU default)
-
 ProgressFn = Callable[[int, int], None]
-
-
-def row_token_bytes(cfg) -> int:
-    """Estimated bytes of activations that one batch row holds per token in a forward of the model (float32:
-    about 30 C + 4 F numbers), what batches of traced cells and ablated layers are sized by."""
-    return 4 * (30 * cfg.n_embd + 4 * cfg.dim_ffn)
 
 
 # ------------------------------------------------------------------------------------------------ fast path
@@ -42,7 +35,7 @@ class _Cell:
 
 
 class _FastTracer:
-    """The fast path: cached clean/corrupted runs, corrupted states advanced token by token, cells batched."""
+    """The fast path: cached clean/corrupted runs, their states advanced token by token, cells batched."""
 
     def __init__(self, setup: TraceSetup, memory_budget: int):
         self.s = setup
@@ -50,65 +43,34 @@ class _FastTracer:
         cfg = self.model.cfg
         self.L, self.C, self.n = cfg.n_layer, cfg.n_embd, setup.n
         self.v7 = cfg.version == "7"
-        cc = setup.corrupt_cache
         # layer inputs of the corrupted run: xin[i] for i < L is block i's input (block 0: after ln0 and the
         # noise), xin[L] the last block's output
-        self.xin = list(cc["resid_pre"]) + [cc["resid_post"][-1]]  # L+1 x [n, S, C]
+        self.xin = setup.corrupt_cache["resid"]  # [L+1, n, S, C]
         per_row_token = row_token_bytes(cfg)
-        state_bytes = 4 * (2 * self.C + (3 * self.C if cfg.version == "4" else cfg.n_head * cfg.head_size ** 2))
-        self.per_row = lambda Tseg: per_row_token * max(Tseg, 1) + 3 * state_bytes
+        self.per_row = lambda Tseg: per_row_token * max(Tseg, 1) + 3 * state_bytes(cfg)
         self.budget = memory_budget
-        self._state_pos = -1  # corrupted states are those after token _state_pos
-        self._states = [self._zero_layer_state(l) for l in range(self.L)]
-        self._hist = {-1: self._states}
+        # both runs' states after token t, advanced as the grid moves along the tokens; with them the corrupted
+        # residual after the time-mix (ffn cells) and the clean module outputs (att/ffn restores) at t
+        self.corrupt_walk = setup.walk("corrupt", ("resid_mid",), self._block)
+        self.clean_walk = setup.walk("clean", ("att_out", "ffn_out"), self._block)
 
     # -------------------------------------------------------------- states
 
-    def _zero_layer_state(self, l: int) -> tuple:
-        z = self.model.zero_state(self.n)
-        return z.att_shift[l], z.wkv[l], z.ffn_shift[l]
-
-    def _block(self, i: int, x, state: tuple, vf, patch: Optional[tuple] = None, need_state: bool = True):
-        """Block i on x [B, Tseg, C] (block 0: x is its input after ln0, forced through hook_resid_pre).
-        The WKV state may be shared by groups of rows (fewer rows than x, see `wkv`); need_state=False when the
-        state after the segment is not used (the kernel then skips forming it)."""
-        model = self.model
-        hooks = []
-        if i == 0:
-            hooks.append(("blocks.0.hook_resid_pre", lambda t, h: x))
-        if patch is not None:
-            hooks.append(patch)
-        with model.hooks(hooks):
-            y, a, s, f, vf = model.blocks[i](x, state[0], state[1], state[2], vf, (), True, need_state)
-        return y, (a, s, f), vf
+    def _block(self, i: int, x, state: tuple, vf, hooks: Sequence = (), need_state: bool = True):
+        """Block i on x [B, Tseg, C] (`run_block`): every block the fast path runs goes through here."""
+        return run_block(self.model, i, x, state, vf, hooks, need_state)
 
     def corrupt_states_after(self, p: int) -> list[tuple]:
         """The corrupted run's state of every layer after token p (p = -1: the zero state), advanced one token at a
-        time from the cached layer inputs, so that each layer's state is consistent with the cached activations.
-        The last two positions are kept (a grid asks for t - 1 and t while it works on token t)."""
-        if p in self._hist:
-            return self._hist[p]
-        if p < self._state_pos:
-            self._state_pos, self._states = -1, [self._zero_layer_state(l) for l in range(self.L)]
-            self._hist = {-1: self._states}
-        vfc = self.s.corrupt_cache.get("v_first")
-        while self._state_pos < p:
-            q = self._state_pos + 1
-            new = []
-            for i in range(self.L):
-                vf = vfc[:, q:q + 1] if (self.v7 and i > 0) else None
-                _, st, _ = self._block(i, self.xin[i][:, q:q + 1], self._states[i], vf)
-                new.append(st)
-            self._states, self._state_pos = new, q
-            self._hist = {k: v for k, v in self._hist.items() if k >= q - 1}
-            self._hist[q] = new
-        return self._states
+        time from the cached layer inputs (`RunWalk`), so that each layer's state is consistent with the cached
+        activations."""
+        return self.corrupt_walk.states_after(p)
 
     def clean_state(self, l: int, t: int) -> tuple:
-        c = self.s.clean_cache
+        """The clean run's state of layer l after token t for n rows (advanced like the corrupted one)."""
+        a, s, f = self.clean_walk.states_after(t)[l]
         n = self.n
-        return (c["att_shift"][l, t].expand(n, -1).clone(), c["wkv"][l, t][None],  # WKV: one row, shared
-                c["ffn_shift"][l, t].expand(n, -1).clone())
+        return a.expand(n, -1).clone(), s, f.expand(n, -1).clone()  # WKV: one row, shared
 
     # -------------------------------------------------------------- cells
 
@@ -130,8 +92,8 @@ class _FastTracer:
 
     def _materialise(self, spec: TraceSpec, t: int, seg0: int, cell: _Cell) -> None:
         s, n, l = self.s, self.n, cell.layer
-        cc, clc = s.corrupt_cache, s.clean_cache
-        vfc = cc.get("v_first")
+        clc = s.clean_cache
+        vfc = s.corrupt_cache.get("v_first")
         clean_vf_restore = self.v7 and spec.kind == "block" and spec.restore_v_first
         if spec.kind == "block" and spec.mode == "state":
             cell.x = self.xin[l][:, seg0:]
@@ -139,7 +101,7 @@ class _FastTracer:
             cell.vf = vfc[:, seg0:] if (self.v7 and l > 0) else None
             return
         if spec.kind == "block":
-            top = clc["resid_post"][l, t].expand(n, 1, -1)  # [n, 1, C] the clean residual after block l at t
+            top = clc["resid"][l + 1, t].expand(n, 1, -1)  # [n, 1, C] the clean residual after block l at t
             vf = None
             if self.v7:
                 vf_t = clc["v_first"][t].expand(n, 1, -1) if clean_vf_restore else vfc[:, t:t + 1]
@@ -159,7 +121,8 @@ class _FastTracer:
         cell.x = self.xin[a][:, t:]
         if spec.kind == "ffn":  # the layer below: corrupted until its channel-mix output at t, then the clean one
             cell.x = cell.x.clone()
-            cell.x[:, 0] = cc["resid_mid"][a - 1][:, t] + clc["ffn_out"][a - 1, t]
+            cell.x[:, 0] = (self.corrupt_walk.values_at(t)["resid_mid"][a - 1]  # [n, C] + [1, C]
+                            + self.clean_walk.values_at(t)["ffn_out"][a - 1])
         cell.vf = vfc[:, t:] if (self.v7 and a > 0) else None
 
     def run_cells(self, spec: TraceSpec, t: int, seg0: int, cells: list[_Cell], base: list[tuple]) -> torch.Tensor:
@@ -217,7 +180,7 @@ class _FastTracer:
                 rows = [j * n + r for j, g in enumerate(groups) if i in g[0].patch for r in range(n)]
                 if rows:
                     name = f"blocks.{i}.{spec.kind}.hook_out"
-                    clean_out = s.clean_cache[f"{spec.kind}_out"][i, t]
+                    clean_out = self.clean_walk.values_at(t)[f"{spec.kind}_out"][i]  # [1, C]
                     idx = torch.tensor(rows, device=x.device)
 
                     def restore_out(o, hook, idx=idx, clean_out=clean_out):
@@ -226,7 +189,7 @@ class _FastTracer:
                         return o
 
                     patch = (name, restore_out)
-                x, _, vf = self._block(i, x, st, vf, patch, need_state=False)
+                x, _, vf = self._block(i, x, st, vf, [patch] if patch else [], need_state=False)
         # logits at the answer positions: computed ones from the segment, earlier ones from the corrupted run
         order = {id(c): j for j, g in enumerate(groups) for c in g}
         rel = [p - seg0 for p in ans_pos if p >= seg0]
@@ -349,7 +312,7 @@ def trace(model, tokenizer: Tokenizer, prompt: str, subject: Optional[str], answ
           method: str = "fast", progress: Optional[ProgressFn] = None, should_stop: StopFn = None,
           memory_budget: int = DEFAULT_MEMORY_BUDGET, **prepare_kwargs) -> TraceResult:
     """One grid in one call: `prepare_trace(...)` then `trace_grids` for one spec."""
-    setup = prepare_trace(model, tokenizer, prompt, subject, answer, **prepare_kwargs)
+    setup = prepare_trace(model, tokenizer, prompt, subject, answer, memory_budget=memory_budget, **prepare_kwargs)
     spec = TraceSpec(kind, mode, window, restore_v_first)
     return trace_grids(setup, [spec], metric=metric, method=method, progress=progress, should_stop=should_stop,
                        memory_budget=memory_budget)[0]

@@ -1,5 +1,6 @@
 """Causal tracing, the setup: a prompt tokenised, its subject located, the corruption drawn (noise or subject
-replacement), and the clean and corrupted runs computed once and cached for any number of grids (`prepare_trace`).
+replacement), and the clean and corrupted runs computed once and cached for any number of grids (`prepare_trace`):
+only their layer inputs, from which `RunWalk` advances the states token by token; their size is `setup_bytes`.
 Also the per-row metrics every path shares (`TraceSetup.metrics_from_logits`). The method: `rwkv_core.analysis.tracing`.
 """
 from __future__ import annotations
@@ -171,6 +172,113 @@ def _aggregate(rows: dict[str, torch.Tensor], n: int) -> list[dict[str, float]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ memory, states
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per batch of rows or cells (CPU default)
+
+
+def row_token_bytes(cfg) -> int:
+    """Estimated bytes of activations that one batch row holds per token in a forward of the model (float32:
+    about 30 C + 4 F numbers), what batches of traced cells, ablated layers and corrupted rows are sized by."""
+    return 4 * (30 * cfg.n_embd + 4 * cfg.dim_ffn)
+
+
+
+def state_bytes(cfg) -> int:
+    """Bytes of one batch row's recurrent state in one layer, float32: both token shifts (2 C) and the WKV state
+    (H x N x N; v4: aa, bb, pp, 3 C). What a restored or walked state row costs per layer."""
+    wkv = 3 * cfg.n_embd if cfg.version == "4" else cfg.n_head * cfg.head_size ** 2
+    return 4 * (2 * cfg.n_embd + wkv)
+
+
+def setup_bytes(cfg, T: int, K: int, n: int, *, subject_tokens: int = 0) -> int:
+    """Bytes a TraceSetup's caches hold after `prepare_trace` (float32, = `TraceSetup.cache_bytes()`), so a caller
+    can tell before tracing whether a prompt fits: T prompt tokens, K answer tokens (S = T + K - 1), n sample rows
+    (1 for subject replacement). clean: resid [L+1, S, C] (+ v7 v_first [S, C]); corrupted: resid [L+1, n, S, C]
+    (+ v7 v_first [n, S, C]) and logits [n, K, V]; the noise [n, subject_tokens, C] (0 for subject replacement)."""
+    S, C = T + K - 1, cfg.n_embd
+    per_row = (cfg.n_layer + 1 + (cfg.version == "7")) * S * C  # resid (+ v_first) of one batch row
+    return 4 * ((1 + n) * per_row + n * K * cfg.vocab_size + n * subject_tokens * C)
+
+
+# block i on x [B, Tseg, C] from a layer state (att_shift, wkv, ffn_shift), with extra hooks: (output, state, v_first)
+BlockFn = Callable[..., tuple]
+
+# values of a run that `RunWalk` and `TraceSetup.layer_values` recompute: key -> hook point in block l
+RUN_VALUES = {"resid_mid": "hook_resid_mid", "att_out": "att.hook_out", "ffn_out": "ffn.hook_out"}
+
+
+def run_block(model, i: int, x: torch.Tensor, state: tuple, vf: Optional[torch.Tensor], hooks: Sequence = (),
+              need_state: bool = True) -> tuple:
+    """Block i on x [B, Tseg, C] from `state` (att_shift, wkv, ffn_shift) with `hooks` attached; block 0's x is its
+    input after ln0 (forced through hook_resid_pre). The WKV state may be shared by groups of rows (fewer rows
+    than x, see `wkv`); need_state=False when the state after the segment is not used (the kernel then skips it).
+    Returns (output [B, Tseg, C], state after the segment, v_first)."""
+    if i == 0:
+        hooks = [("blocks.0.hook_resid_pre", lambda t, h: x)] + list(hooks)
+    with model.hooks(hooks):
+        y, a, s, f, vf = model.blocks[i](x, state[0], state[1], state[2], vf, (), True, need_state)
+    return y, (a, s, f), vf
+
+
+def zero_layer_states(model, B: int) -> list[tuple]:
+    """Every layer's zero state (att_shift [B, C], wkv [B, ...], ffn_shift [B, C]): what a run starts from."""
+    z = model.zero_state(B)
+    return [(z.att_shift[l], z.wkv[l], z.ffn_shift[l]) for l in range(model.cfg.n_layer)]
+
+
+class RunWalk:
+    """A cached run's per-layer states after token p, advanced one token at a time from its cached layer inputs,
+    instead of keeping the states after every token (the clean run's WKV states alone were [L, T, H, N, N]).
+
+    Each step runs every block on one token from its state before it, so a state is consistent with the cached
+    activations; the steps also capture `values` (keys of RUN_VALUES) at that token, L x [B, C]. The last two
+    positions are kept (a grid asks for t - 1 and t while it works on token t); an earlier one is recomputed from
+    the zero state. resid [L+1, B, S, C], v_first [B, S, C] (v7) or None: `TraceSetup.run_inputs`.
+    """
+
+    def __init__(self, model, resid: torch.Tensor, v_first: Optional[torch.Tensor], values: Sequence[str] = (),
+                 block: Optional[BlockFn] = None):
+        self.model, self.resid, self.v_first = model, resid, v_first
+        self.values = tuple(values)
+        self.block = block if block is not None else (lambda *a, **kw: run_block(model, *a, **kw))
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pos = -1  # states are those after token _pos
+        self._hist: dict[int, tuple[list[tuple], dict]] = {-1: (zero_layer_states(self.model, self.resid.shape[1]), {})}
+
+    def _advance(self) -> None:
+        q = self._pos + 1
+        prev = self._hist[self._pos][0]
+        vals: dict[str, list[torch.Tensor]] = {k: [] for k in self.values}
+        states = []
+        for i in range(len(prev)):
+            hooks = [(f"blocks.{i}.{RUN_VALUES[k]}", lambda x, h, k=k: vals[k].append(x[:, 0])) for k in self.values]
+            vf = self.v_first[:, q:q + 1] if (self.v_first is not None and i > 0) else None
+            _, st, _ = self.block(i, self.resid[i][:, q:q + 1], prev[i], vf, hooks)
+            states.append(st)
+        self._hist = {k: v for k, v in self._hist.items() if k >= q - 1}
+        self._hist[q] = (states, vals)
+        self._pos = q
+
+    def _at(self, p: int) -> tuple[list[tuple], dict]:
+        if p not in self._hist:
+            if p < self._pos:
+                self._reset()
+            while self._pos < p:
+                self._advance()
+        return self._hist[p]
+
+    def states_after(self, p: int) -> list[tuple]:
+        """Every layer's state (att_shift [B, C], wkv [B, ...], ffn_shift [B, C]) after token p (-1: zero)."""
+        return self._at(p)[0]
+
+    def values_at(self, q: int) -> dict[str, list[torch.Tensor]]:
+        """The walk's `values` at token q, each L x [B, C] (the step that advances to the state after q)."""
+        return self._at(q)[1]
+
+
 # ------------------------------------------------------------------------------------------------ setup
 
 
@@ -180,6 +288,13 @@ class TraceSetup:
 
     Built by `prepare_trace`. Shapes: S = T + K - 1 tokens (prompt plus all but the last answer token), n sample
     rows of the corrupted run (1 for subject replacement), L layers, C channels.
+
+    The caches keep only every block's input and the last block's output: clean_cache "resid" [L+1, S, C] (resid[l]
+    is block l's input, block 0's after ln0, resid[l+1] its output) and v7's "v_first" [S, C]; corrupt_cache
+    "resid" [L+1, n, S, C] (block 0's input with the noise), "v_first" [n, S, C] and "logits" at the answer
+    positions [n, K, V]. What else a path reads is recomputed from them: the states after a token by `walk`
+    (advanced a token at a time, not kept for every token) and a layer's module outputs over the sequence by
+    `layer_values`. Their size: `setup_bytes`.
     """
 
     model: Any
@@ -244,6 +359,38 @@ class TraceSetup:
                 labels[t] = f"{labels[t]}/{self.tokenizer.display(self.alt_ids[t])}"
         return labels
 
+    def cache_bytes(self) -> int:
+        """Bytes the cached runs hold (every tensor of clean_cache and corrupt_cache, and the noise): what
+        `setup_bytes` predicts."""
+        tensors = list(self.clean_cache.values()) + list(self.corrupt_cache.values())
+        tensors += [self.noise_tensor] if self.noise_tensor is not None else []
+        return sum(t.nelement() * t.element_size() for t in tensors)
+
+    def run_inputs(self, run: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The cached layer inputs of the "clean" or "corrupt" run with a batch axis: resid [L+1, B, S, C] and v7's
+        v_first [B, S, C] (None before v7); B = 1 clean, n corrupted."""
+        if run == "clean":
+            c = self.clean_cache
+            return c["resid"][:, None], (c["v_first"][None] if "v_first" in c else None)
+        return self.corrupt_cache["resid"], self.corrupt_cache.get("v_first")
+
+    def walk(self, run: str, values: Sequence[str] = (), block: Optional[BlockFn] = None) -> "RunWalk":
+        """The "clean" or "corrupt" run's states after any token (and `values` at it), advanced from its cached
+        layer inputs (`RunWalk`)."""
+        resid, vf = self.run_inputs(run)
+        return RunWalk(self.model, resid, vf, values, block)
+
+    def layer_values(self, run: str, l: int) -> dict[str, torch.Tensor]:
+        """Layer l's resid_mid, att_out and ffn_out over the whole sequence of the "clean" or "corrupt" run,
+        [B, S, C] each: block l run again on its cached input from the zero state, the same computation as in the
+        run itself (the caches do not keep these; ablation reads them one layer at a time)."""
+        resid, vf = self.run_inputs(run)
+        vals: dict[str, torch.Tensor] = {}
+        hooks = [(f"blocks.{l}.{name}", lambda x, h, k=k: vals.__setitem__(k, x)) for k, name in RUN_VALUES.items()]
+        state = zero_layer_states(self.model, resid.shape[1])[l]
+        run_block(self.model, l, resid[l], state, vf if l > 0 else None, hooks, need_state=False)
+        return vals
+
     def metrics_from_logits(self, logits: torch.Tensor, n: int) -> list[dict[str, float]]:
         ans = torch.tensor(self.answer_ids, device=logits.device)
         return _aggregate(_row_metrics(logits, ans, self.answer2_first), n)
@@ -285,12 +432,14 @@ def prepare_trace(model, tokenizer: Tokenizer, prompt: str, subject: Optional[st
                   *, answer2: Union[str, Sequence[int], None] = None, subject_span: Optional[tuple[int, int]] = None,
                   corruption: str = "noise", alt_subject: Optional[str] = None, samples: int = 10,
                   noise: float = 3.0, noise_site: str = "resid_pre", seed: int = 1,
-                  recovery_of: str = "auto") -> TraceSetup:
+                  recovery_of: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> TraceSetup:
     """Tokenise, corrupt and run the clean and corrupted passes once (see the module docstring).
 
     answer / answer2: text (tokenised on its own, so include a leading space where the vocabulary wants one, e.g.
     " Paris") or token ids. corruption: "noise" (Gaussian noise, `samples` draws of std `noise` x `noise_sigma`)
     or "replace" (subject replacement by `alt_subject`, which must tokenise to the same number of tokens in place).
+    memory_budget: bytes of activations per forward pass; the corrupted run's rows go through in groups that fit
+    (its caches, `setup_bytes`, come on top).
     """
     if corruption not in ("noise", "replace"):
         raise InputError(f"unknown corruption {corruption!r}; expected 'noise' or 'replace'")
@@ -329,46 +478,17 @@ def prepare_trace(model, tokenizer: Tokenizer, prompt: str, subject: Optional[st
     setup = TraceSetup(model, tokenizer, prompt, enc, (s0, s1), chars, ans, ans_text, ans2, ans2_text, corruption,
                        alt_subject, alt_ids, int(samples), float(noise), noise_site, sigma, int(seed), recovery_of,
                        seq, corrupt_seq, noise_t)
-    _run_clean(setup)
-    _run_corrupt(setup)
+    _run_clean(setup, memory_budget)
+    _run_corrupt(setup, memory_budget)
     return setup
 
 
-def _cache_names(model, states: bool) -> list[str]:
-    L = model.cfg.n_layer
-    names = []
-    for l in range(L):
-        b = f"blocks.{l}."
-        names += [b + "hook_resid_pre", b + "hook_resid_mid", b + "hook_resid_post", b + "att.hook_out",
-                  b + "ffn.hook_out"]
-        if states:
-            names += [b + "att.hook_shift", b + "att.hook_state", b + "ffn.hook_shift"]
-    if model.cfg.version == "7":
-        names.append("blocks.0.att.hook_v")
-    return names
-
-
-def _stack_cache(model, cache, states: bool) -> dict[str, torch.Tensor]:
-    """Hook caches stacked over layers: resid_pre/mid/post, att/ffn out [L, B, S, C], v_first [B, S, C];
-    states after every token att_shift/ffn_shift [L, B, P, C], wkv [L, B, P, ...]."""
-    L = model.cfg.n_layer
-    out = {}
-    for key, name in (("resid_pre", "hook_resid_pre"), ("resid_mid", "hook_resid_mid"),
-                      ("resid_post", "hook_resid_post"), ("att_out", "att.hook_out"), ("ffn_out", "ffn.hook_out")):
-        out[key] = torch.stack([cache[f"blocks.{l}.{name}"] for l in range(L)])
-    if states:
-        for key, name in (("att_shift", "att.hook_shift"), ("wkv", "att.hook_state"), ("ffn_shift", "ffn.hook_shift")):
-            out[key] = torch.stack([cache[f"blocks.{l}.{name}"] for l in range(L)])
-    if model.cfg.version == "7":
-        out["v_first"] = cache["blocks.0.att.hook_v"]
-    return out
-
-
-def _noise_hook(setup: TraceSetup, rows: slice) -> Optional[tuple[str, Callable]]:
+def _noise_hook(setup: TraceSetup, rows: slice, samples: slice = slice(None)) -> Optional[tuple[str, Callable]]:
+    """The hook that adds noise draws `samples` to the subject tokens of batch rows `rows` (None without noise)."""
     if setup.noise_tensor is None:
         return None
     s0, s1 = setup.subject
-    noise = setup.noise_tensor
+    noise = setup.noise_tensor[samples]  # [rows, subject tokens, C]
 
     def add_noise(x, hook):
         x = x.clone()
@@ -378,14 +498,41 @@ def _noise_hook(setup: TraceSetup, rows: slice) -> Optional[tuple[str, Callable]
     return NOISE_SITES[setup.noise_site], add_noise
 
 
-def _run_clean(setup: TraceSetup) -> None:
-    model = setup.model
-    _, _, cache = model.run_with_cache(setup.seq, _cache_names(model, True), device=None,
-                                       state_positions=range(setup.T), logits="none")
-    c = _stack_cache(model, cache, True)
-    c = {k: v[:, 0] if v.dim() >= 4 and k != "v_first" else v[0] for k, v in c.items()}  # drop the batch axis
-    setup.clean_cache = c  # resid_pre ... [L, S, C]; att_shift [L, T, C]; wkv [L, T, ...]; v_first [S, C]
-    logits = model.unembed(c["resid_post"][-1][setup.answer_positions])[None]  # [1, K, V]
+def _record_run(model, tokens: torch.Tensor, hooks_for: Callable[[slice], list],
+                memory_budget: int) -> dict[str, torch.Tensor]:
+    """A forward of tokens [B, S] keeping what the caches hold: every block's input and the last block's output,
+    resid [L+1, B, S, C], and v7's v_first [B, S, C], written in place as the blocks run (no hook cache stacked into
+    a second copy). Rows go through in groups whose activations fit `memory_budget` bytes (`row_token_bytes`), each
+    with the hooks `hooks_for(rows)` (e.g. the noise) before the recording ones."""
+    cfg = model.cfg
+    L, (B, S) = cfg.n_layer, tokens.shape
+    resid = torch.empty(L + 1, B, S, cfg.n_embd, device=model.device)  # [L+1, B, S, C]
+    out = {"resid": resid}
+    if cfg.version == "7":
+        out["v_first"] = torch.empty(B, S, cfg.n_embd, device=model.device)  # [B, S, C]
+
+    def keep(buf: torch.Tensor) -> Callable:
+        def copy(x: torch.Tensor, hook) -> None:
+            buf.copy_(x)
+        return copy
+
+    per = max(1, min(B, memory_budget // max(1, S * row_token_bytes(cfg))))
+    for r0 in range(0, B, per):
+        rows = slice(r0, min(B, r0 + per))
+        hooks = list(hooks_for(rows)) + [(f"blocks.{l}.hook_resid_pre", keep(resid[l, rows])) for l in range(L)]
+        hooks.append((f"blocks.{L - 1}.hook_resid_post", keep(resid[L, rows])))
+        if "v_first" in out:
+            hooks.append(("blocks.0.att.hook_v", keep(out["v_first"][rows])))
+        with model.hooks(hooks):
+            model(tokens[rows], logits="none")
+    return out
+
+
+def _run_clean(setup: TraceSetup, memory_budget: int) -> None:
+    c = _record_run(setup.model, setup.seq[None], lambda rows: [], memory_budget)
+    c = {k: v[:, 0] if k == "resid" else v[0] for k, v in c.items()}  # drop the batch axis
+    setup.clean_cache = c  # resid [L+1, S, C]; v_first [S, C]
+    logits = setup.model.unembed(c["resid"][-1][setup.answer_positions])[None]  # [1, K, V]
     setup.clean = setup.metrics_from_logits(logits, 1)[0]
     top = torch.softmax(logits[0, 0].double(), -1)
     i = int(top.argmax())
@@ -397,17 +544,13 @@ def _run_clean(setup: TraceSetup) -> None:
             f"{top[setup.answer_ids[0]]:.3g}); ROME would skip this case")
 
 
-def _run_corrupt(setup: TraceSetup) -> None:
-    model = setup.model
+def _run_corrupt(setup: TraceSetup, memory_budget: int) -> None:
     n = setup.n
     tokens = setup.corrupt_seq[None].expand(n, -1)
-    hooks = [h for h in [_noise_hook(setup, slice(None))] if h]
-    with model.hooks(hooks):
-        _, _, cache = model.run_with_cache(tokens, _cache_names(model, False), device=None, logits="none")
-    c = _stack_cache(model, cache, False)  # [L, n, S, C]
-    setup.corrupt_cache = c
-    logits = model.unembed(c["resid_post"][-1][:, setup.answer_positions])  # [n, K, V]
-    setup.corrupt_cache["logits"] = logits
+    hooks_for = lambda rows: [h for h in [_noise_hook(setup, slice(None), rows)] if h]  # the rows' own draws
+    c = _record_run(setup.model, tokens, hooks_for, memory_budget)  # resid [L+1, n, S, C]; v_first [n, S, C]
+    logits = setup.model.unembed(c["resid"][-1][:, setup.answer_positions])  # [n, K, V]
+    setup.corrupt_cache = {**c, "logits": logits}
     setup.corrupt = setup.metrics_from_logits(logits, n)[0]
     base = setup.recovery_base()
     if abs(setup.clean[base] - setup.corrupt[base]) < 1e-9:
