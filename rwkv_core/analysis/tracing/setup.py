@@ -15,6 +15,7 @@ import torch
 
 from rwkv_core.errors import InputError, RWKVInspectorError
 from rwkv_core.io.tokenizer import Encoding, Tokenizer
+from rwkv_core.model.config import ModelConfig
 
 NOISE_SITES = {"resid_pre": "blocks.0.hook_resid_pre", "embed": "hook_embed"}
 
@@ -177,21 +178,21 @@ def _aggregate(rows: dict[str, torch.Tensor], n: int) -> list[dict[str, float]]:
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per batch of rows or cells (CPU default)
 
 
-def row_token_bytes(cfg) -> int:
+def row_token_bytes(cfg: ModelConfig) -> int:
     """Estimated bytes of activations that one batch row holds per token in a forward of the model (float32:
     about 30 C + 4 F numbers), what batches of traced cells, ablated layers and corrupted rows are sized by."""
     return 4 * (30 * cfg.n_embd + 4 * cfg.dim_ffn)
 
 
 
-def state_bytes(cfg) -> int:
+def state_bytes(cfg: ModelConfig) -> int:
     """Bytes of one batch row's recurrent state in one layer, float32: both token shifts (2 C) and the WKV state
     (H x N x N; v4: aa, bb, pp, 3 C). What a restored or walked state row costs per layer."""
     wkv = 3 * cfg.n_embd if cfg.version == "4" else cfg.n_head * cfg.head_size ** 2
     return 4 * (2 * cfg.n_embd + wkv)
 
 
-def setup_bytes(cfg, T: int, K: int, n: int, *, subject_tokens: int = 0) -> int:
+def setup_bytes(cfg: ModelConfig, T: int, K: int, n: int, *, subject_tokens: int = 0) -> int:
     """Bytes a TraceSetup's caches hold after `prepare_trace` (float32, = `TraceSetup.cache_bytes()`), so a caller
     can tell before tracing whether a prompt fits: T prompt tokens, K answer tokens (S = T + K - 1), n sample rows
     (1 for subject replacement). clean: resid [L+1, S, C] (+ v7 v_first [S, C]); corrupted: resid [L+1, n, S, C]
