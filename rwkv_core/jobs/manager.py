@@ -94,18 +94,45 @@ class ClusterSettings:
     extra_init: dict = field(default_factory=dict)
 
 
+_RAY_KEEPER: Optional[threading.Thread] = None
+
+
 def start_ray(settings: ClusterSettings) -> None:
-    """ray.init once per process: a local instance (no dashboard, small object store) or the cluster at the address."""
+    """ray.init once per process: a local instance (no dashboard, small object store) or the cluster at the address.
+
+    Ray's local processes die with the *thread* that started them (the kernel's parent-death signal follows the
+    thread), and a Streamlit script run is a short-lived thread: off the main thread, Ray is started from a thread
+    that lives as long as the process."""
     import ray
 
+    global _RAY_KEEPER
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                                   ignore_reinit_error=True, **settings.extra_init)
     if settings.address:
-        ray.init(address=settings.address, **kwargs)
+        kwargs["address"] = settings.address
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=settings.object_store_mb * 2**20, **kwargs)
+        kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=settings.object_store_mb * 2**20)
+    if threading.current_thread() is threading.main_thread():
+        ray.init(**kwargs)
+        return
+    started, failure = threading.Event(), []
+
+    def keep():
+        try:
+            ray.init(**kwargs)
+        except BaseException as e:  # handed to the caller
+            failure.append(e)
+        started.set()
+        if not failure:
+            threading.Event().wait()  # live as long as the process: Ray's processes are this thread's children
+
+    _RAY_KEEPER = threading.Thread(target=keep, name="rwkv-inspector-ray", daemon=True)
+    _RAY_KEEPER.start()
+    started.wait()
+    if failure:
+        raise failure[0]
 
 
 class JobManager:

@@ -115,7 +115,8 @@ class JobRunner:
         model, tokenizer = self._load(job.model)
         if self._setup_key != job.setup_key:
             self._forget_setup()  # the old runs go before the new ones are made
-            self._setup = TR.prepare_trace(model, tokenizer, job.prompt, **dict(job.prepare))
+            self._setup = TR.prepare_trace(model, tokenizer, job.prompt, memory_budget=job.memory_budget,
+                                           **dict(job.prepare))
             self._setup_key = job.setup_key
         return self._setup
 

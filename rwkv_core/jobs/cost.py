@@ -1,0 +1,274 @@
+"""What a heavy job will cost before it starts: its time, from this model's measured speed on its device, and its
+peak memory, from the shapes; and how to run it within a memory budget (smaller batches of cells) or the one line
+that says what to change when nothing fits.
+
+Time model of a causal trace (the fast path, `rwkv_core.analysis.tracing.fast`): every cell at token t >= the
+subject's first token runs its noise-sample rows through the layers above the one it restores over the tokens from
+t to the end; the work is counted in row-token-layers and priced by `Speed.block_s`, plus one batched one-token
+step per prompt token for the corrupted states (`Speed.step_s`), the unembedding of every cell's rows
+(`Speed.head_s`), and the clean and corrupted runs. Memory model: the weights, the cached runs
+(`tracing.setup_bytes`), the corrupted states of two positions, and one batch of cells.
+"""
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from rwkv_core.analysis import tracing as TR
+from rwkv_core.errors import InputError
+
+GB = 2**30
+MIN_BATCH_BYTES = 16 * 2**20  # below this a batch of cells is mostly overhead
+
+
+PARALLEL_EFFICIENCY = 0.7  # what each further CPU thread adds to a forward's speed (measured on 2 cores: 1.7x)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Measured seconds of this model on its device: per row-token-layer of a batched sequence forward, per layer of
+    a batched one-token step, per row of the unembedding."""
+
+    block_s: float
+    step_s: float
+    head_s: float
+    device: str
+
+    def with_threads(self, threads: int) -> "Speed":
+        """On a CPU the speed is measured with one thread (another process busy on a core makes a many-thread
+        timing meaningless): the speed of a worker with `threads` threads."""
+        if not self.device.startswith("cpu") or threads <= 1:
+            return self
+        f = 1.0 / (1.0 + PARALLEL_EFFICIENCY * (threads - 1))
+        return Speed(self.block_s * f, self.step_s * f, self.head_s * f, self.device)
+
+
+_SPEED: "weakref.WeakKeyDictionary[Any, dict[int, Speed]]" = weakref.WeakKeyDictionary()
+
+
+def _timed(fn, repeats: int = 2) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def measure_speed(model, rows: int = 4, tokens: int = 64) -> Speed:
+    """Time a forward of `rows` x `tokens` random tokens, a one-token step and the unembedding (best of two after a
+    warm-up), once per model and batch size; on a CPU with one thread (see `Speed.with_threads`)."""
+    cached = _SPEED.setdefault(model, {})
+    if rows in cached:
+        return cached[rows]
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, cfg.vocab_size, (rows, tokens), generator=gen).to(model.device)
+    x = torch.randn(rows * 8, cfg.n_embd, generator=gen).to(model.device)
+    threads = torch.get_num_threads()
+    on_cpu = str(model.device).startswith("cpu")
+    if on_cpu:
+        torch.set_num_threads(1)
+    try:
+        model(seq[:, :8], logits="none")  # warm-up
+        block_s = _timed(lambda: model(seq, logits="none")) / (rows * tokens * cfg.n_layer)
+        step_s = _timed(lambda: model(seq[:, :1], logits="none")) / cfg.n_layer
+        head_s = _timed(lambda: model.unembed(x)) / (rows * 8)
+    finally:
+        if on_cpu:
+            torch.set_num_threads(threads)
+    speed = Speed(block_s, step_s, head_s, str(model.device))
+    cached[rows] = speed
+    return speed
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ causal tracing
+
+
+def trace_work(cfg, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec]) -> dict[str, int]:
+    """The fast path's work for these grids: cells, row-token-layers of the cell batches, one-token steps and
+    unembedded rows (see the module docstring)."""
+    L, S = cfg.n_layer, T + K - 1
+    t = np.arange(subject_start, T)  # the tokens whose cells run
+    units = 0
+    steps = 0
+    cells_run = 0
+    for sp in specs:
+        for l in range(L):
+            if sp.kind == "block" and sp.mode == "state":
+                seg = S - t - 1
+                units += int(np.sum(np.maximum(seg, 0) * (L - l)))
+                cells_run += int(np.sum(seg > 0))
+                continue
+            if sp.kind == "block":
+                layers = L - l - 1
+                units += int(np.sum((S - t) * layers))
+                if sp.mode == "both":
+                    units += int(np.sum(S - t - 1))
+            else:
+                first = TR.window_layers(l, L, sp.window)[0]
+                join = first + 1 if sp.kind == "ffn" else first
+                units += int(np.sum((S - t) * (L - join)))
+            cells_run += len(t)
+        steps = max(steps, T)  # the corrupted states advance once per token, shared by every grid
+    return {"cells": len(specs) * T * L, "cells_run": cells_run, "row_units": units * n, "steps": steps,
+            "head_rows": cells_run * n * K}
+
+
+def trace_seconds(cfg, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec],
+                  speed: Speed) -> float:
+    """Estimated seconds of prepare_trace plus trace_grids at this model's measured speed."""
+    w = trace_work(cfg, T, K, subject_start, n, specs)
+    S = T + K - 1
+    prepare = (1 + n) * S * cfg.n_layer * speed.block_s + (1 + n) * K * speed.head_s
+    return (prepare + w["row_units"] * speed.block_s + w["steps"] * cfg.n_layer * speed.step_s
+            + w["head_rows"] * speed.head_s)
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """A job's estimate: cells, seconds, peak bytes (weights + cached runs + one batch of cells), and the batch
+    budget it runs with; `refusal` is the one line when no batch fits the memory budget."""
+
+    cells: int
+    seconds: float
+    peak_bytes: int
+    weights_bytes: int
+    cache_bytes: int
+    batch_bytes: int
+    budget_bytes: int
+    refusal: Optional[str] = None
+
+    @property
+    def fits(self) -> bool:
+        return self.refusal is None
+
+
+def _trace_memory(cfg, weights: int, T: int, K: int, n: int, subject_tokens: int = 0) -> tuple[int, int]:
+    """(bytes of the cached runs and corrupted states, bytes one cell needs at the longest segment)."""
+    S = T + K - 1
+    cache = (TR.setup_bytes(cfg, T, K, n, subject_tokens=subject_tokens)
+             + 3 * cfg.n_layer * n * TR.state_bytes(cfg))
+    one_cell = n * (S * TR.row_token_bytes(cfg) + 3 * TR.state_bytes(cfg)) + n * K * cfg.vocab_size * 12
+    return cache, one_cell
+
+
+def estimate_trace(model, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec],
+                   budget_bytes: int, speed: Optional[Speed] = None,
+                   max_batch_bytes: int = TR.DEFAULT_MEMORY_BUDGET, subject_tokens: int = 0,
+                   threads: int = 1) -> JobCost:
+    """Time and memory of tracing these grids on a worker with `threads` CPU threads, and the batch budget that
+    keeps the job within `budget_bytes`; a refusal line (what to change) when even one cell at a time does not fit."""
+    cfg = model.cfg
+    speed = (speed or measure_speed(model, rows=max(1, min(n, 8)))).with_threads(threads)
+    weights = weight_bytes(model)
+    cache, one_cell = _trace_memory(cfg, weights, T, K, n, subject_tokens)
+    room = budget_bytes - weights - cache
+    batch = int(min(max_batch_bytes, room, cfg.n_layer * one_cell))  # a batch holds at most one token's L cells
+    work = trace_work(cfg, T, K, subject_start, n, specs)
+    seconds = trace_seconds(cfg, T, K, subject_start, n, specs, speed)
+    refusal = None
+    if room < max(one_cell, MIN_BATCH_BYTES):
+        refusal = trace_refusal(cfg, weights, T, K, n, budget_bytes)
+        batch = one_cell
+    peak = weights + cache + max(batch, one_cell)
+    return JobCost(work["cells"], seconds, peak, weights, cache, batch, budget_bytes, refusal)
+
+
+def trace_refusal(cfg, weights: int, T: int, K: int, n: int, budget_bytes: int) -> str:
+    """The one line for a trace that does not fit: what it needs, the budget, and the largest sample count and
+    prompt length that would fit."""
+
+    def fits(T_: int, n_: int) -> bool:
+        cache, one = _trace_memory(cfg, weights, T_, K, n_)
+        return weights + cache + max(one, MIN_BATCH_BYTES) <= budget_bytes
+
+    cache, one = _trace_memory(cfg, weights, T, K, n)
+    need = weights + cache + max(one, MIN_BATCH_BYTES)
+    options = []
+    n_fit = next((k for k in range(n - 1, 0, -1) if fits(T, k)), 0)
+    if n_fit:
+        options.append(f"use at most {n_fit} noise sample{'s' if n_fit > 1 else ''}")
+    lo, hi = 0, T - 1  # the longest prompt that fits with these samples
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid, n):
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo >= 1:
+        options.append(f"a prompt of at most {lo} tokens")
+    options.append("raise RWKV_INSPECTOR_JOB_MEMORY_GB" if weights < budget_bytes else
+                   "a smaller model or bf16 weights")
+    return (f"this trace needs about {need / GB:.1f} GB (weights {weights / GB:.1f}, cached runs {cache / GB:.1f}) and "
+            f"the job memory budget is {budget_bytes / GB:.1f} GB: " + ", or ".join(options))
+
+
+def check_trace_fits(cost: JobCost) -> None:
+    """InputError with the refusal line when the job does not fit."""
+    if cost.refusal:
+        raise InputError(cost.refusal)
+
+
+def ablation_seconds(cfg, S: int, K: int, n: int, replacement: str, speed: Speed) -> float:
+    """One row group per layer through the whole sequence (n rows for the corrupted run's values)."""
+    g = n if replacement == "corrupt" else 1
+    return cfg.n_layer * g * S * cfg.n_layer * speed.block_s + cfg.n_layer * g * K * speed.head_s
+
+
+# ------------------------------------------------------------------------------------------------ budgets
+
+
+def available_memory_bytes(device: str = "cpu") -> int:
+    """Memory a job could use now: the GPU's free memory, or this machine's available memory (MemAvailable)."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+# ------------------------------------------------------------------------------------------------ forward captures
+
+
+def capture_bytes(cfg, T: int, n_layers: int) -> int:
+    """Bytes of one forward with the score views' capture (`scores.capture_with_logits`): per captured layer r, k,
+    v, the log-decay and the WKV output (v7 also kk and a) [T, C] float32, the logits [T, V], and one block's
+    activations while it runs."""
+    per_layer = (7 if str(cfg.version).startswith("7") else 5) * T * cfg.n_embd * 4
+    return n_layers * per_layer + T * cfg.vocab_size * 4 + T * TR.row_token_bytes(cfg)
+
+
+def capture_refusal(cfg, T: int, n_layers: int, budget_bytes: int) -> Optional[str]:
+    """None when the capture fits the budget, else the one line: what it needs and the longest prompt that fits."""
+    need = capture_bytes(cfg, T, n_layers)
+    if need <= budget_bytes:
+        return None
+    per_token = capture_bytes(cfg, 1, n_layers)
+    fit = int(budget_bytes // max(1, per_token))
+    return (f"capturing {n_layers} layer{'s' if n_layers != 1 else ''} of this {T:,}-token prompt needs about "
+            f"{need / GB:.1f} GB and the server's capture budget is {budget_bytes / GB:.1f} GB: use a prompt of at "
+            f"most {fit:,} tokens, or raise RWKV_INSPECTOR_CAPTURE_MEMORY_GB")
