@@ -24,6 +24,8 @@ from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from rwkv_core.io.tokenizer import Tokenizer, tokenizer_for
 from rwkv_core.model.rwkv import DTYPES
 from rwkv_core.errors import CheckpointError, RWKVInspectorError
+from rwkv_core.jobs.manager import ClusterSettings, JobManager
+from rwkv_core.jobs.specs import ModelSpec
 
 
 @dataclass
@@ -133,6 +135,24 @@ def get_pool() -> ModelPool:
 @st.cache_resource(show_spinner=False)
 def get_gate() -> WorkGate:
     return WorkGate(slots=1)
+
+
+@st.cache_resource(show_spinner=False)
+def get_jobs() -> JobManager:
+    """The job manager of this server: Ray started here (or joined at RWKV_INSPECTOR_RAY_ADDRESS) and its workers."""
+    cluster = ClusterSettings(address=settings.ray_address(), workers=settings.JOB_WORKERS,
+                              per_user_running=settings.JOBS_PER_USER, per_user_queued=settings.JOBS_QUEUED_PER_USER)
+    try:
+        return JobManager(cluster)
+    except Exception as e:  # Ray could not start or the cluster is not reachable
+        where = f"the Ray cluster at {cluster.address}" if cluster.address else "Ray on this machine"
+        raise RWKVInspectorError(f"could not start {where} for the tracing jobs ({type(e).__name__}: "
+                                 f"{(str(e).splitlines() or [''])[0][:160]}); check {settings.RAY_ADDRESS_ENV}") from None
+
+
+def model_spec(lm: LoadedModel) -> ModelSpec:
+    """How a job worker loads the same model: the file, its tokenizer, the device and precision."""
+    return ModelSpec(str(lm.entry.path), lm.entry.tokenizer, lm.entry.tokenizer_file, lm.device, lm.dtype)
 
 
 @st.cache_resource(ttl=60, show_spinner=False)

@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
+from inspector_ui import settings as app_settings
 from inspector_ui.session import PageContext, Run, bind, offer_predictions, publish
 from inspector_ui.widgets import (clamp_choice, csv_bytes, gated, run_columns, show_error, token_view,
                                   url_bool)
@@ -31,6 +32,7 @@ from rwkv_core.figures import scores as FS
 from rwkv_core.figures.common import IMAGE_FORMATS, cell_from_selection, image_config
 from rwkv_core.analysis import scores as S
 from rwkv_core.errors import RWKVInspectorError
+from rwkv_core.jobs import cost as COST
 
 ATTN, SPAN = "attn", "span"
 MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
@@ -56,10 +58,15 @@ def run_id(run: Run) -> tuple:
     return ("trace", h.hexdigest())
 
 
-@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
+@st.cache_resource(max_entries=2, ttl=3600, show_spinner=False)
 def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreInputs]:
     """Every layer's score inputs for one prompt: one forward of the shared model, under the work gate. Its logits
-    become the token view's predictions (no second forward)."""
+    become the token view's predictions (no second forward). A capture past the server's capture budget is refused
+    with one line before it starts (two are kept: A and B of compare mode)."""
+    refusal = COST.capture_refusal(_model.cfg, len(tokens), _model.cfg.n_layer, app_settings.capture_memory_bytes())
+    if refusal:
+        raise RWKVInspectorError(refusal[:1].upper() + refusal[1:] + ".")
+
     def capture() -> list[S.ScoreInputs]:
         logits, inputs = S.capture_with_logits(_model, list(tokens))
         offer_predictions(rid[1:4], tokens, logits)

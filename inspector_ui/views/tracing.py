@@ -5,24 +5,31 @@ Model and prompt come from the shared sidebar (`inspector_ui.sidebar.page_setup`
 path, and the prompt traced is the sidebar prompt of each run, so compare mode (prompt or model) traces both runs
 with the same subject, answer and settings, side by side. The subject and answer default to the registry entry's
 tracing example when its prompt is the run's prompt, otherwise to the prompt's first word and the model's greedy
-next token. The heavy work (clean/corrupted runs, the grids, the ablations) holds the shared work gate: hooks live on
-the shared model object. Results are kept in `st.session_state["ct_results"]` keyed by (model, prompt, settings), so
+next token. The heavy work (clean/corrupted runs, the grids, the ablations) runs as jobs on Ray workers
+(`rwkv_core.jobs`, through `inspector_ui.resources.get_jobs`), never in the server process: the page shows each
+trace's cost first (cells, time at this model's measured speed, peak memory against the job budget), refuses one that
+cannot fit with one line, asks before one past the confirmation threshold, then follows the jobs with progress bars
+and a Stop button (a rerun leaves them running; the next run follows them again). Results are kept in `st.session_state["ct_results"]` keyed by (model, prompt, settings), so
 changing only a display option (metric, image format) redraws without recomputing. Settings are in the URL (ct_*).
-`render` reads as its sections: settings form, running the traces (progress and Stop), results per run, ablation.
+`render` reads as its sections: settings form, cost, the jobs (progress and Stop), results per run, ablation.
 """
 from __future__ import annotations
 
 import io
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import streamlit as st
-from streamlit.runtime.scriptrunner import RerunException, StopException
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from inspector_ui import settings as app_settings
+from inspector_ui.resources import get_jobs, model_spec
 from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
-from inspector_ui.widgets import gated, progress_text, run_columns, url_bool
+from inspector_ui.widgets import duration_text, gated, progress_text, run_columns, url_bool
+from rwkv_core.jobs import cost as COST
+from rwkv_core.jobs.specs import AblationJob, TraceJob
 from rwkv_core.figures import tracing as FT
 from rwkv_core.figures.common import IMAGE_FORMATS, image_config
 from rwkv_core.analysis import tracing as TR
@@ -171,56 +178,136 @@ URL_KEYS = ("ct_subject", "ct_answer", "ct_answer2", "ct_corruption", "ct_alt", 
 # ------------------------------------------------------------------------------------------------ work
 
 
-def _request_stop() -> None:
-    st.session_state["ct_stop"] = True
-
-
 def _one_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def trace_one(run: Run, settings: dict, specs: list, keep: Callable[[dict], None]) -> None:
-    """Prepare and trace every spec of one run with a progress bar (in the current container), holding the work
-    gate, and hand the entry to `keep` as soon as the grids exist: {"results", "setup", "ablations"}, or
-    {"warning": message} for a replacement subject of the wrong length, {"error": message} for other input errors.
+def session_user() -> str:
+    """Whose jobs these are, for the fair queue: this browser session."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "local"
 
-    Stop (the page's button, or Streamlit's) reaches a running script as an exception at its next Streamlit call,
-    here the progress bar: the trace then ends after the batch in hand, like the engine's `should_stop`, its
-    incomplete grids (blank cells NaN) are kept, and only then does the run end as Streamlit asked."""
-    bar = st.progress(0.0, text="Waiting for the model…")
-    interrupted: list[BaseException] = []
 
-    def show_progress(done: int, total: int, elapsed: float) -> None:
-        if interrupted:
-            return
-        try:
-            bar.progress(done / total, text=progress_text("Tracing", done, total, elapsed, "cells"))
-        except (RerunException, StopException) as e:
-            interrupted.append(e)
+def _speed(run: Run, rows: int) -> COST.Speed:
+    """This model's measured speed on its device (once per model and batch size), holding the work gate: the
+    forward runs on the shared model object."""
+    return gated(lambda: COST.measure_speed(run.loaded.model, rows=rows), "Measuring the model's speed",
+                 show_waiting=False)
 
-    def work() -> None:
-        start = time.perf_counter()
-        bar.progress(0.0, text="Clean and corrupted runs…")
-        setup = TR.prepare_trace(run.loaded.model, run.loaded.tokenizer, run.prompt, **settings)
-        bar.progress(0.0, text="Clean and corrupted runs done; tracing…")
-        results = TR.trace_grids(
-            setup, specs, metric="prob",
-            progress=lambda done, total: show_progress(done, total, time.perf_counter() - start),
-            should_stop=lambda: bool(interrupted) or bool(st.session_state.get("ct_stop")))
-        keep({"results": results, "setup": setup, "ablations": {}})
 
+def estimate(run: Run, settings: dict, specs: list) -> Optional[COST.JobCost]:
+    """The trace's cost on this run (cells, time, peak memory against the job budget); None while the subject or
+    answer is not usable (the job would say why)."""
+    tok = run.loaded.tokenizer
     try:
-        gated(work, "Tracing")
-    except TR.ReplacementLengthError as e:  # a setting to change, not a failure: one line naming both counts
-        message = _one_line(e)
-        keep({"warning": f"{message[:1].upper()}{message[1:]}; for example "
-                         f"{default_replacement(run, settings['subject'])!r}."})
-    except RWKVInspectorError as e:
-        keep({"error": _one_line(e)})
-    finally:
-        bar.empty()
-    if interrupted:
-        raise interrupted[0]
+        enc = tok.encode(run.prompt)
+        (s0, s1), _chars = TR.locate_subject(enc, settings["subject"])
+        K = len(tok.encode(settings["answer"]).ids) if settings["answer"] else 0
+    except RWKVInspectorError:
+        return None
+    if K == 0 or len(enc) == 0:
+        return None
+    n = int(settings["samples"]) if settings["corruption"] == "noise" else 1
+    speed = _speed(run, max(1, min(n, 8)))
+    return COST.estimate_trace(run.loaded.model, len(enc), K, s0, n, specs,
+                               app_settings.job_memory_bytes(run.loaded.device), speed, subject_tokens=s1 - s0,
+                               threads=app_settings.job_threads())
+
+
+def cost_line(cost: COST.JobCost, device: str) -> str:
+    return (f"{cost.cells:,} cells · about {duration_text(cost.seconds)} on {device} · "
+            f"peak memory about {cost.peak_bytes / COST.GB:.1f} GB of the {cost.budget_bytes / COST.GB:.1f} GB "
+            "job budget")
+
+
+def trace_job(run: Run, settings: dict, specs: list, cost: Optional[COST.JobCost]) -> TraceJob:
+    budget = cost.batch_bytes if cost is not None else TR.DEFAULT_MEMORY_BUDGET
+    return TraceJob(model_spec(run.loaded), run.prompt, tuple(sorted(settings.items())), tuple(specs), int(budget))
+
+
+def _jobs_of_session() -> dict:
+    return st.session_state.setdefault("ct_jobs", {})  # results key -> (job id, TraceJob)
+
+
+def _request_stop() -> None:
+    """Stop every trace of this session (the workers stop after their batch in hand; the cells done are kept)."""
+    st.session_state["ct_stop"] = True
+    jobs = get_jobs()
+    for jid, _job in _jobs_of_session().values():
+        jobs.cancel(jid)
+
+
+def start_traces(runs: list[Run], request: "TraceRequest", costs: list) -> None:
+    """Queue one trace job per run (a new press replaces the run's earlier job and result)."""
+    jobs = get_jobs()
+    pending = _jobs_of_session()
+    store: dict = st.session_state.setdefault("ct_results", {})
+    st.session_state["ct_stop"] = False
+    for run, key, cost in zip(runs, request.keys, costs):
+        if key in pending:
+            jobs.forget(pending.pop(key)[0])
+        store.pop(key, None)
+        job = trace_job(run, request.settings, request.specs, cost)
+        try:
+            pending[key] = (jobs.submit(session_user(), job, f"trace {run.label}"), job)
+        except RWKVInspectorError as e:
+            store[key] = {"error": _one_line(e)}
+
+
+def entry_from_outcome(run: Run, settings: dict, job: TraceJob, outcome) -> dict:
+    """What the page keeps of a finished trace job: {"results", "job", "ablations"}, or {"warning"} for a replacement
+    subject of the wrong length, or {"error"} (one line)."""
+    if outcome.warning:
+        message = outcome.warning
+        return {"warning": f"{message[:1].upper()}{message[1:]}; for example "
+                           f"{default_replacement(run, settings['subject'])!r}."}
+    if outcome.error:
+        return {"error": outcome.error[:1].upper() + outcome.error[1:]}
+    return {"results": outcome.value, "job": job, "ablations": {}}
+
+
+def follow_traces(runs: list[Run], cols: list, request: "TraceRequest") -> None:
+    """Progress bars (cells, time left, place in line) and one Stop button while this session's trace jobs run;
+    each result is kept as soon as its job ends (a stopped job's incomplete grids included). A rerun (another
+    widget touched) leaves the jobs running: the next run follows them again."""
+    jobs = get_jobs()
+    pending = _jobs_of_session()
+    store: dict = st.session_state.setdefault("ct_results", {})
+    for key in [k for k in pending if k not in request.keys]:  # settings changed: that job is not shown any more
+        jobs.forget(pending.pop(key)[0])
+    for key in [k for k in store if k not in request.keys]:  # results not shown: dropped
+        del store[key]
+    if not pending:
+        return
+    stop_slot = st.empty()
+    stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
+    bars = {}
+    for col, run, key in zip(cols, runs, request.keys):
+        if key in pending:
+            with col:
+                bars[key] = st.progress(0.0, text="Queued…")
+    while pending:
+        for col, run, key in zip(cols, runs, request.keys):
+            if key not in pending:
+                continue
+            jid, job = pending[key]
+            status = jobs.status(jid)
+            if status is None or status.ended:
+                if status is not None:
+                    store[key] = entry_from_outcome(run, request.settings, job, status.outcome)
+                jobs.forget(jid)
+                del pending[key]
+                bars[key].empty()
+            elif status.state == "queued":
+                bars[key].progress(0.0, text=f"Queued: {status.message}.")
+            elif status.total:
+                bars[key].progress(min(1.0, status.done / status.total),
+                                   text=progress_text("Tracing", status.done, status.total, status.seconds, "cells"))
+            else:
+                bars[key].progress(0.0, text=f"Clean and corrupted runs… ({duration_text(status.seconds)})")
+        if pending:
+            time.sleep(0.25)
+    stop_slot.empty()
 
 
 def cells_done(results: list[TR.TraceResult]) -> tuple[int, int]:
@@ -229,15 +316,25 @@ def cells_done(results: list[TR.TraceResult]) -> tuple[int, int]:
     return done, sum(r.grids["prob"].size for r in results)
 
 
-def ablate_one(setup: TR.TraceSetup, run: Run, abl_key: tuple) -> Any:
-    """Ablate every layer of one traced run as `abl_key` (target, replacement, reset token, reference) says, holding
-    the work gate."""
+def ablate_one(entry: dict, abl_key: tuple) -> Any:
+    """Ablate every layer of one traced run as `abl_key` (target, replacement, reset token, reference) says, in a job
+    worker (which still holds the trace's runs, or makes them again)."""
     target, replacement, reset_token, reference = abl_key
-    ref_ids = list(run.loaded.tokenizer.encode(reference).ids) if replacement == "mean" else None
-    token = setup.subject[1] - 1 if reset_token < 0 else min(reset_token, setup.T - 1)
-    with st.spinner("Ablating every layer…"):
-        return gated(lambda: TR.ablate_layers(setup, target, replacement, reference_tokens=ref_ids,
-                                              reset_token=token), "Ablating")
+    job = AblationJob(entry["job"], target, replacement, int(reset_token), reference)
+    jobs = get_jobs()
+    jid = jobs.submit(session_user(), job, "ablation")
+    try:
+        with st.spinner("Ablating every layer…"):
+            while True:
+                status = jobs.status(jid)
+                if status is None or status.ended:
+                    break
+                time.sleep(0.2)
+    finally:
+        jobs.forget(jid)
+    if status is None or not status.outcome.ok:
+        raise RWKVInspectorError(status.outcome.error if status else "the ablation job was lost")
+    return status.outcome.value
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -246,8 +343,9 @@ def ablate_one(setup: TR.TraceSetup, run: Run, abl_key: tuple) -> Any:
 def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool = False) -> None:
     """Metrics, heat maps and downloads of one run (in the current container)."""
     results: list[TR.TraceResult] = entry["results"]
-    setup: TR.TraceSetup = entry["setup"]
-    for w in setup.warnings:
+    first = results[0]
+    info = first.settings
+    for w in first.warnings:
         st.warning(w)
     if not all(r.complete for r in results):
         done, total = cells_done(results)
@@ -258,14 +356,15 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool =
         m3, m4 = st.columns(2)
     else:
         m1, m2, m3, m4 = st.columns(4)
-    lbl = {"prob": f"p({setup.answer_text!r})", "logprob": f"log p({setup.answer_text!r})",
+    answer = first.answer_label
+    lbl = {"prob": f"p({answer!r})", "logprob": f"log p({answer!r})",
            "first_prob": "p(first answer token)", "logit_diff": "logit difference", "recovery": "recovery"}[metric]
-    m1.metric(f"clean {lbl}", f"{setup.clean.get(metric, 1.0):.4g}" if metric != "recovery" else "1")
-    m2.metric(f"corrupted {lbl}", f"{setup.corrupt.get(metric, 0.0):.4g}" if metric != "recovery" else "0")
-    m3.metric("subject tokens", f"{setup.subject[0]}…{setup.subject[1] - 1}")
-    m4.metric("noise std" if setup.corruption == "noise" else "replacement",
-              f"{setup.noise * setup.sigma:.3g}" if setup.corruption == "noise" else str(setup.alt_subject))
-    if metric == "logit_diff" and not setup.answer2_ids:
+    m1.metric(f"clean {lbl}", f"{first.clean.get(metric, 1.0):.4g}" if metric != "recovery" else "1")
+    m2.metric(f"corrupted {lbl}", f"{first.corrupt.get(metric, 0.0):.4g}" if metric != "recovery" else "0")
+    m3.metric("subject tokens", f"{first.subject[0]}…{first.subject[1] - 1}")
+    noise = info["corruption"] == "noise"
+    m4.metric("noise std" if noise else "replacement", f"{info['noise_std']:.3g}" if noise else str(info["alt_subject"]))
+    if metric == "logit_diff" and not info.get("answer2_ids"):
         st.info("The logit difference needs a second answer; the grids are blank.")
     for i, res in enumerate(results):
         name = {"block": f"State ({res.mode})", "att": f"Time-mix window {res.window}",
@@ -338,12 +437,14 @@ def render(ctx: PageContext) -> None:
     with st.expander("How it works, and what each mode restores"):
         st.markdown(HOW_IT_WORKS)
     request = settings_section(runs)
+    costs = cost_section(runs, request)
     cols = run_columns(len(runs))
     if ctx.compare:
         for col, run in zip(cols, runs):
             col.markdown(f"**{run.title}** · `{run.prompt}`")
     if request.submitted:
-        run_traces(runs, cols, request)
+        start_traces(runs, request, costs)
+    follow_traces(runs, cols, request)
     store: dict = st.session_state.setdefault("ct_results", {})
     entries = [store.get(k) for k in request.keys]
     results_section(runs, cols, entries, request, ctx.compare)
@@ -412,25 +513,43 @@ def settings_section(runs: list[Run]) -> TraceRequest:
     return TraceRequest(settings, specs, keys, submitted, metric, img_format)
 
 
-def run_traces(runs: list[Run], cols: list, request: TraceRequest) -> None:
-    """Trace every run in its column, with a progress bar each and one Stop button; keep only what is shown (a
-    stopped run's incomplete grids included)."""
-    store: dict = st.session_state.setdefault("ct_results", {})
-    st.session_state["ct_stop"] = False
-    stop_slot = st.empty()
-    stop_slot.button("Stop", key="ct_stop_button", on_click=_request_stop)
-
-    def keep(key: tuple, entry: dict) -> None:
-        store[key] = entry
-        for k in [k for k in store if k not in request.keys]:  # setups hold the runs: drop what is not shown
-            del store[k]
-
-    for col, run, key in zip(cols, runs, request.keys):
-        if st.session_state.get("ct_stop"):
-            break
-        with col:
-            trace_one(run, request.settings, request.specs, keep=lambda entry, key=key: keep(key, entry))
-    stop_slot.empty()
+def cost_section(runs: list[Run], request: TraceRequest) -> list[Optional[COST.JobCost]]:
+    """Each run's cost before it starts (cells, time on this model's device, peak memory against the job budget);
+    a trace that cannot fit is refused here with its one line, and one past the confirmation threshold waits for a
+    second press."""
+    costs = []
+    for run in runs:
+        try:
+            costs.append(estimate(run, request.settings, request.specs))
+        except RWKVInspectorError as e:
+            st.error(_one_line(e))
+            costs.append(None)
+    for run, cost in zip(runs, costs):
+        if cost is None:
+            continue
+        prefix = f"{run.label}: " if len(runs) > 1 else ""
+        if not cost.fits:
+            st.error(f"{prefix}{cost.refusal[:1].upper()}{cost.refusal[1:]}.")
+        else:
+            st.caption(f"{prefix}Cost: {cost_line(cost, run.loaded.device)}.")
+    if request.submitted and any(c is not None and not c.fits for c in costs):
+        st.session_state["ct_confirm_pending"] = False
+        request.submitted = False  # refused: nothing starts
+    seconds = sum(c.seconds for c in costs if c is not None)
+    if request.submitted and seconds > app_settings.CONFIRM_SECONDS:
+        st.session_state["ct_confirm_pending"] = True
+        request.submitted = False
+    if st.session_state.get("ct_confirm_pending"):
+        st.warning(f"This trace will take about {duration_text(seconds)} on this machine (a worker computes it; "
+                   "you can leave the page and come back, or press Stop). Start it?")
+        c1, c2, _ = st.columns([1, 1, 4])
+        if c1.button(f"Start ({duration_text(seconds)})", key="ct_confirm", type="primary"):
+            st.session_state["ct_confirm_pending"] = False
+            request.submitted = True
+        if c2.button("Cancel", key="ct_confirm_cancel"):
+            st.session_state["ct_confirm_pending"] = False
+            st.rerun()
+    return costs
 
 
 def results_section(runs: list[Run], cols: list, entries: list[Optional[dict]], request: TraceRequest,
@@ -440,7 +559,7 @@ def results_section(runs: list[Run], cols: list, entries: list[Optional[dict]], 
         with col:
             if entry is None:
                 if st.session_state.get("ct_stop"):
-                    st.warning("Stopped. Press **Trace** to start again.")
+                    st.warning("Stopped before it started. Press **Trace** to start again.")
                 else:
                     st.info("Set the subject and answer (the prompt is the sidebar's), then press **Trace**.")
             elif "warning" in entry:
@@ -459,7 +578,7 @@ def ablation_section(runs: list[Run], traced: list[tuple[Run, dict]], request: T
                           format_func=ABLATION_TARGET_NAMES.get)
     replacement = a2.selectbox("Replace with", list(REPLACEMENT_NAMES), key="ct_abl_repl",
                                format_func=REPLACEMENT_NAMES.get)
-    max_t = max(e["setup"].T for _, e in traced)
+    max_t = max(len(e["results"][0].tokens) for _, e in traced)
     if not -1 <= int(st.session_state.get("ct_abl_token", -1)) <= max_t - 1:
         st.session_state["ct_abl_token"] = -1
     reset_token = a3.number_input("Reset after token", -1, max_t - 1, -1, key="ct_abl_token",
@@ -476,7 +595,7 @@ def ablation_section(runs: list[Run], traced: list[tuple[Run, dict]], request: T
             abl = entry["ablations"].get(abl_key)
             if abl is None:
                 try:
-                    abl = ablate_one(entry["setup"], run, abl_key)
+                    abl = ablate_one(entry, abl_key)
                     entry["ablations"][abl_key] = abl
                 except RWKVInspectorError as e:
                     st.error(_one_line(e))
