@@ -595,6 +595,11 @@ def ablation_section(runs: list[Run], traced: list[tuple[Run, dict]], request: T
             abl = entry["ablations"].get(abl_key)
             if abl is None:
                 try:
+                    first = entry["results"][0]
+                    T, K, n = len(first.tokens), len(first.settings["answer_ids"]), int(first.settings["samples"])
+                    speed = _speed(run, max(1, min(n, 8))).with_threads(app_settings.job_threads())
+                    secs = COST.ablation_seconds(run.cfg, T + K - 1, K, n, replacement, speed)
+                    st.caption(f"Ablating every layer: about {duration_text(secs)} on {run.loaded.device}.")
                     abl = ablate_one(entry, abl_key)
                     entry["ablations"][abl_key] = abl
                 except RWKVInspectorError as e:
