@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.jobs.specs import JobOutcome
-from rwkv_core.jobs.worker import Job, job_worker_class, one_line
+from rwkv_core.jobs.worker import Job, job_board_class, job_worker_class, one_line
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ class _Worker:
     job: Optional[str] = None  # job id it runs
     alive: bool = True  # False while Ray restarts it
     ping: Any = None  # pending ping while restarting
-    progress_ref: Any = None
 
 
 @dataclass
@@ -151,7 +150,8 @@ class JobManager:
         self._rr = 0
         self._ids = itertools.count(1)
         self._closed = False
-        self._workers = [_Worker(self._new_worker()) for _ in range(self._worker_count())]
+        self._board = job_board_class().remote()
+        self._workers = [_Worker(self._new_worker(i)) for i in range(self._worker_count())]
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rwkv-inspector-jobs", daemon=True)
         self._thread.start()
@@ -162,18 +162,32 @@ class JobManager:
         gpus = int(self._ray.cluster_resources().get("GPU", 0))
         return gpus if gpus > 0 else max(1, int(self.settings.workers))
 
-    def _new_worker(self):
+    def _new_worker(self, slot: int):
         cls = job_worker_class()
         if int(self._ray.cluster_resources().get("GPU", 0)) > 0:
-            return cls.options(num_gpus=1, num_cpus=1).remote()
-        cpus = int(self._ray.cluster_resources().get("CPU", 1))
+            return cls.options(num_gpus=1, num_cpus=1).remote(None, self._board, slot)
         n = max(1, int(self.settings.workers))
-        threads = self.settings.torch_threads or max(1, cpus // n)
-        return cls.options(num_cpus=min(threads, cpus)).remote(threads)
+        if self.settings.address:  # a cluster: one CPU each, spread over the machines
+            threads = self.settings.torch_threads or 1
+            return cls.options(num_cpus=1, scheduling_strategy="SPREAD").remote(threads, self._board, slot)
+        # this machine: the cores shared by thread counts, not by Ray's CPU resource (which would leave a second
+        # manager in the same process, such as a test's, waiting for CPUs the first one's idle workers hold)
+        threads = self.settings.torch_threads or max(1, (os.cpu_count() or 1) // n)
+        return cls.options(num_cpus=0).remote(threads, self._board, slot)
 
-    def worker_pids(self) -> list[int]:
-        """Process ids of the workers (for the operator, and for tests that kill one)."""
-        return [self._ray.get(w.handle.pid.remote(), timeout=120) for w in self._workers]
+    def worker_pids(self, timeout: float = 120) -> list[int]:
+        """Process ids of the workers (for the operator, and for tests that kill one), as each reported it when it
+        started (answered while they compute)."""
+        end = time.time() + timeout
+        pids = []
+        for slot in range(len(self._workers)):
+            pid = None
+            while pid is None and time.time() < end:
+                pid = self._ray.get(self._board.pid.remote(slot), timeout=timeout)
+                if pid is None:
+                    time.sleep(0.1)
+            pids.append(pid)
+        return pids
 
     @property
     def n_workers(self) -> int:
@@ -226,7 +240,7 @@ class JobManager:
                 return
             if j.stop_at is None:
                 j.stop_at = time.time()
-                self._workers[j.worker].handle.cancel.remote(job_id)
+                self._board.cancel.remote(job_id)
         self._wake.set()
 
     def forget(self, job_id: str) -> None:
@@ -258,9 +272,9 @@ class JobManager:
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)
-        for w in self._workers:
+        for handle in [w.handle for w in self._workers] + [self._board]:
             try:
-                self._ray.kill(w.handle, no_restart=True)
+                self._ray.kill(handle, no_restart=True)
             except Exception:
                 pass
 
@@ -288,6 +302,7 @@ class JobManager:
 
     def _end(self, j: _Job, state: str, outcome: JobOutcome, message: str = "") -> None:
         j.state, j.outcome, j.ended_at = state, outcome, time.time()
+        self._board.forget.remote(j.id)
         j.message = message or (outcome.error or outcome.warning or "")
         j.ref = None
         if j.worker is not None and self._workers[j.worker].job == j.id:
@@ -381,20 +396,23 @@ class JobManager:
                 self._ray.get(w.ping)
                 w.alive, w.ping = True, None
             except self._ray.exceptions.ActorDiedError:
-                self._workers[i] = _Worker(self._new_worker())
+                self._workers[i] = _Worker(self._new_worker(i))
             except Exception:
                 w.ping = None  # still restarting: ask again
 
     def _read_progress(self) -> None:
         with self._lock:
-            running = [(j, self._workers[j.worker]) for j in self._jobs.values() if j.state == "running"]
-        for j, w in running:
-            try:
-                p = self._ray.get(w.handle.progress.remote(j.id), timeout=2)
-            except Exception:
-                continue
-            if p is not None:
-                with self._lock:
+            running = [j.id for j in self._jobs.values() if j.state == "running"]
+        if not running:
+            return
+        try:
+            seen = self._ray.get(self._board.progress.remote(running), timeout=5)
+        except Exception:
+            return
+        with self._lock:
+            for jid, p in seen.items():
+                j = self._jobs.get(jid)
+                if j is not None and j.state == "running":
                     j.progress = tuple(p)
 
     def _enforce_stops(self) -> None:
