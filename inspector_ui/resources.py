@@ -13,13 +13,14 @@ from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import streamlit as st
 import torch
 
 from inspector_ui import settings
 from inspector_ui.registry import ModelEntry, list_models
+from rwkv_core.compute import ComputeThread
 from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from rwkv_core.io.tokenizer import Tokenizer, tokenizer_for
 from rwkv_core.model.rwkv import DTYPES
@@ -49,8 +50,9 @@ def make_tokenizer(entry: ModelEntry, vocab_size: int) -> Tokenizer:
 class ModelPool:
     """Loaded models by (name, device, dtype), least recently used evicted beyond `budget_bytes`."""
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, run: Callable[[Callable[[], Any]], Any] = lambda fn: fn()):
         self.budget_bytes = budget_bytes
+        self._run = run  # where loading computes (the work gate's compute thread in the app)
         self._models: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -61,7 +63,7 @@ class ModelPool:
                 self._models.move_to_end(key)
                 return self._models[key]
             ckpt = load_checkpoint(entry.path)  # CheckpointError on anything wrong: nothing is kept
-            model = load_model(ckpt, device=device, dtype=DTYPES[dtype])
+            model = self._run(lambda: load_model(ckpt, device=device, dtype=DTYPES[dtype]))
             tok = make_tokenizer(entry, model.cfg.vocab_size)
             n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             while self._models and self.total_bytes() + n_bytes > self.budget_bytes:
@@ -80,11 +82,14 @@ class ModelPool:
 
 
 class WorkGate:
-    """First come, first served access to the compute device for `slots` jobs at a time."""
+    """First come, first served access to the compute device for `slots` jobs at a time. Each slot owns one
+    long-lived compute thread (`rwkv_core.compute`): the work runs there, where torch's thread pool stays warm and
+    is the only one (a page's script thread is a new thread on every rerun)."""
 
     def __init__(self, slots: int = 1):
         self._slots = slots
-        self._busy = 0
+        self._all = [ComputeThread(f"rwkv-compute-{i}") for i in range(slots)]
+        self._free = list(self._all)
         self._queue: deque = deque()
         self._cond = threading.Condition()
 
@@ -94,32 +99,36 @@ class WorkGate:
 
     @contextmanager
     def slot(self, on_wait: Optional[Callable[[int], None]] = None, poll_s: float = 0.3):
-        """Hold one slot for the block. `on_wait(jobs_ahead)` is called while waiting; if it raises (the user
-        cancelled, the session ended), the place in line is given up."""
+        """Hold one slot for the block; yields the slot's compute thread. `on_wait(jobs_ahead)` is called while
+        waiting; if it raises (the user cancelled, the session ended), the place in line is given up."""
         me = object()
-        acquired = False
+        held: Optional[ComputeThread] = None
         with self._cond:
             self._queue.append(me)
         try:
             while True:
                 with self._cond:
-                    if self._queue[0] is me and self._busy < self._slots:
+                    if self._queue[0] is me and self._free:
                         self._queue.popleft()
-                        self._busy += 1
-                        acquired = True
+                        held = self._free.pop()
                         break
-                    ahead = self._busy + list(self._queue).index(me)
+                    ahead = self._slots - len(self._free) + list(self._queue).index(me)
                     self._cond.wait(timeout=poll_s)
                 if on_wait is not None:
                     on_wait(ahead)
-            yield
+            yield held
         finally:
             with self._cond:
-                if acquired:
-                    self._busy -= 1
+                if held is not None:
+                    self._free.append(held)
                 elif me in self._queue:
                     self._queue.remove(me)
                 self._cond.notify_all()
+
+    def run_now(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on the first slot's compute thread without taking a place in line (loading a model: the work that
+        follows needs it). It still waits for the work in hand there."""
+        return self._all[0].call(fn)
 
 
 # ------------------------------------------------------------------------------------------------ shared by all sessions
@@ -129,7 +138,7 @@ class WorkGate:
 # would only log "missing ScriptRunContext".
 @st.cache_resource(show_spinner=False)
 def get_pool() -> ModelPool:
-    return ModelPool(settings.model_budget_bytes())
+    return ModelPool(settings.model_budget_bytes(), run=get_gate().run_now)
 
 
 @st.cache_resource(show_spinner=False)

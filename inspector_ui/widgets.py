@@ -117,10 +117,10 @@ def gated(fn: Callable[[], Any], label: str = "Computing", *, show_waiting: bool
         box.info(f"Waiting for the shared model: {ahead} job(s) ahead of you. Press Stop (top right) to cancel.")
 
     try:
-        with get_gate().slot(on_wait if box is not None else None):
+        with get_gate().slot(on_wait if box is not None else None) as compute:
             if box is not None:
                 box.empty()
-            return fn()
+            return compute.call(fn)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise RWKVInspectorError("the GPU ran out of memory: try a shorter prompt, fewer layers or bf16") from None

@@ -282,3 +282,26 @@ def test_gate_error_inside_releases_the_slot():
     t.start()
     _join_all([t])
     assert got_in.is_set() and gate.waiting() == 0
+
+
+def test_gate_work_runs_on_its_compute_thread():
+    """A slot hands out its long-lived compute thread: the work of every caller runs there, not in the caller's
+    (a page's script thread is new on every rerun; torch's thread pool should be made once, not per rerun)."""
+    gate = WorkGate(slots=1)
+
+    def work():
+        with gate.slot(poll_s=0.01) as compute:
+            return compute.call(threading.get_ident), threading.get_ident()
+
+    results = [_in_thread_value(work) for _ in range(3)]
+    ran_on = {r[0] for r in results}
+    assert len(ran_on) == 1 and not ran_on & {r[1] for r in results}
+    assert gate.run_now(threading.get_ident) in ran_on  # a model load computes there too
+
+
+def _in_thread_value(fn):
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    _join_all([t])
+    return out[0]
