@@ -15,12 +15,12 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import (_WS_TRACKER_JS, VIEWPORT, app_exceptions, open_app, rerun, save_screenshot,
                                     wait_for_app)
-from tests.conftest import shared_file
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE_FILES = sorted((REPO / "pages").glob("[0-9]*_*.py"))
 TOKEN = '[data-testid="token"]'
-DIGITS = "shared: 260123_reverse_L2_only_rwkv7.pth"  # 2 layers: the fastest model for the interactive tests
+DEMO_V7 = "demo: demo v7 facts+retrieval"  # in the repository: these tests need no ../shared
+DEMO_V6 = "demo: demo v6 facts+retrieval"
 FIRST_RUN_MS = 240_000  # a cold server loads torch and a model on the first run of a page (loaded 2-core machine)
 RUN_MS = 180_000
 
@@ -36,12 +36,6 @@ def uses_frame(page_file: Path) -> bool:
 
 ALL_PATHS = ["/"] + [url_path(p) for p in PAGE_FILES]
 FRAME_PATHS = ["/"] + [url_path(p) for p in PAGE_FILES if uses_frame(p)]
-
-
-@pytest.fixture(autouse=True)
-def _needs_weights():
-    shared_file("tiny-rwkv-5v2-730K-FP32.bin")
-    shared_file("260123_reverse_L2_only_rwkv7.pth")
 
 
 def _error_boxes(page) -> list[str]:
@@ -161,10 +155,10 @@ def test_select_compare_and_share(path, base_url, browser, page, streamlit_serve
     """Select a token (where the selection is view state), switch to compare mode, give prompt B, then open the
     current URL in a second browser context: the same model, prompts, mode, widget values and selected tokens."""
     prompt_a, prompt_b = "31415926,", "2718281828,"
-    _open(page, _link(base_url, path, model=DIGITS, prompt=prompt_a, layer=0, head=1))
+    _open(page, _link(base_url, path, model=DEMO_V7, prompt=prompt_a, layer=0, head=1))
     _assert_clean(page, streamlit_server, base_url, f"{path} opened")
     sidebar = page.get_by_test_id("stSidebar")
-    expect(sidebar.get_by_role("combobox", name="Model", exact=True)).to_have_value(DIGITS)
+    expect(sidebar.get_by_role("combobox", name="Model", exact=True)).to_have_value(DEMO_V7)
 
     selectable = "tok" in _query(page.url)  # the score pages keep the selected token in the URL
     if selectable:
@@ -188,7 +182,7 @@ def test_select_compare_and_share(path, base_url, browser, page, streamlit_serve
     _widgets_drawn(page)
     _assert_clean(page, streamlit_server, base_url, f"{path} prompt B")
     q = _query(page.url)
-    assert (q["model"], q["prompt"], q["prompt_b"], q["compare"]) == (DIGITS, prompt_a, prompt_b, "prompt")
+    assert (q["model"], q["prompt"], q["prompt_b"], q["compare"]) == (DEMO_V7, prompt_a, prompt_b, "prompt")
     n_views = page.locator(".tv").count()
     if n_views:
         _wait_tokens(page, n_views)
@@ -220,7 +214,7 @@ def test_navigating_between_pages_keeps_the_sidebar(base_url, page, streamlit_se
     """Model, prompt and compare mode chosen on the home page are still there after following the page links and
     the sidebar navigation (Streamlit treats same-key widgets on two pages as two widgets)."""
     prompt = "271828,"
-    _open(page, _link(base_url, "/", model=DIGITS, prompt=prompt))
+    _open(page, _link(base_url, "/", model=DEMO_V7, prompt=prompt))
     _assert_clean(page, streamlit_server, base_url, "home")
     targets = [p for p in FRAME_PATHS if p != "/"]
     main_links = page.get_by_test_id("stMain").get_by_test_id("stPageLink")
@@ -244,11 +238,11 @@ def test_navigating_between_pages_keeps_the_sidebar(base_url, page, streamlit_se
             _widgets_drawn(page)
         _assert_clean(page, streamlit_server, base_url, f"navigated to {target}")
         sidebar = page.get_by_test_id("stSidebar")
-        expect(sidebar.get_by_role("combobox", name="Model", exact=True)).to_have_value(DIGITS)
+        expect(sidebar.get_by_role("combobox", name="Model", exact=True)).to_have_value(DEMO_V7)
         expect(sidebar.get_by_test_id("stTextArea").filter(has_text="Prompt").locator("textarea").first
                ).to_have_value(prompt)
         q = _query(page.url)
-        assert (q.get("model"), q.get("prompt")) == (DIGITS, prompt), page.url
+        assert (q.get("model"), q.get("prompt")) == (DEMO_V7, prompt), page.url
         for tv in page.locator(".tv").all():
             assert "".join(tv.locator(TOKEN).all_text_contents()) == prompt
 
@@ -262,7 +256,7 @@ HOSTILE_B = '</textarea><b>bold</b><svg onload="window.__pwned=3">'
 
 @pytest.mark.parametrize("path", ["/"] + [p for p in FRAME_PATHS if p != "/"][:3])
 def test_script_in_the_url_prompt_is_text(path, base_url, page, streamlit_server):
-    link = _link(base_url, path, model="shared: tiny-rwkv-5v2-730K-FP32.bin", prompt=HOSTILE_A, compare="prompt",
+    link = _link(base_url, path, model=DEMO_V6, prompt=HOSTILE_A, compare="prompt",
                  prompt_b=HOSTILE_B)
     _open(page, link)
     _assert_clean(page, streamlit_server, base_url, path)

@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import pytest
 
 from tests.browser.conftest import _APP_SETTLED_JS, _WS_TRACKER_JS, APP_SCRIPT, CHROMIUM, CHROMIUM_ARGS, VIEWPORT
-from tests.conftest import shared_file
 
 N_USERS = 8
 VIEWS = ["/Attention", "/Influence_spans", "/Time_decay"]
@@ -179,7 +178,6 @@ def test_eight_concurrent_users_on_one_server(streamlit_server):
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium not found at {CHROMIUM}")
     pytest.importorskip("playwright.async_api")
-    shared_file("tiny-rwkv-5v2-730K-FP32.bin")
     name, entry = _default_model()
     prompts = _prompts(entry)
     assert len(set(prompts)) == N_USERS

@@ -8,15 +8,9 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import app_exceptions, open_app, rerun, save_screenshot
-from tests.conftest import shared_file
 
 TOKEN = '[data-testid="token"]'
 HOSTILE = "<script>window.__pwned=1</script><b>bold</b>"
-
-
-@pytest.fixture(autouse=True)
-def _needs_weights():
-    shared_file("tiny-rwkv-5v2-730K-FP32.bin")
 
 
 def _backgrounds(page) -> list[str]:
@@ -31,9 +25,9 @@ def _selected(page) -> list[int]:
 
 
 def test_click_token_recolours_and_tile_opens_head(base_url, page, streamlit_server):
-    model = quote("shared: tiny-rwkv-5v2-730K-FP32.bin")  # 12 layers x 8 heads: tile (5, 3) exists
+    model = quote("demo: demo v7 facts+retrieval")  # in the repository; 4 layers x 4 heads: tile (2, 3)
     open_app(page, f"{base_url}/Attention?model={model}&prompt={quote('The cat sat on the mat. The cat ran.')}"
-                   "&layer=2&head=1")
+                   "&layer=1&head=1")
     tokens = page.locator(TOKEN)
     expect(tokens.first).to_be_visible(timeout=30_000)  # the component draws after the run
     n = tokens.count()
@@ -63,11 +57,11 @@ def test_click_token_recolours_and_tile_opens_head(base_url, page, streamlit_ser
              const cats = fl.yaxis._categories || [];
              const y = fl.yaxis.type === "category" ? cats.indexOf(String(lh[0])) : lh[0];
              return {x: r.left + fl._size.l + fl.xaxis.l2p(lh[1]), y: r.top + fl._size.t + fl.yaxis.l2p(y)}; }""",
-        [5, 3])
+        [2, 3])
     with rerun(page):
         page.mouse.click(pos["x"], pos["y"])
-    assert "layer=5" in page.url and "head=3" in page.url
-    expect(page.get_by_text("Full A matrix of layer 5, head 3")).to_be_visible(timeout=30_000)
+    assert "layer=2" in page.url and "head=3" in page.url
+    expect(page.get_by_text("Full A matrix of layer 2, head 3")).to_be_visible(timeout=30_000)
     save_screenshot(page, "scores_attention_after_clicks", full_page=False)
     assert app_exceptions(page) == [], streamlit_server.logs(base_url)
 
