@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -80,11 +81,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     model = load_model(ckpt, device=args.device, dtype=DTYPES[args.dtype])
     try:
         arrays = build_trace(model, ids, layers=layers, token_texts=texts, tokenizer_kind=kind,
-                             checkpoint_name=model.checkpoint_info["file"], scores=args.scores)
+                             checkpoint_name=model.checkpoint_info["file"], scores=args.scores,
+                             logits_topk=args.logits_topk, float16=args.float16, residual=args.residual)
     except ValueError as e:
         raise InputError(str(e)) from None
     save_trace(arrays, args.out)
-    print(f"wrote {args.out}: {len(ids)} tokens, {len(arrays)} arrays")
+    size = f", {os.path.getsize(args.out) / 2**20:.1f} MB" if os.path.isfile(args.out) else ""
+    print(f"wrote {args.out}: {len(ids)} tokens, {len(arrays)} arrays{size}")
 
 
 def cmd_decay(args: argparse.Namespace) -> None:
@@ -195,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
     p.add_argument("--scores", action="store_true", help="also write attn_l{l} and span_l{l} [H, T, T]")
+    p.add_argument("--logits-topk", type=int, default=None, metavar="K",
+                   help="keep the K most likely next tokens per position (ids and log-probabilities) instead of the "
+                        "full logits [T, V]; 0: no logits (default: the full logits)")
+    p.add_argument("--float16", action="store_true",
+                   help="store the [T, C] activations (and full logits, scores) in float16: about half the size; the "
+                        "decay is stored as ln w, which float16 holds without rounding w to 1")
+    p.add_argument("--no-residual", dest="residual", action="store_false",
+                   help="leave out the residual stream resid_l{l} (no page reads it)")
     _tokenizer_args(p)
     _device_args(p)
 

@@ -60,6 +60,27 @@ def test_export_writes_what_the_model_computes(tmp_path, version):
     assert tr.meta["config"]["version"] == version and tr.meta["token_texts"][0] == "H"
 
 
+def test_export_options_make_the_file_smaller_and_read_the_same(tmp_path):
+    """--logits-topk K, --float16 and --no-residual: the top-K of the logits, float16 activations, no resid_l{l};
+    a smaller file whose predictions and activations read as the full file's (within float16 rounding)."""
+    ckpt = tmp_path / "m.pth"
+    write_random_checkpoint(ckpt, "7", n_layer=2, n_embd=64, head_size=16, seed=3)
+    text = "Hello, smaller trace!"
+    full = cli("export", ckpt, "--text", text, "--out", tmp_path / "full.npz")
+    small = cli("export", ckpt, "--text", text, "--logits-topk", "5", "--float16", "--no-residual",
+                "--out", tmp_path / "small.npz")
+    assert full.returncode == 0 and small.returncode == 0, full.stderr + small.stderr
+    assert " MB" in small.stdout
+    a, b = load_trace(tmp_path / "full.npz"), load_trace(tmp_path / "small.npz")
+    assert (tmp_path / "small.npz").stat().st_size < 0.6 * (tmp_path / "full.npz").stat().st_size
+    assert "logits" not in b.arrays and b.arrays["logits_topk_ids"].shape == (len(text), 5)
+    assert b.arrays["r_l1"].dtype == np.float16 and not any(k.startswith("resid_") for k in b.arrays)
+    assert np.array_equal(a.predictions(5)[0], b.predictions(5)[0])
+    np.testing.assert_allclose(b.layer("ktilde", 1), a.layer("ktilde", 1), atol=2e-3 * np.abs(a.layer("ktilde", 1)).max())
+    bad = cli("export", ckpt, "--text", text, "--logits-topk", "-1", "--out", tmp_path / "u.npz")
+    assert bad.returncode == 2 and "logits_topk" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def test_export_with_token_ids_and_bad_options(tmp_path):
     ckpt = shared_file("tiny-rwkv-4v0-660K-FP32.bin")
     ok = cli("export", ckpt, "--tokens", "34,105,110", "--out", tmp_path / "t.npz")
@@ -120,7 +141,7 @@ def test_export_logits_equal_the_official_package(tmp_path, name, version):
     save_checkpoint(load_checkpoint(ckpt).state_dict, pth)
     want = official_forward(pth, tokens, mode="seq", version=version)["logits"]  # [T, 256]
     np.testing.assert_allclose(tr.arrays["logits"], want, rtol=1e-4, atol=1e-4)
-    assert tr.meta["format_version"] == 2 and tr.meta["tokenizer"] == "bytes"
+    assert tr.meta["format_version"] == 3 and tr.meta["tokenizer"] == "bytes"
 
 
 TINY_TRAIN = ["--version", "7", "--n-layer", "2", "--n-embd", "32", "--head-size", "16", "--ctx-len", "24",

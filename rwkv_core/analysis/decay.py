@@ -358,12 +358,17 @@ class TraceTokenDecay(TokenDecay):
         return np.median(x.reshape(x.shape[0], self.n_head, self.head_size), axis=-1)
 
 
-def trace_token_decays(w: np.ndarray, cfg, tokens: Sequence[int], layer: int) -> TraceTokenDecay:
-    """Per-token decays of one layer from a trace's w_l{layer} [T, C] (float32 per-step decays)."""
-    w64 = np.clip(np.asarray(w, dtype=np.float64), TRACE_W_MIN, TRACE_W_MAX)
+def trace_token_decays(w: Optional[np.ndarray], cfg, tokens: Sequence[int], layer: int, *,
+                       logw: Optional[np.ndarray] = None) -> TraceTokenDecay:
+    """Per-token decays of one layer from a trace's w_l{layer} [T, C] (per-step decays, clipped into [TRACE_W_MIN,
+    TRACE_W_MAX]) or, given instead, its logw_l{layer} = ln w [T, C] (float16 files: the rate -ln w clipped into
+    the same range, so both give the same numbers where both hold them)."""
+    if logw is None:
+        rate = -np.log(np.clip(np.asarray(w, dtype=np.float64), TRACE_W_MIN, TRACE_W_MAX))
+    else:
+        rate = np.clip(-np.asarray(logw, dtype=np.float64), -math.log(TRACE_W_MAX), -math.log(TRACE_W_MIN))
     H, N = heads_of(cfg)
-    return TraceTokenDecay(cfg.version, H, N, [int(t) for t in tokens], [int(layer)],
-                           np.log(-np.log(w64))[None])  # [1, T, C]
+    return TraceTokenDecay(cfg.version, H, N, [int(t) for t in tokens], [int(layer)], np.log(rate)[None])  # [1, T, C]
 
 
 def head_summary(log10_half_life: np.ndarray, n_head: int, context_length: int,

@@ -269,21 +269,23 @@ def capture_score_inputs(model, tokens, layers: Optional[Sequence[int]] = None) 
 
 def inputs_from_trace(arrays: dict, cfg, layers: Optional[Sequence[int]] = None) -> list[ScoreInputs]:
     """`ScoreInputs` of the given layers from a trace file's arrays (`rwkv_core.io.trace_file`: r_l{l}, k_l{l},
-    v_l{l}, w_l{l} [T, C], u_l{l}; v7 ktilde_l{l}, kk_l{l}, a_l{l}, r_k_l{l}), without a model. cfg: ModelConfig."""
+    v_l{l}, w_l{l} or logw_l{l} [T, C], u_l{l}; v7 ktilde_l{l}, kk_l{l}, a_l{l}, r_k_l{l}), float32 as
+    `Trace.float_arrays` gives them, without a model. cfg: ModelConfig."""
     if layers is None:
         layers = sorted({int(k.split("_l")[-1]) for k in arrays if k.startswith("r_l")})
     out = []
     for l in layers:
         g = lambda n: arrays.get(f"{n}_l{l}")  # noqa: E731
-        if any(g(n) is None for n in ("r", "k", "v", "w")):
+        if any(g(n) is None for n in ("r", "k", "v")) or (g("w") is None and g("logw") is None):
             raise InputError(f"the trace lacks r/k/v/w of layer {l}: it cannot give scores")
+        decay = {"logw": g("logw")} if g("logw") is not None else {"w": g("w")}  # logw: float16 files (w rounds to 1)
         if cfg.version == "7":
             if any(g(n) is None for n in ("ktilde", "kk", "a")):
                 raise InputError(f"the v7 trace lacks ktilde/kk/a of layer {l}")
-            out.append(ScoreInputs.from_arrays("7", r=g("r"), k=g("ktilde"), v=g("v"), w=g("w"), kk=g("kk"),
+            out.append(ScoreInputs.from_arrays("7", r=g("r"), k=g("ktilde"), v=g("v"), **decay, kk=g("kk"),
                                                a=g("a"), r_k=g("r_k"), n_head=cfg.n_head, layer=l))
         else:
-            out.append(ScoreInputs.from_arrays(cfg.version, r=g("r"), k=g("k"), v=g("v"), w=g("w"), u=g("u"),
+            out.append(ScoreInputs.from_arrays(cfg.version, r=g("r"), k=g("k"), v=g("v"), **decay, u=g("u"),
                                                n_head=cfg.n_head, layer=l))
     return out
 

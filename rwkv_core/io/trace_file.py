@@ -1,47 +1,53 @@
 """The project's trace format: one `.npz` file with what a prompt did inside the model.
 
-Keys (T tokens, C channels, V vocabulary; every array float32 unless said):
-  tokens [T] int64, logits [T, V],
-  per exported layer l: r_l{l}, k_l{l}, v_l{l}, w_l{l} (per-step decay in (0, 1)) [T, C], resid_l{l} [T, C] (the
-  residual stream after block l); v7 also a_l{l}, kk_l{l}, ktilde_l{l} [T, C] and r_k_l{l} [H, N]; v4-v6 u_l{l}
-  (the bonus: v4 time_first [C], v5.1 exp(time_first) and v5.2/v6 time_faaaa as [H, N]);
+Keys (T tokens, C channels, V vocabulary, K top-k; float32 unless said; with `float16` the [T, C], [T, V] and
+[H, T, T] arrays are float16, each one that would overflow float16 kept float32):
+  tokens [T] int64;
+  the logits, one of: logits [T, V] (full), or logits_topk_ids [T, K] int64 and logits_topk_logp [T, K] float32
+  (the K most likely next tokens at every position and their log-probabilities, log-softmax over all V), or none;
+  per exported layer l: r_l{l}, k_l{l}, v_l{l} [T, C]; the decay as w_l{l} (per-step decay in (0, 1)) or, with
+  float16, as logw_l{l} = ln w (float16 holds ln w to 0.05 %, where w itself would round to 1 for every decay slower
+  than ~2,000 tokens); resid_l{l} [T, C] (the residual stream after block l; optional); v7 also a_l{l} [T, C], the
+  parameters k_k_l{l}, k_a_l{l} [C] and, without float16, kk_l{l}, ktilde_l{l} [T, C] (with float16 they are
+  recomputed from k, a, k_k and k_a when read); the bonus: v4-v6 u_l{l} (v4 time_first [C], v5.1 exp(time_first),
+  v5.2/v6 time_faaaa as [H, N]), v7 r_k_l{l} [H, N];
   optional (export --scores): attn_l{l}, span_l{l} [H, T, T], zero above the diagonal;
   meta: a JSON string (format version, model config, checkpoint file name, tokenizer kind, token texts, layers,
-  conventions). A file opens without a model; `load_trace` refuses anything malformed with a one-line message.
+  what was stored, conventions). A file opens without a model; `load_trace` refuses anything malformed with a
+  one-line message; `Trace.layer` / `Trace.layer_arrays` give every array as float32, derived ones recomputed.
 
-Format versions: 2 stores the arrays uncompressed (activations and logits are float noise to zlib: compressing a
-12-layer, 65,536-vocabulary trace took most of an export and saved under 10 %); 1 was the same keys, compressed.
-Both open with `load_trace`; a file from a newer format is refused with a message saying so.
+Format versions: 3 adds the options above (top-k logits, float16, no residual stream); 2 stores the arrays
+uncompressed (activations and logits are float noise to zlib: compressing a 12-layer, 65,536-vocabulary trace took
+most of an export and saved under 10 %); 1 was the same keys, compressed. All open with `load_trace`; a file from a
+newer format is refused with a message saying so.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.model.config import VERSIONS, ModelConfig
 
-FORMAT_VERSION = 2  # uncompressed .npz; version 1 files (compressed) still open
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # top-k logits, float16, optional residual stream; versions 1 (compressed) and 2 still open
+READABLE_VERSIONS = (1, 2, 3)
 MAX_TRACE_BYTES = 2 << 30  # refuse to open anything that would unpack to more than 2 GiB
-
+FLOAT16_MAX = 65504.0  # the largest finite float16: an array beyond it stays float32
+PREDICTIONS_K = 16  # the top-k the pages show (the token view's hover): the download's default
+COMPACT = {"logits_topk": PREDICTIONS_K, "float16": True, "residual": False}  # the app's default download
+LOGITS_CHUNK = 256  # positions unembedded at once when the logits are built (bounds the [chunk, V] temporary)
+TOKEN_ARRAYS = ("r", "k", "v", "w", "logw", "resid", "a", "kk", "ktilde")  # the [T, C] arrays of a layer
 
 class TraceFileError(RWKVInspectorError):
     """A trace file is malformed or hostile."""
-
-
-def capture_names(version: str) -> list[str]:
-    """The hook points a trace needs, relative to `blocks.{l}.`."""
-    names = ["att.hook_r", "att.hook_k", "att.hook_v", "att.hook_w", "hook_resid_post"]
-    if version == "7":
-        names += ["att.hook_a", "att.hook_kk", "att.hook_k_tilde"]
-    return names
 
 
 def bonus_of(model, layer: int) -> tuple[str, np.ndarray]:
@@ -51,45 +57,167 @@ def bonus_of(model, layer: int) -> tuple[str, np.ndarray]:
     return ("r_k" if model.cfg.version == "7" else "u"), bonus
 
 
+def _stored(x: torch.Tensor, float16: bool) -> np.ndarray:
+    """A captured tensor as stored: float16 where asked and every value fits, else float32 (numpy, on the CPU)."""
+    x = x.detach().float()
+    if float16 and bool(torch.isfinite(x).all()) and float(x.abs().max()) <= FLOAT16_MAX:
+        return x.half().cpu().numpy()
+    return x.cpu().numpy()
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest logits of every position [T, V] as (ids [T, k] int64, log-probabilities [T, k] float32):
+    log-softmax over the whole vocabulary, so exp gives the probabilities a full-logits file would."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logp, min(int(k), logp.shape[-1]), dim=-1)
+    return top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy().astype(np.float32)
+
+
+def trace_keys(cfg: ModelConfig, layer: int, *, float16: bool = False, residual: bool = True) -> dict[str, tuple]:
+    """The arrays one exported layer adds to a trace, key -> shape (T as None): what `build_trace` writes and
+    `estimate_trace_bytes` counts."""
+    C, l = cfg.dim_att, layer
+    keys: dict[str, tuple] = {f"{n}_l{l}": (None, C) for n in ("r", "k", "v")}
+    keys[f"{'logw' if float16 else 'w'}_l{l}"] = (None, C)
+    if residual:
+        keys[f"resid_l{l}"] = (None, cfg.n_embd)
+    if cfg.version == "7":
+        keys[f"a_l{l}"] = (None, C)
+        keys.update({f"k_k_l{l}": (C,), f"k_a_l{l}": (C,), f"r_k_l{l}": (cfg.n_head, cfg.head_size)})
+        if not float16:
+            keys.update({f"kk_l{l}": (None, C), f"ktilde_l{l}": (None, C)})
+    else:
+        keys[f"u_l{l}"] = (C,) if cfg.version == "4" else (cfg.n_head, cfg.head_size)
+    return keys
+
+
+def estimate_trace_bytes(cfg: ModelConfig, n_tokens: int, *, layers: Optional[Iterable[int]] = None,
+                         logits_topk: Optional[int] = None, float16: bool = False, residual: bool = True,
+                         scores: bool = False) -> int:
+    """The size of the file `build_trace` + `save_trace` write with these options, before anything is computed: the
+    arrays' bytes plus each member's .npy and zip headers (exact up to float16 arrays kept float32 for range)."""
+    T = int(n_tokens)
+    layers = range(cfg.n_layer) if layers is None else list(layers)
+    big = 2 if float16 else 4
+    members: list[int] = [8 * T]  # tokens
+    if logits_topk is None:
+        members.append(big * T * cfg.vocab_size)
+    elif logits_topk > 0:
+        k = min(int(logits_topk), cfg.vocab_size)
+        members += [8 * T * k, 4 * T * k]
+    for l in layers:
+        for shape in trace_keys(cfg, l, float16=float16, residual=residual).values():
+            members.append((big if shape[0] is None else 4) * math.prod(T if n is None else n for n in shape))
+        if scores:
+            members += [big * cfg.n_head * T * T] * 2
+    meta_bytes = 2048 + 24 * T  # the JSON meta (token texts as 4-byte unicode, roughly)
+    return sum(members) + meta_bytes + 250 * (len(members) + 1)
+
+
+def _layer_names(version: str, float16: bool, residual: bool) -> dict[str, str]:
+    """Hook point (relative to `blocks.{l}.`) -> trace key prefix, for the options."""
+    names = {"att.hook_r": "r", "att.hook_k": "k", "att.hook_v": "v"}
+    names["att.hook_logw" if float16 else "att.hook_w"] = "logw" if float16 else "w"
+    if residual:
+        names["hook_resid_post"] = "resid"
+    if version == "7":
+        names["att.hook_a"] = "a"
+        if not float16:
+            names.update({"att.hook_kk": "kk", "att.hook_k_tilde": "ktilde"})
+    return names
+
+
 @torch.no_grad()
 def build_trace(model, tokens: Sequence[int], *, layers: Optional[Iterable[int]] = None, token_texts=None,
-                tokenizer_kind: str = "", checkpoint_name: str = "", scores: bool = False) -> dict[str, np.ndarray]:
-    """Run the prompt once with capture and return the trace arrays (see module docstring)."""
+                tokenizer_kind: str = "", checkpoint_name: str = "", scores: bool = False,
+                logits_topk: Optional[int] = None, float16: bool = False, residual: bool = True,
+                progress: Optional[Callable[[int, int], None]] = None) -> dict[str, np.ndarray]:
+    """Run the prompt once with capture and return the trace arrays (see module docstring).
+
+    logits_topk: None keeps the full logits [T, V]; K >= 1 keeps the K most likely next tokens per position; 0 none.
+    float16: the [T, C], [T, V] and [H, T, T] arrays as float16 (the decay as logw; v7 kk, ktilde left to be
+    recomputed). residual: also the residual stream after each exported block. progress(done, total) is called after
+    each block of the forward pass and after the logits (total = n_layer + 1); an exception it raises stops the build.
+    Each capture is converted as it comes, so only the stored arrays are held, never a float32 copy of them all."""
     cfg = model.cfg
     layers = sorted(set(range(cfg.n_layer) if layers is None else (int(l) for l in layers)))
     bad = [l for l in layers if not 0 <= l < cfg.n_layer]
     if bad:
         raise TraceFileError(f"layer {bad[0]} does not exist: the model has layers 0..{cfg.n_layer - 1}")
-    names = [f"blocks.{l}.{n}" for l in layers for n in capture_names(cfg.version)]
-    logits, _, cache = model.run_with_cache(list(tokens), names_filter=names)
-    out: dict[str, np.ndarray] = {"tokens": np.asarray(tokens, dtype=np.int64), "logits": logits[0].numpy()}
-    key = {"att.hook_r": "r", "att.hook_k": "k", "att.hook_v": "v", "att.hook_w": "w", "hook_resid_post": "resid",
-           "att.hook_a": "a", "att.hook_kk": "kk", "att.hook_k_tilde": "ktilde"}
+    if logits_topk is not None and int(logits_topk) < 0:
+        raise TraceFileError(f"logits_topk must be 0 (no logits), a positive count or None (all), not {logits_topk}")
+    names = _layer_names(cfg.version, float16, residual)
+    total, last = cfg.n_layer + 1, f"blocks.{cfg.n_layer - 1}.hook_resid_post"
+    out: dict[str, np.ndarray] = {"tokens": np.asarray(tokens, dtype=np.int64)}
+    final: dict[str, torch.Tensor] = {}
+
+    def record(t: torch.Tensor, hook) -> None:
+        block, rest = hook.name[len("blocks."):].split(".", 1)
+        if rest in names and int(block) in layers:
+            out[f"{names[rest]}_l{block}"] = _stored(t[0], float16)
+        if hook.name == last:
+            final["x"] = t[0]
+        if rest == "hook_resid_post" and progress is not None:
+            progress(int(block) + 1, total)
+
+    hooked = {f"blocks.{l}.{n}" for l in layers for n in names} | {f"blocks.{l}.hook_resid_post" for l in
+                                                                   range(cfg.n_layer)}
+    model.run_with_hooks(list(tokens), [(sorted(hooked), record)], logits="none")
+    if logits_topk != 0:
+        out.update(_logits(model, final["x"], logits_topk, float16))
+    if progress is not None:
+        progress(total, total)
     for l in layers:
-        for n in capture_names(cfg.version):
-            out[f"{key[n]}_l{l}"] = cache[f"blocks.{l}.{n}"][0].float().numpy()
         bname, bval = bonus_of(model, l)
         out[f"{bname}_l{l}"] = bval
+        if cfg.version == "7":
+            att = model.blocks[l].att
+            out[f"k_k_l{l}"] = att.k_k.detach().float().reshape(-1).cpu().numpy()
+            out[f"k_a_l{l}"] = att.k_a.detach().float().reshape(-1).cpu().numpy()
     if scores:
         from rwkv_core.analysis.scores import trace_scores
 
-        out.update(trace_scores(out, cfg, layers))
+        for k, v in trace_scores(Trace(out, {"layers": layers, "config": cfg.to_dict()}).float_arrays(), cfg,
+                                 layers).items():
+            out[k] = _stored(torch.from_numpy(v), float16)
+    stored = {"logits": "none" if logits_topk == 0 else ("full" if logits_topk is None else "topk"),
+              "logits_topk": logits_topk or None, "float16": bool(float16), "residual": bool(residual)}
     meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "checkpoint": checkpoint_name,
             "tokenizer": tokenizer_kind, "token_texts": list(token_texts) if token_texts is not None else None,
-            "layers": layers, "conventions": {"w": "per-step decay in (0,1)", "span": "includes w_j",
-                                               "resid": "after block l", "k_v7": "k before the a-modification"}}
+            "layers": layers, "stored": stored,
+            "conventions": {"w": "per-step decay in (0,1)", "logw": "ln w", "span": "includes w_j",
+                            "resid": "after block l", "k_v7": "k before the a-modification",
+                            "logits_topk_logp": "log-softmax over the whole vocabulary"}}
     out["meta"] = np.array(json.dumps(meta))
     return out
 
 
+def _logits(model, x: torch.Tensor, logits_topk: Optional[int], float16: bool) -> dict[str, np.ndarray]:
+    """The logits part of a trace from the last block's output x [T, C], LOGITS_CHUNK positions at a time."""
+    T, V = x.shape[0], model.cfg.vocab_size
+    if logits_topk is None:
+        full = np.empty((T, V), dtype=np.float16 if float16 else np.float32)
+        for s in range(0, T, LOGITS_CHUNK):
+            full[s:s + LOGITS_CHUNK] = model.unembed(x[s:s + LOGITS_CHUNK]).float().cpu().numpy()
+        if float16 and not np.isfinite(full).all():  # a logit beyond float16's range: the whole array in float32
+            full = np.concatenate([model.unembed(x[s:s + LOGITS_CHUNK]).float().cpu().numpy()
+                                   for s in range(0, T, LOGITS_CHUNK)])
+        return {"logits": full}
+    k = min(int(logits_topk), V)
+    ids, logp = np.empty((T, k), np.int64), np.empty((T, k), np.float32)
+    for s in range(0, T, LOGITS_CHUNK):
+        ids[s:s + LOGITS_CHUNK], logp[s:s + LOGITS_CHUNK] = topk_logprobs(model.unembed(x[s:s + LOGITS_CHUNK]), k)
+    return {"logits_topk_ids": ids, "logits_topk_logp": logp}
+
+
 def save_trace(arrays: dict[str, np.ndarray], path: Union[str, os.PathLike]) -> None:
-    """Write the arrays of `build_trace` as an uncompressed `.npz` (format version 2) to a path or binary file."""
+    """Write the arrays of `build_trace` as an uncompressed `.npz` to a path or binary file."""
     np.savez(path, **arrays)
 
 
 @dataclass
 class Trace:
-    """A loaded trace: arrays by key and the parsed metadata."""
+    """A loaded trace: arrays by key (as stored: float16 or float32) and the parsed metadata."""
 
     arrays: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
@@ -103,7 +231,74 @@ class Trace:
         return list(self.meta.get("layers", []))
 
     def layer(self, name: str, l: int) -> np.ndarray:
-        return self.arrays[f"{name}_l{l}"]
+        """Array `name` of layer l as float32 (name as in the file: r, k, v, w, logw, resid, a, kk, ktilde, u, r_k,
+        attn, span), recomputed where the file leaves it out: w from logw and back, v7 kk and ktilde from k, a, k_k,
+        k_a. KeyError where the file holds neither it nor what it comes from."""
+        key = f"{name}_l{l}"
+        if key in self.arrays:
+            return _float32(self.arrays[key])
+        g = lambda n: self.layer(n, l)  # noqa: E731
+        if name == "w" and f"logw_l{l}" in self.arrays:
+            return np.exp(g("logw"))
+        if name == "logw" and f"w_l{l}" in self.arrays:
+            with np.errstate(divide="ignore"):
+                return np.log(g("w"))  # w underflowed to 0: -inf, as the model's own log would give
+        if name in ("kk", "ktilde") and all(f"{n}_l{l}" in self.arrays for n in ("k", "a", "k_k", "k_a")):
+            return _v7_keys(g("k"), g("a"), g("k_k"), g("k_a"), int((self.meta.get("config") or {}).get("n_head", 0)),
+                            name, l)
+        raise KeyError(f"the trace has no {name} of layer {l}")
+
+    def layer_arrays(self, l: int) -> dict[str, np.ndarray]:
+        """Every array of layer l keyed as in a full file (r_l{l}, ..., w_l{l}, v7 kk_l{l} and ktilde_l{l}), float32,
+        with what a float16 file leaves out recomputed (its logw_l{l} kept too: the decay without rounding to 1)."""
+        names = {k[: -len(f"_l{l}")] for k in self.arrays if k.endswith(f"_l{l}")}
+        if "logw" in names:
+            names.add("w")
+        if {"k", "a", "k_k", "k_a"} <= names:
+            names |= {"kk", "ktilde"}
+        return {f"{n}_l{l}": self.layer(n, l) for n in sorted(names)}
+
+    def float_arrays(self, layers: Optional[Iterable[int]] = None) -> dict[str, np.ndarray]:
+        """`layer_arrays` of these layers (default: the trace's) in one dict, what the score and decay code reads."""
+        out: dict[str, np.ndarray] = {}
+        for l in self.layers if layers is None else layers:
+            out.update(self.layer_arrays(int(l)))
+        return out
+
+    @property
+    def has_logits(self) -> bool:
+        return "logits" in self.arrays or "logits_topk_ids" in self.arrays
+
+    def predictions(self, k: int = PREDICTIONS_K) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The k most likely next tokens at every position: (ids [T, k'] int64, probabilities [T, k'] float32), from
+        the full logits or the stored top-k (k' = min(k, what was stored)); None for a trace without logits."""
+        if "logits_topk_ids" in self.arrays:
+            k = max(1, min(int(k), self.arrays["logits_topk_ids"].shape[1]))
+            return (self.arrays["logits_topk_ids"][:, :k].astype(np.int64),
+                    np.exp(_float32(self.arrays["logits_topk_logp"][:, :k])))
+        if "logits" in self.arrays:
+            ids, logp = topk_logprobs(torch.from_numpy(_float32(self.arrays["logits"])), k)
+            return ids, np.exp(logp)
+        return None
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    """A stored float array as float32 (float16 files are cast on reading; float32 is returned as is)."""
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
+def _v7_keys(k: np.ndarray, a: np.ndarray, k_k: np.ndarray, k_a: np.ndarray, n_head: int, name: str,
+             l: int) -> np.ndarray:
+    """v7's removal key kk = normalize(k * k_k) per head, or the written key ktilde = k (1 + (a - 1) k_a), [T, C]
+    float32, from a float16 file's k, a [T, C] and the layer's k_k, k_a [C] (as the model computes them)."""
+    T, C = k.shape
+    if a.shape != k.shape or k_k.shape != (C,) or k_a.shape != (C,) or n_head <= 0 or C % n_head:
+        raise TraceFileError(f"the trace's v7 keys of layer {l} do not fit together (k {list(k.shape)}, a "
+                             f"{list(a.shape)}, k_k {list(k_k.shape)}, k_a {list(k_a.shape)}, {n_head} heads)")
+    if name == "ktilde":
+        return k * (1 + (a - 1) * k_a)
+    kk = (k * k_k).reshape(T, n_head, C // n_head)
+    return (kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), 1e-12)).reshape(T, C).astype(np.float32)
 
 
 def _check_npy_header(zf: zipfile.ZipFile, name: str, label: str) -> None:
@@ -157,13 +352,18 @@ def load_trace(path_or_file) -> Trace:
         raise TraceFileError(f"{label}: 'tokens' must be a non-empty 1-D integer array")
     T = len(tokens)
     for k, a in arrays.items():
-        if k == "tokens":
+        if k in ("tokens", "logits_topk_ids"):
+            if k == "logits_topk_ids" and (a.dtype.kind not in "iu" or a.ndim != 2 or a.shape[0] != T
+                                           or (a.size and int(a.min()) < 0)):
+                raise TraceFileError(f"{label}: 'logits_topk_ids' must be [T, K] token ids with T = {T}")
             continue
         if a.dtype.kind != "f":
             raise TraceFileError(f"{label}: '{k}' has dtype {a.dtype}, expected floating point")
         if k == "logits" and (a.ndim != 2 or a.shape[0] != T):
             raise TraceFileError(f"{label}: 'logits' must be [T, V] with T = {T}")
-        if k.split("_l")[0] in ("r", "k", "v", "w", "resid", "a", "kk", "ktilde") and (a.ndim != 2 or a.shape[0] != T):
+        if k == "logits_topk_logp" and a.shape != arrays.get("logits_topk_ids", np.empty(0)).shape:
+            raise TraceFileError(f"{label}: 'logits_topk_logp' must have the shape of 'logits_topk_ids' [T, K]")
+        if k.split("_l")[0] in TOKEN_ARRAYS and (a.ndim != 2 or a.shape[0] != T):
             raise TraceFileError(f"{label}: '{k}' must be [T, C] with T = {T}, got {list(a.shape)}")
         if k.split("_l")[0] in ("attn", "span") and a.shape[-2:] != (T, T):
             raise TraceFileError(f"{label}: '{k}' must be [H, T, T] with T = {T}")
@@ -227,6 +427,13 @@ def trace_contents(trace: Trace) -> TraceContents:
     if not (isinstance(layers, list) and all(type(l) is int and 0 <= l < cfg.n_layer for l in layers)):
         raise TraceFileError(f"the trace's 'layers' must be a list of layer numbers 0..{cfg.n_layer - 1}")
     tokens = [int(t) for t in trace.tokens]
+    ids = trace.arrays.get("logits_topk_ids")
+    if ids is not None and ids.size and int(ids.max()) >= cfg.vocab_size:
+        raise TraceFileError(f"the trace's top-k logits name token {int(ids.max())}, outside the vocabulary of "
+                             f"{cfg.vocab_size}")
+    logits = trace.arrays.get("logits")
+    if logits is not None and logits.shape[1] != cfg.vocab_size:
+        raise TraceFileError(f"the trace's logits have {logits.shape[1]} columns for a vocabulary of {cfg.vocab_size}")
     texts = trace.meta.get("token_texts")
     if not (isinstance(texts, list) and len(texts) == len(tokens) and all(isinstance(t, str) for t in texts)):
         texts = [str(t) for t in tokens]

@@ -1,5 +1,6 @@
-"""The trace file format (`rwkv_core.io.trace_file`): version 2 is an uncompressed .npz that round-trips exactly;
-version 1 files (compressed) still open; a newer version and hostile files are refused with one line."""
+"""The trace file format (`rwkv_core.io.trace_file`): version 3 is an uncompressed .npz that round-trips exactly;
+version 1 files (compressed) still open; a newer version and hostile files are refused with one line. The options
+of version 3 (top-k logits, float16, no residual stream): tests/io/test_trace_options.py."""
 from __future__ import annotations
 
 import json
@@ -21,12 +22,12 @@ def arrays(tmp_path_factory) -> dict[str, np.ndarray]:
     return build_trace(load_model(ckpt), tokens, token_texts=[str(t) for t in tokens], tokenizer_kind="ids")
 
 
-def test_version_2_is_uncompressed_and_round_trips(arrays, tmp_path):
+def test_the_format_is_uncompressed_and_round_trips(arrays, tmp_path):
     save_trace(arrays, tmp_path / "t.npz")
     with zipfile.ZipFile(tmp_path / "t.npz") as zf:
         assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
     tr = load_trace(tmp_path / "t.npz")
-    assert FORMAT_VERSION == 2 and tr.meta["format_version"] == 2
+    assert FORMAT_VERSION == 3 and tr.meta["format_version"] == 3
     assert set(tr.arrays) == set(arrays) - {"meta"}
     for k, a in tr.arrays.items():
         assert a.dtype == arrays[k].dtype and np.array_equal(a, arrays[k]), k
@@ -42,7 +43,7 @@ def test_version_1_files_still_open(arrays, tmp_path):
     assert tr.meta["format_version"] == 1 and np.array_equal(tr.arrays["logits"], arrays["logits"])
 
 
-@pytest.mark.parametrize("version", [3, "2", None, [2]])
+@pytest.mark.parametrize("version", [4, "2", None, [2]])
 def test_unknown_format_version_is_refused_with_one_line(arrays, tmp_path, version):
     meta = {**json.loads(str(arrays["meta"])), "format_version": version}
     np.savez(tmp_path / "new.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
