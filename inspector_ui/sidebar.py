@@ -10,6 +10,7 @@ from typing import Optional
 import streamlit as st
 
 from inspector_ui import settings
+from inspector_ui.navigation import declare_if_run_directly
 from inspector_ui.registry import ModelEntry, can_read, default_model_b_name, default_model_name, example_prompts
 from inspector_ui.resources import (LoadedModel, all_models, device_choices, get_gate, get_pool, register_hub,
                                     register_upload)
@@ -135,6 +136,7 @@ def _pool_note() -> str:
 def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
     """Page config, the shared sidebar, and the run(s) the page shows. Stops the page with a one-line message
     when the input is unusable."""
+    declare_if_run_directly()
     st.set_page_config(page_title=f"{title} · RWKV Inspector", page_icon=icon, layout="wide")
     st.title(title)
     if about:
