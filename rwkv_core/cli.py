@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the K most likely next tokens per position (ids and log-probabilities) instead of the "
                         "full logits [T, V]; 0: no logits (default: the full logits)")
     p.add_argument("--float16", action="store_true",
-                   help="store the [T, C] activations (and full logits, scores) in float16: about half the size; the "
-                        "decay is stored as ln w, which float16 holds without rounding w to 1")
+                   help="store the [T, C] activations (and full logits, scores) in float16: about half the size (the "
+                        "decay is stored as ln w, which float16 holds to 0.05 %%, where w would round to 1)")
     p.add_argument("--no-residual", dest="residual", action="store_false",
                    help="leave out the residual stream resid_l{l} (no page reads it)")
     _tokenizer_args(p)

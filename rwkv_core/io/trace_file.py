@@ -5,9 +5,10 @@ Keys (T tokens, C channels, V vocabulary, K top-k; float32 unless said; with `fl
   tokens [T] int64;
   the logits, one of: logits [T, V] (full), or logits_topk_ids [T, K] int64 and logits_topk_logp [T, K] float32
   (the K most likely next tokens at every position and their log-probabilities, log-softmax over all V), or none;
-  per exported layer l: r_l{l}, k_l{l}, v_l{l} [T, C]; the decay as w_l{l} (per-step decay in (0, 1)) or, with
-  float16, as logw_l{l} = ln w (float16 holds ln w to 0.05 %, where w itself would round to 1 for every decay slower
-  than ~2,000 tokens); resid_l{l} [T, C] (the residual stream after block l; optional); v7 also a_l{l} [T, C], the
+  per exported layer l: r_l{l}, k_l{l}, v_l{l} [T, C]; the decay as logw_l{l} = ln w [T, C] (w the per-step decay
+  in (0, 1); formats 1 and 2 stored w_l{l}: float32 w keeps a rate of 1e-4 to only ~0.1 %, float16 w would round
+  every decay slower than ~2,000 tokens to 1, ln w keeps the rate to the storage's own precision); resid_l{l}
+  [T, C] (the residual stream after block l; optional); v7 also a_l{l} [T, C], the
   parameters k_k_l{l}, k_a_l{l} [C] and, without float16, kk_l{l}, ktilde_l{l} [T, C] (with float16 they are
   recomputed from k, a, k_k and k_a when read); the bonus: v4-v6 u_l{l} (v4 time_first [C], v5.1 exp(time_first),
   v5.2/v6 time_faaaa as [H, N]), v7 r_k_l{l} [H, N];
@@ -16,10 +17,10 @@ Keys (T tokens, C channels, V vocabulary, K top-k; float32 unless said; with `fl
   what was stored, conventions). A file opens without a model; `load_trace` refuses anything malformed with a
   one-line message; `Trace.layer` / `Trace.layer_arrays` give every array as float32, derived ones recomputed.
 
-Format versions: 3 adds the options above (top-k logits, float16, no residual stream); 2 stores the arrays
-uncompressed (activations and logits are float noise to zlib: compressing a 12-layer, 65,536-vocabulary trace took
-most of an export and saved under 10 %); 1 was the same keys, compressed. All open with `load_trace`; a file from a
-newer format is refused with a message saying so.
+Format versions: 3 adds the options above (top-k logits, float16, no residual stream) and stores ln w for w; 2
+stores the arrays uncompressed (activations and logits are float noise to zlib: compressing a 12-layer,
+65,536-vocabulary trace took most of an export and saved under 10 %); 1 was the same keys, compressed. All open with
+`load_trace`; a file from a newer format is refused with a message saying so.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.model.config import VERSIONS, ModelConfig
@@ -78,7 +78,7 @@ def trace_keys(cfg: ModelConfig, layer: int, *, float16: bool = False, residual:
     `estimate_trace_bytes` counts."""
     C, l = cfg.dim_att, layer
     keys: dict[str, tuple] = {f"{n}_l{l}": (None, C) for n in ("r", "k", "v")}
-    keys[f"{'logw' if float16 else 'w'}_l{l}"] = (None, C)
+    keys[f"logw_l{l}"] = (None, C)
     if residual:
         keys[f"resid_l{l}"] = (None, cfg.n_embd)
     if cfg.version == "7":
@@ -117,7 +117,7 @@ def estimate_trace_bytes(cfg: ModelConfig, n_tokens: int, *, layers: Optional[It
 def _layer_names(version: str, float16: bool, residual: bool) -> dict[str, str]:
     """Hook point (relative to `blocks.{l}.`) -> trace key prefix, for the options."""
     names = {"att.hook_r": "r", "att.hook_k": "k", "att.hook_v": "v"}
-    names["att.hook_logw" if float16 else "att.hook_w"] = "logw" if float16 else "w"
+    names["att.hook_logw"] = "logw"
     if residual:
         names["hook_resid_post"] = "resid"
     if version == "7":
@@ -135,8 +135,7 @@ def build_trace(model, tokens: Sequence[int], *, layers: Optional[Iterable[int]]
     """Run the prompt once with capture and return the trace arrays (see module docstring).
 
     logits_topk: None keeps the full logits [T, V]; K >= 1 keeps the K most likely next tokens per position; 0 none.
-    float16: the [T, C], [T, V] and [H, T, T] arrays as float16 (the decay as logw; v7 kk, ktilde left to be
-    recomputed). residual: also the residual stream after each exported block. progress(done, total) is called after
+    float16: the [T, C], [T, V] and [H, T, T] arrays as float16 (v7 kk, ktilde left to be recomputed). residual: also the residual stream after each exported block. progress(done, total) is called after
     each block of the forward pass and after the logits (total = n_layer + 1); an exception it raises stops the build.
     Each capture is converted as it comes, so only the stored arrays are held, never a float32 copy of them all."""
     cfg = model.cfg
@@ -250,7 +249,7 @@ class Trace:
 
     def layer_arrays(self, l: int) -> dict[str, np.ndarray]:
         """Every array of layer l keyed as in a full file (r_l{l}, ..., w_l{l}, v7 kk_l{l} and ktilde_l{l}), float32,
-        with what a float16 file leaves out recomputed (its logw_l{l} kept too: the decay without rounding to 1)."""
+        with what the file leaves out recomputed (w from logw_l{l}, which is kept too: the decay without rounding)."""
         names = {k[: -len(f"_l{l}")] for k in self.arrays if k.endswith(f"_l{l}")}
         if "logw" in names:
             names.add("w")

@@ -66,7 +66,7 @@ def test_float16_arrays_are_float32_rounded_to_float16(model):
         if key in full.arrays:
             assert np.array_equal(half.arrays[key], full.arrays[key].astype(np.float16)), key
     for l in range(3):
-        assert "w_l{l}" not in half.arrays and half.arrays[f"logw_l{l}"].dtype == np.float16
+        assert f"w_l{l}" not in half.arrays and half.arrays[f"logw_l{l}"].dtype == np.float16
         for n in ("r", "k", "v", "logw", "resid") + (("a",) if model.cfg.version == "7" else ()):
             a16, a32 = half.layer(n, l), full.layer(n, l)
             assert a16.dtype == np.float32, n
@@ -81,14 +81,18 @@ def test_float16_arrays_are_float32_rounded_to_float16(model):
 
 
 def test_float16_keeps_the_decay_as_its_log(model):
-    """float16 rounds every w above 1 - 2^-12 to 1 (a half-life beyond ~2,800 tokens); its log keeps the rate to
-    float16's relative precision, so the decay page's half-lives stay within 0.05 % of the float32 ones."""
+    """float16 would round every w above 1 - 2^-12 to 1 (every half-life beyond ~2,800 tokens); ln w keeps the rate
+    -ln w to float16's precision: 2^-11 (0.05 %) relative above 2^-14 (half-lives up to ~11,000 tokens), 2^-25
+    absolute below (as float32 w does: its spacing below 1 is 2^-24). The decay page's half-lives follow."""
     full = _reopened(build_trace(model, TOKENS))
     half = _reopened(build_trace(model, TOKENS, float16=True))
     for l in range(3):
-        a = D.trace_token_decays(full.layer("w", l), model.cfg, TOKENS, l)
+        rate32, rate16 = -full.layer("logw", l).astype(np.float64), -half.layer("logw", l).astype(np.float64)
+        assert np.all(np.abs(rate16 - rate32) <= 2 ** -11 * rate32 + 2 ** -25)
+        a = D.trace_token_decays(None, model.cfg, TOKENS, l, logw=full.layer("logw", l))
         b = D.trace_token_decays(None, model.cfg, TOKENS, l, logw=half.layer("logw", l))
-        np.testing.assert_allclose(10 ** b.log10_half_life, 10 ** a.log10_half_life, rtol=1e-3)
+        normal = rate32 >= 2 ** -14
+        np.testing.assert_allclose(b.log10_half_life[0][normal], a.log10_half_life[0][normal], atol=np.log10(1 + 2 ** -10))
     logw = torch.tensor([-1e-6, -3e-5, -0.3, -50.0])
     assert np.all(np.exp(logw.half().float().numpy()) < 1)  # the rates kept...
     assert np.exp(logw.numpy()).astype(np.float16)[0] == 1  # ...where w in float16 is 1
@@ -152,11 +156,13 @@ def test_progress_is_told_after_every_block_and_can_stop_the_build(model):
 
 
 def _old_format(arrays: dict, version: int) -> bytes:
-    """A file as formats 1 and 2 wrote it: full float32 logits, w, kk and ktilde stored, no k_k/k_a, no 'stored'."""
+    """A file as formats 1 and 2 wrote it: full float32 logits, w (not ln w), kk and ktilde stored, no k_k/k_a, no
+    'stored' in meta."""
     meta = json.loads(str(arrays["meta"]))
     meta.pop("stored")
     meta["format_version"] = version
-    old = {k: a for k, a in arrays.items() if not k.startswith(("k_k_", "k_a_"))}
+    old = {k: a for k, a in arrays.items() if not k.startswith(("k_k_", "k_a_", "logw_"))}
+    old.update({f"w_l{l}": np.exp(arrays[f"logw_l{l}"]) for l in meta["layers"]})
     old["meta"] = np.array(json.dumps(meta))
     buf = io.BytesIO()
     (np.savez_compressed if version == 1 else np.savez)(buf, **old)
@@ -171,11 +177,15 @@ def test_files_of_formats_1_and_2_still_open_and_read_the_same(model, version):
     assert old.meta["format_version"] == version
     assert np.array_equal(old.predictions()[0], new.predictions()[0])
     for l in range(3):
+        olds = old.layer_arrays(l)
+        assert "logw_l{l}" not in olds
         for name, a in new.layer_arrays(l).items():
-            if not name.startswith(("k_k_", "k_a_")):
-                assert np.array_equal(old.layer_arrays(l)[name], a), name
+            if not name.startswith(("k_k_", "k_a_", "logw_")):
+                assert np.array_equal(olds[name], a), name
+        # ln of the stored w: float32 w near 1 keeps ln w only to ~6e-8 absolute (why format 3 stores ln w)
+        np.testing.assert_allclose(old.layer("logw", l), new.layer("logw", l), rtol=1e-6, atol=2e-7)
     for a, b in zip(inputs_from_trace(old.float_arrays(), model.cfg), inputs_from_trace(new.float_arrays(), model.cfg)):
-        assert torch.equal(a.r, b.r) and torch.equal(a.logw, b.logw)
+        assert torch.equal(a.r, b.r) and torch.equal(a.k, b.k) and torch.allclose(a.logw, b.logw, rtol=1e-6, atol=2e-7)
 
 
 def test_malformed_top_k_logits_are_refused_with_one_line(model):
