@@ -2,11 +2,9 @@
 and the page's state in the URL (so a copied link restores the view)."""
 from __future__ import annotations
 
-import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -19,7 +17,7 @@ from inspector_ui.resources import LoadedModel, loaded_model
 from inspector_ui.widgets import clamp_choice, gated, prediction_tips
 from rwkv_core.analysis.scores import topk_predictions
 from rwkv_core.errors import RWKVInspectorError
-from rwkv_core.io.trace_file import Trace, build_trace, save_trace
+from rwkv_core.io.trace_file import Trace, build_trace
 from rwkv_core.model.config import ModelConfig
 
 
@@ -71,34 +69,6 @@ def layer_capture(model_key: tuple, tokens: tuple[int, ...], layer: int) -> dict
     return {k: v for k, v in arrays.items() if k.endswith(f"_l{layer}")}
 
 
-_TRACE_FILES: "OrderedDict[tuple, bytes]" = OrderedDict()
-_TRACE_FILES_LOCK = threading.Lock()
-TRACE_FILES_KEPT = 1  # trace files kept for a repeated download: each holds every layer (~450 MB at 0.1B, 1,000 tokens)
-
-
-def full_trace_bytes(model_key: tuple, tokens: tuple[int, ...], token_texts: tuple[str, ...]) -> bytes:
-    """The whole trace file (.npz) of a prompt, for the home page's download button. The button calls this when
-    clicked, outside any script run, so nothing here touches a Streamlit element or cache (each would log "missing
-    ScriptRunContext" on the server): the work gate is held without the waiting box, and the last few files are kept
-    in a plain lock-guarded cache."""
-    key = (tuple(model_key), tuple(tokens), tuple(token_texts))
-    with _TRACE_FILES_LOCK:
-        if key in _TRACE_FILES:
-            _TRACE_FILES.move_to_end(key)
-            return _TRACE_FILES[key]
-    lm = loaded_model(model_key)
-    arrays = gated(lambda: build_trace(lm.model, list(tokens), token_texts=token_texts,
-                                       tokenizer_kind=lm.tokenizer.kind, checkpoint_name=Path(lm.entry.path).name),
-                   show_waiting=False)
-    buf = io.BytesIO()
-    save_trace(arrays, buf)
-    with _TRACE_FILES_LOCK:
-        _TRACE_FILES[key] = buf.getvalue()
-        while len(_TRACE_FILES) > TRACE_FILES_KEPT:
-            _TRACE_FILES.popitem(last=False)
-    return buf.getvalue()
-
-
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -128,8 +98,8 @@ class Run:
     def predictions(self, k: int = 16) -> Optional[tuple[np.ndarray, np.ndarray]]:
         if self.model_key is not None:
             return predictions(self.model_key, tuple(self.tokens), k)
-        if self.trace is not None and "logits" in self.trace.arrays:
-            return top_k(torch.from_numpy(self.trace.arrays["logits"]), k)
+        if self.trace is not None:
+            return self.trace.predictions(k)  # from the full logits or the stored top-k (format 3)
         return None
 
     def hover_tips(self) -> Optional[list[list]]:
@@ -150,7 +120,7 @@ class Run:
             return layer_capture(self.model_key, tuple(self.tokens), l)
         if l not in self.trace.layers:
             raise RWKVInspectorError(f"the trace file has no layer {l}: it holds layers {self.trace.layers}")
-        return {k: v for k, v in self.trace.arrays.items() if k.endswith(f"_l{l}")}
+        return self.trace.layer_arrays(l)  # float32, what a float16 file leaves out recomputed
 
     def token_name(self, i: Optional[int]) -> str:
         return "" if i is None else f"{self.token_texts[i]!r}@{i}"

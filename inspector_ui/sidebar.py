@@ -15,8 +15,8 @@ from inspector_ui.registry import ModelEntry, can_read, default_model_b_name, de
 from inspector_ui.resources import (LoadedModel, all_models, device_choices, get_gate, get_pool, register_hub,
                                     register_upload)
 from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
+from inspector_ui.traces import trace_run
 from rwkv_core.errors import RWKVInspectorError
-from rwkv_core.io.trace_file import TraceFileError, load_trace, trace_contents
 
 
 def _model_picker(key: str, models: dict[str, ModelEntry], label: str,
@@ -112,17 +112,6 @@ def _load_run(label: str, lm: LoadedModel, prompt: str) -> Run:
     return Run(label, lm.model.cfg, enc.ids, texts, prompt, lm.key, lm, spans=enc.spans)
 
 
-def _trace_run(label: str, upload) -> Run:
-    try:
-        trace = load_trace(upload)
-    except RWKVInspectorError:
-        raise
-    except Exception as e:  # slipped through load_trace (a forged .npy header: TokenError, MemoryError, ...)
-        raise TraceFileError(f"not a usable trace file ({type(e).__name__})") from None
-    contents = trace_contents(trace)  # TraceFileError for a config or layers a page cannot use
-    return Run(label, contents.cfg, contents.tokens, contents.token_texts, trace=trace)
-
-
 def _pool_note() -> str:
     """What the shared model pool holds, for a team on one server: which models, and how much of the budget."""
     pool = get_pool()
@@ -153,11 +142,7 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
     runs: list[Run] = []
     try:
         if st.session_state.source == "trace file":
-            up = sb.file_uploader("Trace file (.npz)", type=["npz"], key="trace_upload")
-            if up is None:
-                st.info("Upload a trace file (made with `python -m rwkv_core export` or this app's download).")
-                st.stop()
-            runs.append(_trace_run("A", up))
+            runs.append(trace_run("A"))  # the session's open trace, kept across pages; else the uploader
             st.session_state.compare = "off"
         else:
             if not models:

@@ -12,9 +12,10 @@ retention, state size) stand in two columns for both runs, under one set of cont
 token), with one colour scale for both half-life heat maps and, where both runs have the same architecture and
 token count, a heat map of B - A.
 
-Trace file (Source = trace file, no model): the per-token decays come from the trace's `w_l{l}` [T, C] (float32):
-log10 h = log10(ln 2 / -ln w), w clipped into [1e-38, 1 - 1e-7]. The static views need the checkpoint's parameters
-and the state size needs the model, so those show a one-line note.
+Trace file (Source = trace file, no model): the per-token decays come from the trace's `logw_l{l}` = ln w [T, C]
+(format 3, float32 or float16) or `w_l{l}` (formats 1 and 2, float32): log10 h = log10(ln 2 / -ln w), w clipped
+into [1e-38, 1 - 1e-7]. The static views need the checkpoint's parameters and the state size needs the model, so
+those show a one-line note.
 """
 from __future__ import annotations
 
@@ -71,6 +72,21 @@ Finch Eq. 17–19, RWKV-7 Eq. 12; the formulas as code: `rwkv_core/analysis/deca
 TRACE_CAPTION = ("From the trace file's w (the per-step decay the model used at each token). A trace holds w in "
                  "float32: w that rounds to 1 is clipped to 1 − 1e-7, so half-lives beyond ~1e7 tokens "
                  "(ln 2 / 1e-7 ≈ 6.9e6) are clipped; w that underflows to 0 is clipped to 1e-38.")
+TRACE_CAPTION_LOGW = ("From the trace file's ln w (the log of the per-step decay the model used at each token), stored "
+                      "in {dtype}: rates below 1e-7 are clipped as for a file holding w, so half-lives beyond ~1e7 "
+                      "tokens (ln 2 / 1e-7 ≈ 6.9e6) are clipped; w below 1e-38 is clipped to 1e-38.{more}")
+
+
+def trace_caption(trace, layer: int) -> str:
+    """What the per-token decays of a trace file are read from, and how precisely (formats 1-2: w in float32;
+    format 3: ln w in float32, or in float16 with rates to 0.05 % up to half-lives of ~11,000 tokens)."""
+    logw = trace.arrays.get(f"logw_l{layer}")
+    if logw is None:
+        return TRACE_CAPTION
+    f16 = logw.dtype == np.float16
+    return TRACE_CAPTION_LOGW.format(dtype="float16" if f16 else "float32", more=(
+        " float16 keeps rates to 0.05 % up to half-lives of ~11,000 tokens, beyond that as float32 w would."
+        if f16 else ""))
 
 
 @dataclass
@@ -197,10 +213,16 @@ def view_layer_numbers(v: View, layer: int) -> Optional[LayerNumbers]:
         return None
     if v.has_model:
         return token_numbers(v.key, tuple(v.tokens), layer, v)
-    w = v.trace.arrays.get(f"w_l{layer}")
-    if w is None or w.ndim != 2 or w.shape[0] != len(v.tokens) or w.shape[1] != v.cfg.dim_att:
+    name = "logw" if f"logw_l{layer}" in v.trace.arrays else "w"  # logw: format 3 (w: formats 1 and 2)
+    try:
+        x = v.trace.layer(name, layer)  # float32
+    except KeyError:
         return None
-    return layer_numbers_of(D.trace_token_decays(w, v.cfg, v.tokens, layer), layer)
+    if x.ndim != 2 or x.shape[0] != len(v.tokens) or x.shape[1] != v.cfg.dim_att:
+        return None
+    decays = D.trace_token_decays(None, v.cfg, v.tokens, layer, logw=x) if name == "logw" else \
+        D.trace_token_decays(x, v.cfg, v.tokens, layer)
+    return layer_numbers_of(decays, layer)
 
 
 def view_retention(v: View, numbers: LayerNumbers, layer: int, source: int, agg: str) -> np.ndarray:
@@ -394,7 +416,7 @@ def token_head_section(views: list[View], nums: list[Optional[LayerNumbers]], tc
             st.plotly_chart(fig, config=config, on_select="rerun", selection_mode="points",
                             key=f"decay_token_head{v.suffix}")
             if v.trace is not None:
-                st.caption(TRACE_CAPTION)
+                st.caption(trace_caption(v.trace, layer))
             with st.expander(f"Per-head summary over the prompt, layer {layer}"):
                 st.caption("avg = half-life of the mean rate over tokens (median over channels); p5/p50/p95 over "
                            "tokens of the per-token median half-life; min_at_token = where the head forgets most; "

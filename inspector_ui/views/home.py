@@ -1,11 +1,13 @@
 """The home page below the shared sidebar: what the tool does, links to the views, each run's model card, the
-tokenized prompt with character spans and top-16 predictions on hover, and the trace download."""
+tokenized prompt with character spans and top-16 predictions on hover, and the trace download (options, size,
+progress: `inspector_ui.traces`)."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from inspector_ui.session import PageContext, full_trace_bytes
+from inspector_ui.session import PageContext
+from inspector_ui.traces import download_section
 from inspector_ui.widgets import token_view
 
 ABOUT = ("Look inside an RWKV language model while it reads a prompt: what each head "
@@ -54,8 +56,4 @@ def render(ctx: PageContext) -> None:
             with st.expander("Tokens and their character spans"):
                 st.dataframe(df, width="stretch")
             if run.model_key is not None:
-                st.download_button("Download the trace (.npz)", data=lambda r=run: full_trace_bytes(
-                    r.model_key, tuple(r.tokens), tuple(r.token_texts)), file_name="trace.npz",
-                    mime="application/octet-stream", key=f"dl_trace_{run.label}",
-                    help="Every layer's r, k, v, w, residual stream and the logits: open it later with no model "
-                         "(sidebar: Source = trace file).")
+                download_section(run)

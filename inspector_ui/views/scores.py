@@ -78,7 +78,7 @@ def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreIn
 @st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
 def _trace_inputs(rid: tuple, _run: Run) -> list[S.ScoreInputs]:
     """From a trace file's arrays, no model (v7: the modified key ktilde; underflowed decays are floored)."""
-    return S.inputs_from_trace(_run.trace.arrays, _run.cfg, _run.trace.layers)
+    return S.inputs_from_trace(_run.trace.float_arrays(), _run.cfg, _run.trace.layers)  # float16 files as float32
 
 
 def score_inputs(run: Run) -> list[S.ScoreInputs]:
