@@ -7,9 +7,11 @@ the model's top predictions at that position, the actual next token highlighted.
 """
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
@@ -18,16 +20,18 @@ from inspector_ui.resources import get_gate
 from rwkv_core.errors import RWKVInspectorError
 
 CSS = """
-.tv { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; line-height: 2.0;
-      white-space: normal; word-break: break-all; }
+.tv { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; line-height: 2.0; }
+.tv .box { position: relative; overflow-y: auto; overscroll-behavior: contain; white-space: normal;
+           word-break: break-all; padding: 0 4px; border: 1px solid #e3e7ee; border-radius: 4px; }
 .tv .tok { display: inline; padding: 2px 1px; margin: 0 1px; border-radius: 3px; cursor: pointer;
            white-space: pre; border: 1px solid #d6dbe3; }
 .tv .tok.sel { background: #60a5fa !important; color: white; border-color: #1d4ed8; }
 .tv .tok:hover { outline: 2px solid #1d4ed8; }
 .tv .tip { position: fixed; z-index: 1000; background: #fff; border: 1px solid #8892a0; border-radius: 4px;
-           padding: 6px 8px; font-size: 12px; box-shadow: 0 2px 8px rgba(0,0,0,.2); display: none; }
+           padding: 6px 8px; font-size: 12px; line-height: 1.4; box-shadow: 0 2px 8px rgba(0,0,0,.2); display: none;
+           pointer-events: none; }
 .tv .tip table { border-collapse: collapse; }
-.tv .tip td { padding: 0 6px; }
+.tv .tip td { padding: 0 6px; white-space: pre; }
 .tv .tip tr.next { background: #dbeafe; font-weight: bold; }
 .tv .bar { display: inline-block; height: 8px; background: #2563eb; }
 """
@@ -37,74 +41,136 @@ export default function(component) {
   const { data, setStateValue, parentElement } = component;
   let root = parentElement.querySelector('.tv');
   if (!root) { root = document.createElement('div'); root.className = 'tv'; parentElement.appendChild(root); }
+  const old = root.querySelector('.box');
+  const kept = old ? old.scrollTop : 0;
   root.replaceChildren();
   const tip = document.createElement('div'); tip.className = 'tip'; root.appendChild(tip);
-  const box = document.createElement('div'); root.appendChild(box);
-  (data.tokens || []).forEach((text, i) => {
-    if (data.breaks && data.breaks[i]) box.appendChild(document.createElement('br'));
+  const box = document.createElement('div'); box.className = 'box'; box.setAttribute('data-testid', 'token-box');
+  if (data.max_lines) box.style.maxHeight = (data.max_lines * 28 + 4) + 'px';
+  const tokens = data.tokens || [], tips = data.tips, breaks = new Set(data.breaks || []);
+  const shown = (i) => (data.values && data.values[i] !== null && data.values[i] !== undefined)
+    ? `token ${i}: ${data.value_name || 'value'} = ${Number(data.values[i]).toPrecision(4)}` : `token ${i}`;
+  const bytes = (b64) => { const s = atob(b64 || ''), b = new Uint8Array(s.length);
+    for (let j = 0; j < s.length; j++) b[j] = s.charCodeAt(j); return b.buffer; };
+  const tipIds = tips && tips.ids ? (tips.id_bytes === 4 ? new Uint32Array(bytes(tips.ids)) : new Uint16Array(bytes(tips.ids))) : null;
+  const tipP = tipIds ? new Uint16Array(bytes(tips.p)) : null;
+  const rows = (i) => {  // [id, text, probability, is the actual next token] of the top-k at token i
+    if (!tipIds) return [];
+    const k = tips.k, out = [];
+    for (let r = 0; r < k && i * k + r < tipIds.length; r++) {
+      const id = tipIds[i * k + r];
+      out.push([id, tips.text[id], tipP[i * k + r] / tips.scale, tips.next[i] === r]);
+    }
+    return out;
+  };
+  const frag = document.createDocumentFragment();
+  let selEl = null;
+  tokens.forEach((text, i) => {
+    if (breaks.has(i)) frag.appendChild(document.createElement('br'));
     const s = document.createElement('span');
     s.className = 'tok' + (i === data.selected ? ' sel' : '');
     s.textContent = text;
     s.dataset.index = String(i);
     s.setAttribute('data-testid', 'token');
     if (data.colors && data.colors[i]) s.style.background = data.colors[i];
-    s.onclick = () => setStateValue('selected', i);
-    s.onmouseenter = (ev) => {
-      const rows = (data.tips && data.tips[i]) || [];
-      tip.replaceChildren();
-      const head = document.createElement('div');
-      head.textContent = (data.values && data.values[i] !== null && data.values[i] !== undefined)
-        ? `token ${i}: ${data.value_name || 'value'} = ${Number(data.values[i]).toPrecision(4)}` : `token ${i}`;
-      tip.appendChild(head);
-      if (rows.length) {
-        const t = document.createElement('table');
-        rows.forEach((r, k) => {
-          const tr = document.createElement('tr'); if (r[3]) tr.className = 'next';
-          [String(k + 1), String(r[0]), r[1]].forEach((c) => { const td = document.createElement('td'); td.textContent = c; tr.appendChild(td); });
-          const td = document.createElement('td'); const bar = document.createElement('span'); bar.className = 'bar';
-          bar.style.width = Math.round(60 * r[2]) + 'px'; td.appendChild(bar);
-          td.appendChild(document.createTextNode(' ' + (100 * r[2]).toFixed(1) + '%')); tr.appendChild(td);
-          t.appendChild(tr);
-        });
-        tip.appendChild(t);
-      }
-      tip.style.display = 'block';
-      tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - 320) + 'px';
-      tip.style.top = (ev.clientY + 16) + 'px';
-    };
-    s.onmouseleave = () => { tip.style.display = 'none'; };
-    box.appendChild(s);
+    if (i === data.selected) selEl = s;
+    frag.appendChild(s);
   });
+  box.appendChild(frag);
+  root.appendChild(box);
+  // one listener for all tokens (4,096 spans): the token under the pointer is found from the event's target
+  const tokenOf = (ev) => { const t = ev.target.closest && ev.target.closest('.tok'); return t ? Number(t.dataset.index) : null; };
+  box.onclick = (ev) => { const i = tokenOf(ev); if (i !== null) setStateValue('selected', i); };
+  box.onmouseover = (ev) => {
+    const i = tokenOf(ev); if (i === null) { tip.style.display = 'none'; return; }
+    tip.replaceChildren();
+    const head = document.createElement('div'); head.textContent = shown(i); tip.appendChild(head);
+    const rs = rows(i);
+    if (rs.length) {
+      const t = document.createElement('table');
+      rs.forEach((r, k) => {
+        const tr = document.createElement('tr'); if (r[3]) tr.className = 'next';
+        [String(k + 1), String(r[0]), r[1]].forEach((c) => { const td = document.createElement('td'); td.textContent = c; tr.appendChild(td); });
+        const td = document.createElement('td'); const bar = document.createElement('span'); bar.className = 'bar';
+        bar.style.width = Math.round(60 * r[2]) + 'px'; td.appendChild(bar);
+        td.appendChild(document.createTextNode(' ' + (100 * r[2]).toFixed(1) + '%')); tr.appendChild(td);
+        t.appendChild(tr);
+      });
+      tip.appendChild(t);
+    }
+    tip.style.display = 'block';
+    tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - 320) + 'px';
+    const below = ev.clientY + 16, h = tip.offsetHeight;  // below the pointer, or above it where it would not fit
+    tip.style.top = (below + h <= window.innerHeight ? below : Math.max(4, ev.clientY - 16 - h)) + 'px';
+  };
+  box.onmouseleave = () => { tip.style.display = 'none'; };
+  box.onscroll = () => { tip.style.display = 'none'; };
+  // the selection in the middle of the box, after every rerun; the page itself does not scroll
+  if (selEl) box.scrollTop = Math.max(0, selEl.offsetTop - (box.clientHeight - selEl.offsetHeight) / 2);
+  else box.scrollTop = kept;
 }
 """
 
 _component = st.components.v2.component("rwkv_inspector.token_view", css=CSS, js=JS)
 
+TOKEN_VIEW_LINES = 8  # the token view's box is at most this many lines tall, and scrolls
+TIP_SCALE = 65_535  # hover probabilities travel as uint16 in units of 1 / TIP_SCALE
+
+
+def shown_text(text: str) -> str:
+    """A token as the token view shows it: newline ↵, tab ⇥, an empty token ∅."""
+    return text.replace("\n", "↵").replace("\t", "⇥") if text else "∅"
+
 
 def token_view(texts: Sequence[str], *, key: str, colors: Optional[Sequence[Optional[str]]] = None,
                values: Optional[Sequence[Optional[float]]] = None, value_name: str = "score",
-               selected: Optional[int] = None, tips: Optional[Sequence[list]] = None) -> Optional[int]:
-    """Draw the tokens; return the index of the token the user clicked last (or None).
+               selected: Optional[int] = None, tips: Optional[dict] = None,
+               max_lines: int = TOKEN_VIEW_LINES) -> Optional[int]:
+    """Draw the tokens in a box at most `max_lines` lines tall (its own scroll bar; the selected token scrolled into
+    its middle after every rerun); return the index of the token the user clicked last (or None).
 
-    tips[i] is a list of rows [token id, text, probability, is_actual_next] for the hover table."""
-    shown = [t.replace("\n", "↵").replace("\t", "⇥") if t else "∅" for t in texts]
-    breaks = [i > 0 and "\n" in texts[i - 1] for i in range(len(texts))]
-    data = {"tokens": shown, "colors": list(colors) if colors is not None else None, "selected": selected,
-            "values": [None if v is None else float(v) for v in values] if values is not None else None,
-            "value_name": value_name, "tips": list(tips) if tips is not None else None, "breaks": breaks}
+    `tips`: the hover rows, as `prediction_tips` builds them. Values travel to 4 significant digits (what the hover
+    shows), so that 4,096 tokens stay a small message."""
+    data = {"tokens": [shown_text(t) for t in texts], "colors": list(colors) if colors is not None else None,
+            "selected": selected, "value_name": value_name, "tips": tips, "max_lines": max_lines,
+            "values": [None if v is None or not math.isfinite(v) else float(f"{v:.4g}") for v in values]
+            if values is not None else None,
+            "breaks": [i for i in range(1, len(texts)) if "\n" in texts[i - 1]]}
     res = _component(data=data, key=key, default={"selected": selected}, on_selected_change=lambda: None)
     sel = getattr(res, "selected", None)
     return None if sel is None else int(sel)
 
 
-def prediction_tips(pred_ids, pred_probs, tokens: Sequence[int], display) -> list[list]:
-    """Hover rows per position: [[id, text, p, is_actual_next], ...] (16 per token)."""
-    tips = []
-    T = len(tokens)
-    for t in range(T):
-        nxt = tokens[t + 1] if t + 1 < T else None
-        tips.append([[int(i), display(int(i)), float(p), int(i) == nxt] for i, p in zip(pred_ids[t], pred_probs[t])])
-    return tips
+def prediction_tips(pred_ids, pred_probs, tokens: Sequence[int], display: Callable[[int], str]) -> dict:
+    """The hover rows of every position, compact: 16 rows x 4,096 tokens as JSON rows [id, text, p, is_next] were
+    3.2 MB per rerun, these are about 0.45 MB. {"k": k, "ids": base64 of [T * k] little-endian uint16 (uint32 for a
+    vocabulary past 65,536; "id_bytes" says which), "p": base64 of [T * k] uint16 probabilities x "scale",
+    "text": {id: display text} once per id, "next": [T] the row of the actual next token or -1}. `tip_rows` reads
+    one position back; the token view decodes them once per render."""
+    ids = np.asarray(pred_ids, dtype=np.int64).reshape(len(tokens), -1)
+    probs = np.asarray(pred_probs, dtype=np.float64).reshape(ids.shape)
+    T, k = ids.shape
+    nxt = np.full(T, -1, dtype=np.int64)
+    if T > 1:
+        hit = ids[:-1] == np.asarray(tokens[1:], dtype=np.int64)[:, None]
+        nxt[:-1] = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+    id_bytes = 2 if ids.size == 0 or int(ids.max()) < 2 ** 16 else 4
+    p = np.rint(np.clip(probs, 0.0, 1.0) * TIP_SCALE).astype("<u2")
+    return {"k": int(k), "id_bytes": id_bytes, "scale": TIP_SCALE,
+            "ids": base64.b64encode(ids.astype(f"<u{id_bytes}").tobytes()).decode("ascii"),
+            "p": base64.b64encode(p.tobytes()).decode("ascii"),
+            "text": {int(i): display(int(i)) for i in np.unique(ids)}, "next": nxt.tolist()}
+
+
+def tip_rows(tips: dict, i: int) -> list[list]:
+    """The hover rows of position i, [token id, text, probability, is the actual next token] each (from the dict
+    or its JSON form, whose `text` is keyed by the id as a string)."""
+    k = tips["k"]
+    ids = np.frombuffer(base64.b64decode(tips["ids"]), dtype=f"<u{tips['id_bytes']}")[i * k:(i + 1) * k]
+    p = np.frombuffer(base64.b64decode(tips["p"]), dtype="<u2")[i * k:(i + 1) * k]
+    text = tips["text"]
+    return [[int(t), text.get(int(t), text.get(str(int(t)))), float(q) / tips["scale"], tips["next"][i] == r]
+            for r, (t, q) in enumerate(zip(ids, p))]
 
 
 def gated(fn: Callable[[], Any], label: str = "Computing", *, show_waiting: bool = True) -> Any:
