@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import math
+import re
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -171,6 +173,99 @@ def tip_rows(tips: dict, i: int) -> list[list]:
     text = tips["text"]
     return [[int(t), text.get(int(t), text.get(str(int(t)))), float(q) / tips["scale"], tips["next"][i] == r]
             for r, (t, q) in enumerate(zip(ids, p))]
+
+
+GOTO_HELP = ("A position (517) selects that token; any other text selects the next token, after the selected one "
+             "and wrapping round, where that text starts (case-insensitive; it may span several tokens). Quote it "
+             "(\"2024\", \" the\") to look for digits or spaces. Go again for the next match.")
+
+
+@dataclass
+class GotoResult:
+    """Where "go to token" went: the token (None: stay) and a one-line message (empty: nothing to say)."""
+
+    index: Optional[int]
+    message: str = ""
+    problem: bool = False  # the message says why nothing was selected
+
+
+def find_token(query: str, texts: Sequence[str], current: Optional[int]) -> GotoResult:
+    """The token that "go to token" selects for `query`: a whole number is a position; other text is looked up in
+    the prompt (the token texts joined) from the token after `current` on, wrapping round to the start, and the
+    token where the match starts is selected (so a word found across byte-level tokens selects its first byte).
+    Quotes around the query make it text even when it is digits, and keep its spaces."""
+    q = query.strip()
+    T = len(texts)
+    if not q:
+        return GotoResult(None)
+    if len(q) >= 2 and q[0] == q[-1] and q[0] in "\"'":
+        q = q[1:-1]
+    elif q.lstrip("+-").isdigit():
+        pos = int(q)
+        if not 0 <= pos < T:
+            return GotoResult(None, f"There is no token {pos}: this prompt has tokens 0–{T - 1}.", True)
+        return GotoResult(pos)
+    if not q:
+        return GotoResult(None)
+    q = asked = q.replace("↵", "\n").replace("⇥", "\t")
+    joined = "".join(texts)
+    low = joined.lower()
+    if len(low) == len(joined):  # lower() kept every offset: look case-insensitively
+        joined, q = low, q.lower()
+    starts = np.cumsum([0] + [len(t) for t in texts[:-1]]) if T else np.zeros(0, dtype=np.int64)
+    hits = sorted({int(np.searchsorted(starts, m, side="right")) - 1
+                   for m in _occurrences(joined, q)})
+    if not hits:
+        return GotoResult(None, f"No match for {asked!r} in the prompt." if len(q) < 40 else "No match in the prompt.",
+                          True)
+    after = [h for h in hits if current is None or h > current]
+    index = after[0] if after else hits[0]
+    n = hits.index(index) + 1
+    wrapped = " (from the start again)" if not after and current is not None and len(hits) > 1 else ""
+    return GotoResult(index, f"Match {n} of {len(hits)} for {asked!r}{wrapped}." if len(q) < 40 else
+                      f"Match {n} of {len(hits)}{wrapped}.")
+
+
+def _occurrences(text: str, q: str) -> list[int]:
+    """Where `q` starts in `text`, overlapping matches included."""
+    out, i = [], text.find(q)
+    while i >= 0:
+        out.append(i)
+        i = text.find(q, i + 1)
+    return out
+
+
+def goto_token(state_key: str, texts: Sequence[str], *, key: str) -> None:
+    """A "Go to token" box (Enter or Go): `find_token` of what is typed sets `st.session_state[state_key]` before
+    the next run, as a click on that token would; the outcome shows in one line below the box."""
+
+    def go() -> None:
+        current = st.session_state.get(state_key)
+        res = find_token(str(st.session_state.get(f"{key}_q", "")), texts,
+                         current if isinstance(current, int) else None)
+        if res.index is not None:
+            st.session_state[state_key] = res.index
+        st.session_state[f"{key}_msg"] = (res.message, res.problem)
+
+    with st.form(f"{key}_form", border=False, enter_to_submit=True):
+        c = st.columns([5, 1], vertical_alignment="bottom")
+        c[0].text_input("Go to token", key=f"{key}_q", placeholder="a position (517) or text (Paris)",
+                        help=GOTO_HELP)
+        c[1].form_submit_button("Go", on_click=go, key=f"{key}_go")
+    message, problem = st.session_state.pop(f"{key}_msg", ("", False))
+    if message:
+        (st.warning if problem else st.caption)(md_text(message))
+
+
+def md_text(text: str) -> str:
+    """Text shown literally by Streamlit's Markdown (a token text with * or _ or $ in it): punctuation escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
+
+
+def token_label(texts: Sequence[str], i: int) -> str:
+    """"token 517 ' the'" for captions and headings: the index and the text as the token view shows it, in Markdown
+    that shows it literally."""
+    return f"token {i} " + md_text(repr(shown_text(texts[i])))
 
 
 def gated(fn: Callable[[], Any], label: str = "Computing", *, show_waiting: bool = True) -> Any:

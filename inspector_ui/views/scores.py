@@ -26,8 +26,8 @@ import torch
 
 from inspector_ui import settings as app_settings
 from inspector_ui.session import PageContext, Run, bind, offer_predictions, publish
-from inspector_ui.widgets import (clamp_choice, csv_bytes, gated, run_columns, show_error, token_view,
-                                  url_bool)
+from inspector_ui.widgets import (clamp_choice, csv_bytes, gated, goto_token, run_columns, show_error, token_label,
+                                  token_view, url_bool)
 from rwkv_core.figures import scores as FS
 from rwkv_core.figures.common import IMAGE_FORMATS, cell_from_selection, image_config
 from rwkv_core.analysis import scores as S
@@ -36,6 +36,7 @@ from rwkv_core.jobs import cost as COST
 
 ATTN, SPAN = "attn", "span"
 MAX_HEATMAP = 384  # the heat map shows a window of at most this many tokens around the selected one
+TOKEN_LINES = 6  # the token view's height in lines: the selection and the overview below it fit on one screen
 LAYER_REACH_MAX_T = 1024  # the per-layer reach summary (all source tokens) is computed up to this length at once
 SCALE_OPTIONS = ["auto", "-3", "-2", "-1", "0", "1", "2", "3"]
 
@@ -454,10 +455,20 @@ def select_values(scored: list[RunScores], ch: Choices) -> None:
             rs.factor = factor
 
 
+def selected_label(scored: list[RunScores]) -> str:
+    """The selected token of run A as headings name it: "token 517 ' the'"."""
+    return token_label(scored[0].run.token_texts, scored[0].sel)
+
+
 def token_section(scored: list[RunScores], ch: Choices) -> None:
-    """The token view of every run, coloured by the open head's values, with its CSV; B − A in compare mode."""
+    """"Go to token" (a position or a text), then the token view of every run (a box of a few lines that scrolls to
+    the selection), coloured by the open head's values, with its CSV; B − A in compare mode."""
     P, value_name, heads_word = ch.prefix, ch.value_name, ch.heads_word
     tok = st.session_state["tok"]
+    g = st.columns([2, 3], vertical_alignment="top")
+    with g[0]:
+        goto_token("tok", scored[0].run.token_texts, key=f"{P}_goto")
+    g[1].markdown(f"**Selected: {selected_label(scored)}** of {len(scored[0].run.tokens)} tokens")
     for col, rs in zip(run_columns(len(scored)), scored):
         with col:
             run = rs.run
@@ -468,21 +479,23 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
                            f"and {rs.inputs[0].H} {heads_word}s.")
                 continue
             what = "reads" if ch.mode == ATTN else "keeps"
-            st.caption(f"Layer {ch.layer}, {heads_word} {ch.head}, token {run.token_name(rs.sel)} selected (blue): "
-                       f"earlier tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by "
-                       f"{value_name}[j, {rs.sel}] ({'who reads it' if ch.mode == ATTN else 'how long its key stays'})"
-                       ". Hover: top-16 predictions.")
-            token_view(run.token_texts, key=_tv_key(P, run.label, tok, rs.sel),
-                       colors=token_css(rs.values, rs.factor, ch.colorblind, rs.sel),
-                       values=list(map(float, rs.values)), value_name=value_name, selected=rs.sel, tips=run.hover_tips())
+            cap, dl = st.columns([4, 1], vertical_alignment="center")
+            cap.caption(f"Layer {ch.layer}, {heads_word} {ch.head}, token {run.token_name(rs.sel)} selected (blue): "
+                        f"earlier tokens by {value_name}[{rs.sel}, i] (what it {what}), later tokens by "
+                        f"{value_name}[j, {rs.sel}] ({'who reads it' if ch.mode == ATTN else 'how long its key stays'})"
+                        ". Hover: top-16 predictions.")
             idx = np.arange(len(run.tokens))
             df = pd.DataFrame({"token": idx, "text": run.token_texts, "id": run.tokens,
                                "role": np.where(idx < rs.sel, f"source ({value_name}[sel, i])",
                                                 np.where(idx == rs.sel, "selected", f"query ({value_name}[j, sel])")),
                                value_name: rs.values})
-            st.download_button(f"Token values (CSV){_run_suffix(scored, run.label)}", csv_bytes(df),
+            dl.download_button(f"Token values (CSV){_run_suffix(scored, run.label)}", csv_bytes(df),
                                file_name=f"{ch.mode}_tokens_L{ch.layer}_H{ch.head}_sel{rs.sel}_{run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_tok_{run.label}")
+            token_view(run.token_texts, key=_tv_key(P, run.label, tok, rs.sel),
+                       colors=token_css(rs.values, rs.factor, ch.colorblind, rs.sel),
+                       values=list(map(float, rs.values)), value_name=value_name, selected=rs.sel, tips=run.hover_tips(),
+                       max_lines=TOKEN_LINES)
     if len(scored) == 2 and all(rs.ok for rs in scored) and _same_shape(*scored):
         a, b = scored
         st.subheader(f"Difference of the {ch.score_word} {value_name}: run B − run A (layer {ch.layer}, "
@@ -492,7 +505,7 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
         st.caption("Same token count and architecture: each token coloured by B − A (red: larger in B).")
         token_view(b.run.token_texts, key=_tv_key(P, "diff", tok, a.sel),
                    colors=token_css(dv, dfac, ch.colorblind, a.sel), values=list(map(float, dv)),
-                   value_name=f"{value_name} of run B − {value_name} of run A", selected=a.sel)
+                   value_name=f"{value_name} of run B − {value_name} of run A", selected=a.sel, max_lines=TOKEN_LINES)
 
 
 OVERVIEW_LABELS = {"row": "max |A[sel, i]| over earlier tokens (what it reads)",
@@ -519,7 +532,7 @@ def overview_section(scored: list[RunScores], ch: Choices) -> float:
     """The layer x head grid of every run (click a tile to open that head), with its CSV; returns the reach
     threshold (spans page; its slider sits above the grid)."""
     P, mode, heads_word = ch.prefix, ch.mode, ch.heads_word
-    st.subheader("Overview: every layer and " + heads_word + " for the selected token")
+    st.subheader(f"Overview: every layer and {heads_word} for {selected_label(scored)}")
     gc = st.columns([2, 1]) if mode == SPAN else [st.container()]
     ov_options = ["row", "col"] if mode == ATTN else ["reach", "end"]
     gc[0].radio("Tile value", ov_options, key="ov", format_func=OVERVIEW_LABELS.get, horizontal=True)
@@ -558,7 +571,7 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
     its CSV; B − A in compare mode."""
     P, mode, value_name, heads_word = ch.prefix, ch.mode, ch.value_name, ch.heads_word
     layer, head = ch.layer, ch.head
-    st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}")
+    st.subheader(f"Full {value_name} matrix of layer {layer}, {heads_word} {head}, {selected_label(scored)} framed")
     peaks: dict[str, float] = {}  # per run label: the largest |value| of its shown window
     for rs in scored:
         if rs.ok:
@@ -611,7 +624,7 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
 def span_curves_section(scored: list[RunScores], ch: Choices) -> None:
     """Spans page: the selected token's span against distance, one line per head, with its CSV."""
     P, layer, heads_word = ch.prefix, ch.layer, ch.heads_word
-    st.subheader(f"Span of the selected token's key against distance, layer {layer}")
+    st.subheader(f"Span of the key of {selected_label(scored)} against distance, layer {layer}")
     c = st.columns(3)
     c[0].toggle("Log y", key="logy")
     rel, logy = bool(st.session_state["rel"]), bool(st.session_state["logy"])
