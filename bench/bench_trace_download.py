@@ -17,14 +17,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 
 def build(model_key: tuple, tokens: tuple, texts: tuple, options) -> dict:
@@ -62,7 +58,7 @@ def main() -> None:
     os.environ["RWKV_INSPECTOR_MODEL_DIRS"] = str(folder)
     import torch
 
-    from bench_decay_page import prompt_of
+    from bench_decay_page import prompt_of  # this script's folder is on the import path
     from inspector_ui import settings
     from inspector_ui.resources import loaded_model
     from inspector_ui.traces import DownloadOptions, upload_limit_mb
