@@ -179,10 +179,11 @@ def test_prepare_builds_the_file_with_progress_then_offers_the_download(monkeypa
     from inspector_ui import traces
     from rwkv_core.io.trace_file import load_trace
 
-    release, real = threading.Event(), traces.build_trace
+    reached, release, real = threading.Event(), threading.Event(), traces.build_trace
 
     def slow_build(model, tokens, *, progress, **kwargs):  # two blocks done, then wait for the test
         progress(2, model.cfg.n_layer + 1)
+        reached.set()
         release.wait(60)
         return real(model, tokens, progress=progress, **kwargs)
 
@@ -202,7 +203,9 @@ def test_prepare_builds_the_file_with_progress_then_offers_the_download(monkeypa
         at = run_clean(app_session())
         at.checkbox(key="trace_f16_A").uncheck()
         at.button(key="trace_prepare_A").click()
-        run_clean(at)
+        run_clean(at)  # the build starts in the background (the page may still see it waiting for the model)
+        assert reached.wait(60)
+        run_clean(at)  # what the fragment's next poll draws
         bars = at.get("progress")
         assert len(bars) == 1 and not at.get("download_button")
         n_layer = len(at.multiselect(key="trace_layers_A").value)
