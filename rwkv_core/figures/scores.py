@@ -16,11 +16,10 @@ from typing import Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from rwkv_core.figures.common import escape_label, token_ticks
+from rwkv_core.figures.common import MAX_TICK_LABELS, escape_label
 
 POS_RGB = {False: (214, 39, 40), True: (230, 97, 1)}  # red / orange (colour-blind safe)
 NEG_RGB = {False: (44, 160, 44), True: (94, 60, 153)}  # green / purple
-MAX_HOVER_LABEL_CELLS = 160_000  # heat maps larger than this (T > 400) hover with token indices only
 
 
 def _np(x) -> np.ndarray:
@@ -73,40 +72,37 @@ def heatmap_figure(A, token_labels: Sequence[str], title: str = "", diverging: b
     A [T, T] (A or S); token_labels: the T token texts (raw; escaped here). diverging: signed values on a
     symmetric red/green scale (else white to red from 0). zmax: colour range (default max |A|). sel: frame the
     selected token's row and column. offset: index of the first token when A is a window of a longer prompt.
-    Hover: the query token, the key token and the value (token texts up to `MAX_HOVER_LABEL_CELLS` cells).
+    Hover: the query token, the key token (index and text, the axes' categories) and the value.
     """
-    Z = _np(A).copy()
+    Z = _np(A).astype(np.float32)  # a copy; float32 halves what the browser is sent (base64)
     if Z.ndim != 2 or Z.shape[0] != Z.shape[1]:
         raise ValueError(f"heatmap_figure needs a square [T, T] matrix, got shape {Z.shape}")
     T = Z.shape[0]
     if len(token_labels) != T:
         raise ValueError(f"{len(token_labels)} token labels for a {T} x {T} matrix")
     Z[np.triu_indices(T, 1)] = np.nan
-    idx = np.arange(offset, offset + T)
     labels = [escape_label(t) for t in token_labels]
+    # The axes are categories "index: text" (unique by their index), so hover shows both tokens' texts from 2T
+    # labels; T x T strings as customdata cost ~1 s and ~4 MB per 384-token window on every rerun.
+    cats = [f"{offset + i}: {lab}" for i, lab in enumerate(labels)]
     zm = _zmax(Z, zmax)
     name = escape_label(value_name)
-    kw = {}
-    if T * T <= MAX_HOVER_LABEL_CELLS:
-        lab = np.asarray(labels, dtype=object)
-        kw["customdata"] = np.stack(np.broadcast_arrays(lab[:, None], lab[None, :]), -1)  # [T(j), T(i), 2]
-        hover = ("query j = %{y}: %{customdata[0]}<br>key i = %{x}: %{customdata[1]}<br>"
-                 f"{name} = %{{z:.4g}}<extra></extra>")
-    else:
-        hover = f"query j = %{{y}}<br>key i = %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>"
+    hover = f"query j = %{{y}}<br>key i = %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>"
     fig = go.Figure(go.Heatmap(
-        z=Z, x=idx, y=idx, zmin=-zm if diverging else 0.0, zmax=zm, hoverongaps=False,
+        z=Z, x=cats, y=cats, zmin=-zm if diverging else 0.0, zmax=zm, hoverongaps=False,
         colorscale=diverging_colorscale(colorblind) if diverging else sequential_colorscale(colorblind),
-        colorbar=dict(title=dict(text=name), thickness=12), hovertemplate=hover, **kw))
+        colorbar=dict(title=dict(text=name), thickness=12), hovertemplate=hover))
     if sel is not None and offset <= sel < offset + T:
         line = dict(color="#1d4ed8", width=1.5)
-        fig.add_shape(type="rect", x0=offset - 0.5, x1=sel + 0.5, y0=sel - 0.5, y1=sel + 0.5, line=line)
-        fig.add_shape(type="rect", x0=sel - 0.5, x1=sel + 0.5, y0=sel - 0.5, y1=offset + T - 0.5, line=line)
-    ticks = token_ticks(labels, offset)
+        s_ = sel - offset  # shapes on a category axis are placed by the category's position
+        fig.add_shape(type="rect", x0=-0.5, x1=s_ + 0.5, y0=s_ - 0.5, y1=s_ + 0.5, line=line)
+        fig.add_shape(type="rect", x0=s_ - 0.5, x1=s_ + 0.5, y0=s_ - 0.5, y1=T - 0.5, line=line)
+    ticks = dict(tickmode="array", tickvals=cats, ticktext=cats) if T <= MAX_TICK_LABELS else dict(nticks=24)
     fig.update_layout(title=dict(text=escape_label(title, empty="")), plot_bgcolor="rgb(243,244,246)",
                       height=int(min(800, max(360, 12 * T + 160))), margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(title_text="key (source) token i", showgrid=False, zeroline=False, **ticks)
-    fig.update_yaxes(title_text="query token j", autorange="reversed", showgrid=False, zeroline=False, **ticks)
+    fig.update_xaxes(title_text="key (source) token i", type="category", showgrid=False, zeroline=False, **ticks)
+    fig.update_yaxes(title_text="query token j", type="category", autorange="reversed", showgrid=False,
+                     zeroline=False, **ticks)
     return fig
 
 

@@ -565,6 +565,8 @@ def _all_strings(fig) -> list[str]:
         out += [ax.title.text or ""] + list(ax.ticktext or [])
     for tr in fig.data:
         out.append(tr.name or "")
+        for axis in (tr.x, tr.y):  # category axes: their names are shown on hover
+            out += [x for x in (axis if axis is not None else []) if isinstance(x, str)]
         if tr.customdata is not None:
             out += [x for x in np.asarray(tr.customdata, dtype=object).reshape(-1) if isinstance(x, str)]
     return out
@@ -582,13 +584,15 @@ def test_heatmap_figure():
     assert np.isnan(np.asarray(hm.z, dtype=float)[0, 5]) and np.asarray(hm.z)[5, 0] == pytest.approx(float(A[5, 0]))
     assert fig.layout.xaxis.title.text == "key (source) token i" and fig.layout.yaxis.title.text == "query token j"
     assert all(tr.hovertemplate for tr in fig.data)
-    assert "customdata[0]" in hm.hovertemplate and "%{z" in hm.hovertemplate
+    assert "%{x}" in hm.hovertemplate and "%{y}" in hm.hovertemplate and "%{z" in hm.hovertemplate
     assert hm.zmin == -hm.zmax and hm.zmax == pytest.approx(float(A.abs().max()))
     strings = _all_strings(fig)
     assert not any("<" in s or ">" in s for s in strings)  # no markup survives anywhere it is rendered
-    cd = np.asarray(hm.customdata, dtype=object)
-    assert cd[0, 1, 0] == "&lt;script&gt;alert(1)&lt;/script&gt;" and cd[0, 1, 1] == "&lt;b&gt;"
-    assert cd[2, 3, 0] == "a&amp;b" and cd[3, 4, 0] == "↩" and cd[4, 0, 0] == "∅"
+    assert hm.customdata is None  # the token texts travel once per axis, not once per cell
+    cats = list(hm.x)
+    assert cats == list(hm.y) and fig.layout.xaxis.type == "category"
+    assert cats[0] == "0: &lt;script&gt;alert(1)&lt;/script&gt;" and cats[1] == "1: &lt;b&gt;" and cats[7] == "7: &lt;b&gt;"
+    assert cats[2] == "2: a&amp;b" and cats[3] == "3: ↩" and cats[4] == "4: ∅" and len(set(cats)) == 9
     assert fig.layout.title.text == "layer 0 &lt;head&gt; 0"
     assert len(fig.layout.shapes) == 2  # the selected token's row and column
     # spans: sequential scale from 0, colour-blind palette
@@ -597,8 +601,10 @@ def test_heatmap_figure():
     assert f2.data[0].zmin == 0.0 and f2.data[0].colorscale[-1][1] == "rgb(230,97,1)"
     with pytest.raises(ValueError):
         F.heatmap_figure(A, texts[:3], "bad")
-    big = F.heatmap_figure(np.zeros((500, 500)), ["x"] * 500, "big")
-    assert big.data[0].customdata is None and big.data[0].hovertemplate  # hover by index only
+    big = F.heatmap_figure(np.zeros((500, 500)), ["x"] * 500, "big", offset=100, sel=120)
+    assert big.data[0].x[0] == "100: x" and len(set(big.data[0].x)) == 500  # a window keeps the prompt's indices
+    assert big.layout.shapes[0].y0 == 19.5  # the selection framed at its place in the window
+    assert len(big.to_json()) < 2_000_000  # 250,000 float32 cells in base64 (1.33 MB; float64 was 2.7 MB)
 
 
 def test_overview_and_span_figures():
