@@ -4,8 +4,9 @@ queue of jobs between users.
 Jobs are served round robin between users (one user's ten jobs do not hold back another's one), each user runs at
 most `per_user_running` jobs at a time and may have at most `per_user_queued` waiting. A dispatcher thread hands
 jobs to idle workers, reads their progress, and ends jobs: Stop asks the worker to stop after its batch in hand (the
-cells done so far come back) and restarts the worker if it has not stopped within `stop_grace_s`. A worker that dies
-(out of memory, killed, crashed) fails its job with one line and is restarted by Ray; the next job runs on it.
+cells done so far come back) and restarts the worker if it has not stopped within `stop_grace_s` (or three of the
+job's own batch times, if longer). A worker that dies (out of memory, killed, crashed) fails its job with one line and
+is restarted by Ray; the next job runs on it.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class _Job:
     ref: Any = None
     progress: tuple = (0, 0, 0.0)
     stop_at: Optional[float] = None
+    progress_at: Optional[float] = None  # when the progress last moved
+    longest_step_s: float = 0.0  # the longest wait between two progress moves (a batch on the worker)
     message: str = ""
     outcome: Optional[JobOutcome] = None
     ended_at: Optional[float] = None
@@ -87,7 +90,7 @@ class ClusterSettings:
     torch_threads: Optional[int] = None
     per_user_running: int = 1
     per_user_queued: int = 4
-    stop_grace_s: float = 10.0
+    stop_grace_s: float = 10.0  # at least; a job whose batches take longer gets three of its own batch times
     keep_ended_s: float = 3600.0
     object_store_mb: int = 256
     extra_init: dict = field(default_factory=dict)
@@ -409,23 +412,33 @@ class JobManager:
             seen = self._ray.get(self._board.progress.remote(running), timeout=5)
         except Exception:
             return
+        now = time.time()
         with self._lock:
             for jid, p in seen.items():
                 j = self._jobs.get(jid)
                 if j is not None and j.state == "running":
+                    if tuple(p)[:1] != j.progress[:1]:  # the cells done moved
+                        if j.progress_at is not None and j.progress[0]:
+                            j.longest_step_s = max(j.longest_step_s, now - j.progress_at)
+                        j.progress_at = now
                     j.progress = tuple(p)
 
     def _enforce_stops(self) -> None:
         now = time.time()
         with self._lock:
             late = [j for j in self._jobs.values()
-                    if j.state == "running" and j.stop_at is not None and now - j.stop_at > self.settings.stop_grace_s]
+                    if j.state == "running" and j.stop_at is not None and now - j.stop_at > self.stop_grace(j)]
         for j in late:
             try:
                 self._ray.kill(self._workers[j.worker].handle, no_restart=False)
             except Exception:
                 pass
             j.stop_at = now  # the kill ends the job through _collect
+
+    def stop_grace(self, j: _Job) -> float:
+        """How long a stopped job may take to end by itself (and bring back its cells) before its worker is
+        restarted: `stop_grace_s`, or three times the longest batch it has taken so far on a slow or busy machine."""
+        return max(self.settings.stop_grace_s, 3.0 * j.longest_step_s)
 
     def _expire(self) -> None:
         now = time.time()

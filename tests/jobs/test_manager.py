@@ -182,3 +182,22 @@ jobs.close()
     left = [p for p in os.listdir("/proc") if p.isdigit() and temp_dir in
             Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")] if Path("/proc").exists() else []
     assert not left
+
+
+def test_a_stop_waits_for_a_slow_batch_and_keeps_its_cells(manager_factory):
+    """A stopped job whose batches take longer than `stop_grace_s` still ends by itself and brings back its cells:
+    its worker gets three of the job's own batch times before it is restarted (a slow or busy machine loses
+    nothing to a Stop)."""
+    jobs = manager_factory(workers=1, stop_grace_s=0.01)
+    jid = jobs.submit("gina", trace_job(samples=200), "slow batches")
+    seen: set[int] = set()
+    while len(seen - {0}) < 2:  # two batches done: the manager has timed one
+        st = jobs.status(jid)
+        assert not st.ended, st.message
+        seen.add(st.done or 0)
+        time.sleep(0.02)
+    jobs.cancel(jid)
+    st = jobs.wait(jid, timeout=300)
+    assert st.state == "cancelled", st.message
+    assert st.outcome.value is not None, st.outcome.error  # not "stopped (its worker was restarted to stop it)"
+    assert 0 < st.outcome.cells_done < st.outcome.cells_total
