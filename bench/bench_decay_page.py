@@ -23,6 +23,7 @@ Goals: first render <= forward + 2 s, every display change <= 1 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -72,6 +73,48 @@ def prompt_of(n_tokens: int) -> tuple[str, int]:
             hi = mid - 1
     text = " ".join(words[:lo])
     return text, len(tok.encode(text).ids)
+
+
+
+# ------------------------------------------------------------------------------------------------ shared by the page benchmarks
+
+
+def random_checkpoint(folder: Path, version: str, layers: int, width: int) -> Path:
+    """A random checkpoint of this shape (vocabulary 65,536) in `folder`, written once and then reused."""
+    from rwkv_core.io.synthetic import write_random_checkpoint
+
+    ckpt = folder / f"random-rwkv{version}-L{layers}-D{width}-v65536.pth"
+    if not ckpt.exists():
+        t0 = time.perf_counter()
+        write_random_checkpoint(ckpt, version, n_layer=layers, n_embd=width, head_size=64, vocab_size=65536, seed=0)
+        print(f"wrote {ckpt} ({ckpt.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
+    return ckpt
+
+
+def shape_arguments(ap: argparse.ArgumentParser, default_dir: str) -> None:
+    """The options every page benchmark takes: the model's shape, the prompt's length, where the checkpoint goes,
+    and a revision to compare with."""
+    ap.add_argument("--version", default="7", choices=["6", "7"])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--width", type=int, default=768)
+    ap.add_argument("--tokens", type=int, default=1031)
+    ap.add_argument("--dir", default=default_dir, help="folder for the random checkpoint (the app's model dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint (and its folder) afterwards")
+    ap.add_argument("--before", help="a git revision to measure too, from a temporary worktree, before this checkout")
+
+
+@contextlib.contextmanager
+def worktree_of(rev: str, prefix: str):
+    """A temporary git worktree of revision `rev` (the code "before"), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix)) / "before"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev], check=True,
+                   stdout=subprocess.DEVNULL)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ child
@@ -193,13 +236,7 @@ def table(name: str, res: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--version", default="7", choices=["6", "7"])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--width", type=int, default=768)
-    ap.add_argument("--tokens", type=int, default=1031)
-    ap.add_argument("--dir", default="/tmp/realsize", help="folder for the random checkpoint (the app's model dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the checkpoint (and its folder) afterwards")
-    ap.add_argument("--before", help="a git revision to measure too, from a temporary worktree, before this checkout")
+    shape_arguments(ap, "/tmp/realsize")
     ap.add_argument("--profile", help="folder for cProfile reports of every rerun")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
@@ -211,38 +248,24 @@ def main() -> int:
         child(args)
         return 0
 
-    from rwkv_core.io.synthetic import write_random_checkpoint
-
     folder = Path(args.dir)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt = folder / f"random-rwkv{args.version}-L{args.layers}-D{args.width}-v65536.pth"
-    if not ckpt.exists():
-        t0 = time.perf_counter()
-        write_random_checkpoint(ckpt, args.version, n_layer=args.layers, n_embd=args.width, head_size=64,
-                                vocab_size=65536, seed=0)
-        print(f"wrote {ckpt} ({ckpt.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
+    ckpt = random_checkpoint(folder, args.version, args.layers, args.width)
     text, n = prompt_of(args.tokens)
     prompt_file = folder / "prompt.txt"
     prompt_file.write_text(text)
     model_name = f"{folder.name}/{ckpt.name}"
     print(f"model {model_name}: v{args.version}, {args.layers} x {args.width}; prompt of {n} tokens", file=sys.stderr)
     results: list[tuple[str, dict]] = []
-    worktree = None
     try:
         if args.before:
-            worktree = Path(tempfile.mkdtemp(prefix="decay-before-")) / "before"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.before],
-                           check=True, stdout=subprocess.DEVNULL)
-            print(f"before ({args.before}):", file=sys.stderr)
-            results.append((f"before ({args.before})", run_child(worktree, ckpt, model_name, prompt_file, args)))
+            with worktree_of(args.before, "decay-before-") as worktree:
+                print(f"before ({args.before}):", file=sys.stderr)
+                results.append((f"before ({args.before})", run_child(worktree, ckpt, model_name, prompt_file, args)))
         print("this checkout:", file=sys.stderr)
         results.append(("this checkout", run_child(REPO, ckpt, model_name, prompt_file, args)))
     finally:
-        if worktree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
-            shutil.rmtree(worktree.parent, ignore_errors=True)
         if not args.keep:
             ckpt.unlink(missing_ok=True)
             prompt_file.unlink(missing_ok=True)
