@@ -98,12 +98,19 @@ def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) ->
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def head_matrix(rid: tuple, layer: int, head: int, what: str, diagonal: bool, _si: S.ScoreInputs) -> np.ndarray:
-    """A (what="attn") or S (what="span") of one head: [T, T] float32, zero above the diagonal."""
-    if what == ATTN:
-        fn = lambda: S.full_scores(_si, head, diagonal=diagonal)  # noqa: E731
-    else:
-        fn = lambda: S.full_spans(_si, head)  # noqa: E731
+def head_matrix(rid: tuple, layer: int, head: int, what: str, diagonal: bool, _si: S.ScoreInputs,
+                window: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """A (what="attn") or S (what="span") of one head, zero above the diagonal: [T, T] float32, or the tokens
+    [a, b) of it for `window` = (a, b): [b - a, b - a], computed from the window's inputs alone where that is exact
+    (v5-v7), so a 384-token window of a 4,096-token prompt costs 384^2, not 4,096^2."""
+    a, b = window if window is not None else (0, _si.T)
+    local = S.window_local(_si) and (a, b) != (0, _si.T)
+    si = S.window_inputs(_si, a, b) if local else _si
+
+    def fn() -> torch.Tensor:
+        M = S.full_scores(si, head, diagonal=diagonal) if what == ATTN else S.full_spans(si, head)
+        return M if local else M[a:b, a:b]
+
     return gated(fn, "Computing the head's matrix").detach().cpu().numpy()
 
 
@@ -160,9 +167,10 @@ def heat_window(T: int, sel: int, size: int = MAX_HEATMAP) -> tuple[int, int]:
 
 def window_heatmap(M: np.ndarray, texts: Sequence[str], *, sel: int, zmax: float, signed: bool, colorblind: bool,
                    window: tuple[int, int], value_name: str, title: str) -> go.Figure:
-    """`figures_scores.heatmap_figure` of the tokens [a, b) of a T x T matrix (token indices kept)."""
+    """`figures_scores.heatmap_figure` of the window [a, b) of the tokens: M is that window's matrix [b-a, b-a]
+    (token indices kept on the axes)."""
     a, b = window
-    return FS.heatmap_figure(M[a:b, a:b], list(texts[a:b]), title, diverging=signed, colorblind=colorblind,
+    return FS.heatmap_figure(M, list(texts[a:b]), title, diverging=signed, colorblind=colorblind,
                              zmax=zmax, sel=sel, value_name=value_name, offset=a)
 
 
@@ -225,7 +233,8 @@ class RunScores:
     sel: int = 0
     ok: bool = True  # the open layer/head exists in this run
     values: Optional[np.ndarray] = None  # per token: row (i <= sel) / column (i > sel) of the open head
-    matrix: Optional[np.ndarray] = None
+    matrix: Optional[np.ndarray] = None  # the open head's matrix over `window` (the tokens shown)
+    window: Optional[tuple[int, int]] = None
     factor: float = 1.0  # colour intensity multiplier of this run's token view (shared unless the versions differ)
 
 
@@ -577,13 +586,12 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
         if rs.ok:
             si = rs.inputs[rs.layers.index(layer)]
             try:
-                rs.matrix = head_matrix(rs.rid, layer, head, mode, ch.diag, si)
+                rs.window = heat_window(len(rs.run.tokens), rs.sel)
+                rs.matrix = head_matrix(rs.rid, layer, head, mode, ch.diag, si, rs.window)  # the window shown
             except RWKVInspectorError as e:
                 show_error(e)
                 continue
-            a_, b_ = heat_window(len(rs.run.tokens), rs.sel)
-            shown = rs.matrix[a_:b_, a_:b_]
-            peaks[rs.run.label] = float(np.abs(shown).max()) if shown.size else 1.0
+            peaks[rs.run.label] = float(np.abs(rs.matrix).max()) if rs.matrix.size else 1.0
     for col, rs in zip(run_columns(len(scored)), scored):
         if rs.matrix is None:
             continue
@@ -592,7 +600,7 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
             if ch.scale != "auto":
                 hmax = 1.0 / rs.factor
             T = len(rs.run.tokens)
-            win = heat_window(T, rs.sel)
+            win = rs.window
             if win != (0, T):
                 st.caption(f"{T} tokens: showing tokens {win[0]}–{win[1] - 1} around the selected one.")
             fig = window_heatmap(rs.matrix, rs.run.token_texts, sel=rs.sel, zmax=hmax, signed=mode == ATTN,
@@ -601,18 +609,18 @@ def matrix_section(scored: list[RunScores], ch: Choices) -> None:
                                        + ("" if ch.diag else " (no diagonal)"))
             st.plotly_chart(fig, config=ch.config, key=f"{P}_heat_{rs.run.label}")
             jj, ii = np.tril_indices(win[1] - win[0])
-            jj, ii = jj + win[0], ii + win[0]
-            mdf = pd.DataFrame({"query_j": jj, "source_i": ii, value_name: rs.matrix[jj, ii]})
+            mdf = pd.DataFrame({"query_j": jj + win[0], "source_i": ii + win[0], value_name: rs.matrix[jj, ii]})
             what = "Matrix" if win == (0, T) else f"Shown window {win[0]}–{win[1] - 1}"
             st.download_button(f"{what} (CSV, i ≤ j){_run_suffix(scored, rs.run.label)}",
                                data=lambda d=mdf: csv_bytes(d),
                                file_name=f"{mode}_matrix_L{layer}_H{head}_{rs.run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_mat_{rs.run.label}")
-    if len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored):
+    if (len(scored) == 2 and all(rs.matrix is not None for rs in scored) and _same_shape(*scored)
+            and scored[0].window == scored[1].window):
         a, b = scored
         D = b.matrix - a.matrix
-        win = heat_window(D.shape[0], a.sel)
-        dmax = float(np.abs(D[win[0]:win[1], win[0]:win[1]]).max()) or 1.0
+        win = a.window
+        dmax = float(np.abs(D).max()) or 1.0
         fig = window_heatmap(D, b.run.token_texts, sel=a.sel, zmax=dmax, signed=True, colorblind=ch.colorblind,
                              window=win, value_name=f"Δ{value_name}",
                              title=f"B − A: {value_name}[j, i], layer {layer}, {heads_word} {head}")

@@ -438,6 +438,21 @@ def _v4_logs(k: torch.Tensor, logw: torch.Tensor, u: torch.Tensor) -> tuple[torc
 
 
 @_fast
+def window_inputs(si: ScoreInputs, start: int, stop: int) -> ScoreInputs:
+    """The inputs of tokens [start, stop) alone. For v5-v7 a score or span between two tokens depends only on the
+    tokens from the source to the query (the decays and v7 transitions between them), so the scores of the window
+    equal the window of the whole prompt's scores: a page showing a window computes (stop-start)^2, not T^2.
+    v4 divides by a sum over every earlier source: its window needs the whole prompt (`window_local` is False)."""
+    cut = {name: (getattr(si, name)[start:stop] if getattr(si, name) is not None else None)
+           for name in ("r", "k", "v", "logw", "kk", "a", "wkv")}
+    return ScoreInputs(si.version, u=si.u, r_k=si.r_k, layer=si.layer, **cut)
+
+
+def window_local(si: ScoreInputs) -> bool:
+    """Whether `window_inputs` gives the window of the whole prompt's scores exactly (v5-v7)."""
+    return si.version != "4"
+
+
 def full_scores(si: ScoreInputs, head: int, *, diagonal: bool = True, per_channel: bool = False) -> torch.Tensor:
     """A[head, j, i] for all query j and source i: [T, T] float32, zero above the diagonal.
 

@@ -644,3 +644,25 @@ def test_token_colors():
     assert cols[2] == cols[3] == "rgba(0,0,0,0)" and cols[4].endswith("0.050)")
     cb = F.token_colors(np.array([1.0, -1.0]), 0.1, colorblind=True)
     assert cb == ["rgba(230,97,1,0.100)", "rgba(94,60,153,0.100)"]
+
+
+@pytest.mark.parametrize("version", ["5.1", "5.2", "6", "7"])
+def test_a_window_of_the_inputs_scores_the_window_exactly(version):
+    """The page's heat map of a long prompt is computed on the window's inputs alone: equal to the window of the
+    whole prompt's A and S (v5-v7: a score depends only on the tokens from source to query)."""
+    si = rand_inputs(version, T=40, H=2, N=4)
+    a, b = 13, 31
+    wi = S.window_inputs(si, a, b)
+    assert S.window_local(si) and wi.T == b - a
+    for h in range(2):
+        for diagonal in (True, False):
+            torch.testing.assert_close(S.full_scores(wi, h, diagonal=diagonal),
+                                       S.full_scores(si, h, diagonal=diagonal)[a:b, a:b], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(S.full_spans(wi, h), S.full_spans(si, h)[a:b, a:b], rtol=1e-4, atol=1e-6)
+
+
+def test_v4_scores_are_not_window_local():
+    si = rand_inputs("4", T=30, H=2, N=4)
+    assert not S.window_local(si)
+    wi = S.window_inputs(si, 10, 30)
+    assert not torch.allclose(S.full_scores(wi, 0), S.full_scores(si, 0)[10:30, 10:30], rtol=1e-3, atol=1e-6)

@@ -174,3 +174,26 @@ def test_compare_model_opens_on_another_model_with_its_own_scale_when_the_versio
                                prompt_b=prompt.replace("Eiffel", "Effiel")))
     headers = [h.value for h in at.subheader if h.value.startswith("Difference")]
     assert headers and headers[0].startswith("Difference of the scores A: run B − run A (layer "), headers
+
+
+def test_long_prompt_heat_map_is_the_window_of_the_whole_prompts_scores():
+    """On a prompt longer than the heat map's window the page computes the window's matrix from the window's
+    inputs alone: it must equal that window of the whole prompt's A (demo v7, in the repository)."""
+    from inspector_ui.views.scores import MAX_HEATMAP, heat_window
+    from rwkv_core.analysis import scores as S
+    from rwkv_core.io.checkpoint import load_model
+    from tests.ui.page_helpers import page_session
+
+    prompt = ("The Eiffel Tower is in Paris. " * 30)[: MAX_HEATMAP + 130]  # one token per byte
+    at = run_clean(page_session(ATTN_PAGE, model="demo: demo v7 facts+retrieval", prompt=prompt, tok=200,
+                                layer=2, head=1))
+    T = len(prompt)
+    a, b = heat_window(T, 200)
+    assert (a, b) != (0, T)
+    z = heatmap_z(score_heatmaps(at)[0])
+    assert z.shape == (b - a, b - a)
+    model = load_model(str(REPO / "models" / "demo-v7.pth"))
+    si = S.capture_score_inputs(model, list(prompt.encode()), layers=[2])[0]
+    full = S.full_scores(si, 1).numpy()[a:b, a:b]
+    full[np.triu_indices(b - a, 1)] = np.nan
+    np.testing.assert_allclose(z, full, rtol=2e-4, atol=1e-6 * np.nanmax(np.abs(full)), equal_nan=True)
