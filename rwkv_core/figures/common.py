@@ -53,8 +53,14 @@ def token_ticks(labels: Sequence[str], first: int = 0) -> dict:
     escaped), or {} (numeric ticks) beyond `MAX_TICK_LABELS` tokens."""
     if len(labels) > MAX_TICK_LABELS:
         return {}
-    idx = list(range(first, first + len(labels)))
-    return dict(tickmode="array", tickvals=idx, ticktext=[f"{i}: {s}" for i, s in zip(idx, labels)])
+    return dict(tickmode="array", tickvals=list(range(first, first + len(labels))),
+                ticktext=token_categories(labels, first))
+
+
+def token_categories(labels: Sequence[str], first: int = 0) -> list[str]:
+    """'index: text' for token positions first, first + 1, ... (labels already escaped): tick texts, and the
+    categories of a token axis (unique by their index)."""
+    return [f"{first + i}: {s}" for i, s in enumerate(labels)]
 
 
 def cell_from_selection(selection: Optional[Mapping[str, Any]],

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from rwkv_core.figures.common import MAX_TICK_LABELS, escape_label
+from rwkv_core.figures.common import MAX_TICK_LABELS, escape_label, token_categories
 
 POS_RGB = {False: (214, 39, 40), True: (230, 97, 1)}  # red / orange (colour-blind safe)
 NEG_RGB = {False: (44, 160, 44), True: (94, 60, 153)}  # green / purple
@@ -84,7 +84,7 @@ def heatmap_figure(A, token_labels: Sequence[str], title: str = "", diverging: b
     labels = [escape_label(t) for t in token_labels]
     # The axes are categories "index: text" (unique by their index), so hover shows both tokens' texts from 2T
     # labels; T x T strings as customdata cost ~1 s and ~4 MB per 384-token window on every rerun.
-    cats = [f"{offset + i}: {lab}" for i, lab in enumerate(labels)]
+    cats = token_categories(labels, offset)
     zm = _zmax(Z, zmax)
     name = escape_label(value_name)
     hover = f"query j = %{{y}}<br>key i = %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>"
