@@ -71,6 +71,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from rwkv_core.io.trace_file import build_trace, save_trace
 
     ckpt = load_checkpoint(args.checkpoint)
+    if args.tokenizer is None and args.tokenizer_file is None and ckpt.tokenizer:
+        args.tokenizer, args.tokenizer_file = ckpt.tokenizer  # a folder's or a GGUF's own tokenizer
     ids, texts, kind = export_prompt(args, ckpt.config.vocab_size)
     if not ids:
         raise InputError("the prompt is empty: give --text or --tokens")
@@ -103,7 +105,8 @@ def cmd_decay(args: argparse.Namespace) -> None:
 def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of `python -m rwkv_core trace CHECKPOINT ...`."""
     p = parser
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.pth, .safetensors, rwkv.cpp .bin)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.pth, .safetensors, rwkv.cpp .bin, "
+                   ".gguf) or Hugging Face folder")
     p.add_argument("--prompt", required=True, help="the prompt, e.g. 'The Eiffel Tower is located in the city of'")
     p.add_argument("--subject", required=True, help="the subject, first occurrence in the prompt (e.g. 'The Eiffel Tower')")
     p.add_argument("--answer", required=True, help="the expected continuation, tokenised on its own (e.g. ' Paris')")
@@ -133,11 +136,12 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def cmd_trace(args: argparse.Namespace) -> int:
     """Run `trace` from parsed arguments, write the npz, print a one-screen summary. Returns the exit code."""
     from rwkv_core.analysis.tracing import trace
-    from rwkv_core.io.checkpoint import load_model
+    from rwkv_core.io.checkpoint import load_checkpoint, load_model
     from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS, tokenizer_for
 
-    model = load_model(args.checkpoint, device=args.device)
-    kind = path = None
+    ckpt = load_checkpoint(args.checkpoint)
+    model = load_model(ckpt, device=args.device)
+    kind, path = ckpt.tokenizer if ckpt.tokenizer and not args.tokenizer and not args.utf16 else (None, None)
     if args.tokenizer:
         if args.tokenizer in TOKENIZER_KINDS:
             kind = args.tokenizer
@@ -210,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(p)
 
     p = _add(sub, "decay", "write the static decay table (layer, head, channel, decay, half_life) as CSV", cmd_decay)
-    p.add_argument("checkpoint", help="checkpoint file (.pth, .safetensors or rwkv.cpp .bin)")
+    p.add_argument("checkpoint", help="checkpoint (.pth, .safetensors, rwkv.cpp .bin, .gguf or a Hugging Face folder)")
     p.add_argument("--out", "-o", default=None, help="CSV file to write (default or '-': standard output)")
 
     _add(sub, "trace", "causal tracing grid of a prompt (ROME style) as .npz", cmd_trace, add_trace_arguments)

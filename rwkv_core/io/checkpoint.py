@@ -1,4 +1,5 @@
-"""Loading RWKV checkpoints: official BlinkDL `.pth`, `.safetensors` with official names, rwkv.cpp `.bin`.
+"""Loading RWKV checkpoints: official BlinkDL `.pth`, `.safetensors` with official names, rwkv.cpp `.bin`,
+Hugging Face folders (`hf_folder.py`) and llama.cpp GGUF (`gguf_file.py`).
 
 Every format ends as a state_dict with the official names and shapes plus a `ModelConfig` read from the tensors.
 Anything wrong (not a checkpoint, truncated, a pickle that would run code, missing or unexpected keys, wrong shapes,
@@ -23,6 +24,7 @@ PathLike = Union[str, os.PathLike]
 
 ZIP_MAGIC = b"PK\x03\x04"
 RWKVCPP_MAGIC = b"fmgg"  # uint32 0x67676d66, little-endian
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -32,9 +34,10 @@ class Checkpoint:
     path: str
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
-    source_format: str  # "pth", "safetensors", "rwkv.cpp", "pth (reverse-digits layout)"
+    source_format: str  # "pth", "safetensors", "rwkv.cpp", "pth (reverse-digits layout)", "GGUF (rwkv7, q8_0)", ...
     stored_dtype: str
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. v6 `time_state`, kept but not used
+    tokenizer: Optional[tuple[str, str]] = None  # (kind, file) the checkpoint brings: a HF folder's, a GGUF's vocab
 
     @property
     def n_params(self) -> int:
@@ -48,7 +51,7 @@ class Checkpoint:
             "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head if c.has_heads else None,
             "head_size": c.head_size if c.has_heads else None, "dim_ffn": c.dim_ffn, "vocab_size": c.vocab_size,
             "n_params": self.n_params, "dtype": self.stored_dtype, "ln_x_eps": c.ln_x_eps if c.has_heads else None,
-            "lora": dict(c.lora),
+            "lora": dict(c.lora), "tokenizer": self.tokenizer[0] if self.tokenizer else None,
         }
 
 
@@ -59,6 +62,12 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     """Tensors as named in the file, the format name and format metadata."""
     if not path.exists():
         raise CheckpointError(path, "file not found")
+    if path.is_dir():
+        from rwkv_core.io.hf_folder import is_hf_folder, read_hf_folder
+
+        if not is_hf_folder(path):
+            raise CheckpointError(path, "not a regular file, and not a Hugging Face model folder (no config.json)")
+        return read_hf_folder(path)
     if not path.is_file():
         raise CheckpointError(path, "not a regular file")
     size = path.stat().st_size
@@ -66,6 +75,10 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
         raise CheckpointError(path, f"file is only {size} bytes: not a checkpoint")
     with open(path, "rb") as f:
         head = f.read(16)
+    if head[:4] == GGUF_MAGIC:
+        from rwkv_core.io.gguf_file import read_gguf
+
+        return read_gguf(path)
     if head[:4] == RWKVCPP_MAGIC:
         from rwkv_core.io.rwkvcpp import read_rwkvcpp
 
@@ -76,7 +89,8 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     n = int.from_bytes(head[:8], "little")
     if 2 <= n <= min(size - 8, 100_000_000) and head[8:9] == b"{":
         return _read_safetensors(path), "safetensors", {}
-    raise CheckpointError(path, "not a checkpoint: expected a PyTorch .pth, a .safetensors or an rwkv.cpp .bin file")
+    raise CheckpointError(path, "not a checkpoint: expected a PyTorch .pth, a .safetensors, an rwkv.cpp .bin, a "
+                                "GGUF file or a Hugging Face folder")
 
 
 def _read_torch(path: Path, zipped: bool) -> dict[str, torch.Tensor]:
@@ -259,7 +273,8 @@ def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_f
             raise CheckpointError(path, f"{bad} contains NaN or infinite values")
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in sd.values() if t.dim() >= 2)
     stored = meta.get("data_type") or (dtypes.most_common(1)[0][0] if dtypes else "float32")
-    return Checkpoint(str(path), cfg, sd, fmt, stored, extras)
+    tok = meta.get("tokenizer")
+    return Checkpoint(str(path), cfg, sd, fmt, stored, extras, (tok[0], str(tok[1])) if tok else None)
 
 
 def load_model(path: Union[PathLike, Checkpoint], *, device: Union[str, torch.device] = "cpu",
