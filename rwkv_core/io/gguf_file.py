@@ -100,6 +100,8 @@ def read_gguf(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     if arch not in ARCHS:
         raise CheckpointError(path, f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHS)})")
     head_size = int(_field(reader, f"{arch}.wkv.head_size", 0) or 0)
+    if not head_size:
+        raise CheckpointError(path, f"no {arch}.wkv.head_size in the file's metadata: not a file llama.cpp could run")
     rescale = int(_field(reader, f"{arch}.rescale_every_n_layers", 0) or 0)
     sd: dict[str, torch.Tensor] = {}
     types: dict[str, int] = {}
@@ -134,7 +136,7 @@ def read_gguf(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
                 x = x.t()
             elif arch == "rwkv6" and rest == "time_mix_w2":
                 x = x.permute(0, 2, 1)  # [5, C, Dm] -> [5, Dm, C]
-            elif rest == "time_mix_r_k" and head_size:
+            elif rest == "time_mix_r_k":
                 x = x.reshape(-1, head_size)
             if arch == "rwkv6" and rescale > 0 and rest in ("time_mix_output", "channel_mix_value") and b >= rescale:
                 x = x * float(2 ** (b // rescale))  # exact: a power of two

@@ -10,7 +10,7 @@
   writes f32/f16/bf16/q8_0 from those folders; 4-bit files are the f32 file's matrices re-quantised by the `gguf`
   package's quantiser (`llama-quantize` would need a compiled llama.cpp).
 Files are built once and cached under `~/.cache/rwkv_inspector_tests` (or `$RWKV_INSPECTOR_TEST_CACHE`), keyed by
-this module's text and the writers' versions.
+`BUILD` (raise it when a builder here changes) and the writers' versions.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import torch
 from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
 from rwkv_core.io.tokenizer import default_world_vocab_path
 
+BUILD = 1  # the builders' own version: part of the cache key
 LLAMA_CPP_PYTHON = "0.3.36"  # the source archive whose vendor/llama.cpp holds convert_hf_to_gguf.py
 V7_SHAPE = dict(n_layer=2, n_embd=128, head_size=64, vocab_size=65536)  # llama.cpp's World vocab needs 65530+ rows
 V6_SHAPE = dict(n_layer=2, n_embd=128, head_size=64, vocab_size=65536)
@@ -55,9 +56,8 @@ def _versions() -> str:
 
 
 def build_dir(name: str) -> Path:
-    """A cache folder for one set of files, keyed by this module and the writers' versions."""
-    key = hashlib.blake2b((Path(__file__).read_text() + _versions() + LLAMA_CPP_PYTHON).encode(),
-                          digest_size=6).hexdigest()
+    """A cache folder for one set of files, keyed by `BUILD` and the writers' versions."""
+    key = hashlib.blake2b(f"{BUILD},{_versions()},{LLAMA_CPP_PYTHON}".encode(), digest_size=6).hexdigest()
     d = cache_root() / f"{name}-{key}"
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -128,7 +128,7 @@ def _random_q6_k(shape: tuple[int, int], seed: int) -> np.ndarray:
 
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q6_K]
     raw = np.random.default_rng(seed).integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
-    raw[..., -2:] = np.array([2e-5], np.float16).view(np.uint8)  # d, the block's f16 scale
+    raw[..., -2:] = np.array([1e-5], np.float16).view(np.uint8)  # d, the block's f16 scale
     return raw.reshape(shape[0], -1)
 
 

@@ -119,7 +119,7 @@ def test_rwkv4_transformers_folder_equals_official_package_and_transformers():
     assert rel_error(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("version", ["5.2", "6"])
+@pytest.mark.parametrize("version", [pytest.param("5.2", marks=pytest.mark.slow), "6"])
 def test_hub_rwkv5_rwkv6_folders_equal_official_package(version):
     files = fx.v5_files() if version == "5.2" else {"hf": fx.v6_file("hf"), "pth": fx.v6_file("pth")}
     ckpt = load_checkpoint(files["hf"])
