@@ -278,3 +278,10 @@ def v5_files() -> dict[str, Path]:
               "layer_norm_epsilon": 1e-5, "rescale_every": 6}
     files["hf"] = _once(d / "hf", lambda tmp: _hub_folder(tmp, sd, config, long_mix=True, vocab=False))
     return files
+
+
+if __name__ == "__main__":  # .ci/run: fetch llama.cpp's converter before the tests (python -m tests.io.format_fixtures)
+    try:
+        print(f"== llama.cpp converter: {llama_cpp_dir()}")
+    except pytest.skip.Exception as e:
+        print(f"== WARNING: {e} (the GGUF tests will skip)")
