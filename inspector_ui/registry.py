@@ -16,7 +16,7 @@ from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS
 from rwkv_core.io.tokenizer import Tokenizer
 
-CHECKPOINT_SUFFIXES = (".pth", ".bin", ".safetensors", ".st")
+CHECKPOINT_SUFFIXES = (".pth", ".bin", ".safetensors", ".st", ".gguf")
 
 ENGLISH = "The Eiffel Tower is located in the city of Paris. The Colosseum is located in the city of Rome."
 INSPECTOR_DEMO = ("Instruction: Write a story using the following information.\n\n"
@@ -114,11 +114,18 @@ def configured_dirs() -> list[Path]:
     return [d.resolve() for d in settings.model_dirs() if d.is_dir()]
 
 
+def _is_model(p: Path) -> bool:
+    """A checkpoint file, or a subfolder that is a Hugging Face model folder (config.json): one model each."""
+    if p.is_symlink():
+        return False
+    return (p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) or (p.is_dir() and (p / "config.json").is_file())
+
+
 def _folder_entries() -> list[ModelEntry]:
     out = []
     for d in configured_dirs():
         for p in sorted(d.iterdir()):
-            if p.suffix in CHECKPOINT_SUFFIXES and p.is_file() and not p.is_symlink():
+            if _is_model(p):
                 card = p.with_suffix(".json")  # optional: tokenizer, prompts, description, tracing example
                 meta = _read_card(card) if card.is_file() and not card.is_symlink() else None
                 out.append(_entry_from_card(f"{d.name}/{p.name}", p, meta, "auto", (ENGLISH, INSPECTOR_DEMO)))

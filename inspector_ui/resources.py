@@ -11,7 +11,7 @@ import hashlib
 import threading
 from collections import OrderedDict, deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -63,6 +63,8 @@ class ModelPool:
                 self._models.move_to_end(key)
                 return self._models[key]
             ckpt = load_checkpoint(entry.path)  # CheckpointError on anything wrong: nothing is kept
+            if entry.tokenizer == "auto" and entry.tokenizer_file is None and ckpt.tokenizer:
+                entry = replace(entry, tokenizer=ckpt.tokenizer[0], tokenizer_file=ckpt.tokenizer[1])  # its own
             model = self._run(lambda: load_model(ckpt, device=device, dtype=DTYPES[dtype]))
             tok = make_tokenizer(entry, model.cfg.vocab_size)
             n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -197,8 +199,8 @@ def register_upload(name: str, data: bytes) -> ModelEntry:
         raise RWKVInspectorError(f"{name}: {len(data) / 2**20:.0f} MB is over the {settings.MAX_UPLOAD_MB} MB upload limit")
     digest = hashlib.sha256(data).hexdigest()[:16]
     suffix = Path(name).suffix.lower()
-    if suffix not in (".pth", ".bin", ".safetensors"):
-        raise RWKVInspectorError(f"{name}: expected a .pth, .bin or .safetensors checkpoint")
+    if suffix not in (".pth", ".bin", ".safetensors", ".gguf"):
+        raise RWKVInspectorError(f"{name}: expected a .pth, .bin, .safetensors or .gguf checkpoint")
     settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     path = settings.UPLOAD_DIR / f"{digest}{suffix}"
     path.write_bytes(data)
@@ -220,16 +222,38 @@ def register_upload(name: str, data: bytes) -> ModelEntry:
     return entry
 
 
+HUB_FOLDER_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "rwkv_vocab_v20230424.txt",
+                    "tokenizer.json"]  # a Hugging Face folder: no code, no optimizer states, no other formats
+
+
+def _hub_folder(repo: str) -> str:
+    """The Hugging Face folder of `repo` (config, safetensors or else pytorch_model.bin, tokenizer), downloaded."""
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(repo_id=repo, allow_patterns=HUB_FOLDER_FILES)
+    if not any(Path(path).glob("*.safetensors")):
+        path = snapshot_download(repo_id=repo, allow_patterns=["pytorch_model.bin", "pytorch_model*.bin*"])
+    return path
+
+
 def register_hub(repo: str, filename: str) -> ModelEntry:
-    """Fetch an official checkpoint from the Hugging Face hub (cached by huggingface_hub)."""
+    """Fetch an official checkpoint file from the Hugging Face hub, or with no file name the repository's Hugging
+    Face folder (cached by huggingface_hub); the folder is checked as an upload is."""
+    repo, filename = repo.strip(), filename.strip()
     try:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(repo_id=repo.strip(), filename=filename.strip())
+        path = hf_hub_download(repo_id=repo, filename=filename) if filename else _hub_folder(repo)
     except Exception as e:  # no network, unknown repository or file, ...
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise RWKVInspectorError(f"could not download {repo}/{filename} from the hub ({msg}); "
                                  "without network, put the file in a configured model folder") from None
-    entry = ModelEntry(f"hub: {repo}/{filename}", path, "auto", prompts=("The Eiffel Tower is located in the city of",))
+    if not filename:
+        try:
+            load_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(repo, e.problem) from None
+    name = f"hub: {repo}/{filename}" if filename else f"hub: {repo}"
+    entry = ModelEntry(name, path, "auto", prompts=("The Eiffel Tower is located in the city of",))
     get_extra_models()[entry.name] = entry
     return entry

@@ -44,8 +44,8 @@ def _add_model_box() -> None:
         return
     with st.sidebar.expander("Add a model"):
         if settings.ALLOW_UPLOAD:
-            up = st.file_uploader(f"Checkpoint (.pth, .bin, .safetensors; at most {settings.MAX_UPLOAD_MB} MB)",
-                                  type=["pth", "bin", "safetensors"], key="ckpt_upload")
+            up = st.file_uploader(f"Checkpoint (.pth, .bin, .safetensors, .gguf; at most {settings.MAX_UPLOAD_MB} MB)",
+                                  type=["pth", "bin", "safetensors", "gguf"], key="ckpt_upload")
             if up is not None:
                 try:
                     entry = register_upload(up.name, up.getvalue())
@@ -55,9 +55,11 @@ def _add_model_box() -> None:
                     st.error(str(e))
         if settings.ALLOW_HUB:
             repo = st.text_input("Hub repository", placeholder="BlinkDL/rwkv-7-world", key="hub_repo")
-            fname = st.text_input("File in it", placeholder="RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth",
-                                  key="hub_file")
-            if st.button("Download", key="hub_go", disabled=not (repo and fname)):
+            fname = st.text_input("File in it (empty: the Hugging Face folder)",
+                                  placeholder="RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth", key="hub_file",
+                                  help="A .pth, .safetensors or .gguf file; leave empty for a Hugging Face folder such "
+                                       "as fla-hub/rwkv7-0.1B-world (config, weights and tokenizer)")
+            if st.button("Download", key="hub_go", disabled=not repo):
                 try:
                     with st.spinner("Downloading..."):
                         entry = register_hub(repo, fname)
