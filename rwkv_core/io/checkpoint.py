@@ -209,6 +209,7 @@ def detect_config(sd: dict[str, torch.Tensor], path: PathLike = None, *, ln_x_ep
                        head_bias=has("head.bias"), resid_bias=has("blocks.0.resid_bias"), lora=lora)
 
 
+DEEP_EMBED = re.compile(r"blocks\.\d+\.ffn\.s(_emb|_emb_x|0|1|2)(\.weight)?$")  # BlinkDL's DeepEmbed RWKV-7
 OPTIONAL_KEYS = re.compile(r"blocks\.0\.att\.v[012]$")  # v7 layer 0 ignores its value-residual LoRA
 
 
@@ -262,6 +263,9 @@ def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_f
     sd, fmt, meta = _read_raw(path)
     if _is_reverse_digits_layout(sd):
         sd, fmt = _from_reverse_digits_layout(sd, path), "pth (reverse-digits layout)"
+    if any(DEEP_EMBED.match(k) for k in sd):
+        raise CheckpointError(path, "an RWKV-7 DeepEmbed checkpoint (ffn.s_emb, the rwkv package's "
+                                    "RWKV_DE_VERSION=1): not supported yet")
     eps = ln_x_eps if ln_x_eps is not None else meta.get("ln_x_eps")
     cfg = detect_config(sd, path, ln_x_eps=eps)
     if meta.get("version_hint") and meta["version_hint"] != cfg.version:

@@ -194,3 +194,24 @@ def test_missing_tensor_is_named(tmp_path):
     keep = {t.name: np.array(t.data) for t in reader.tensors if t.name != "blk.1.time_mix_k_k.weight"}
     p = _write_gguf(tmp_path / "partial.gguf", "rwkv7", keep)
     _expect_error(p, "missing keys", "blocks.1.att.k_k")
+
+
+@pytest.mark.slow
+def test_every_command_takes_a_folder_and_a_gguf_file(tmp_path):
+    """info, decay and trace (export: see the tokenizer tests) on a Hugging Face folder and a GGUF file."""
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "rwkv_core", *args], capture_output=True, text=True, cwd=REPO,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    for path, fmt in ((fx.v7_file("hf"), "Hugging Face folder (RWKV7ForCausalLM"), (_file("7", "q8_0"), "GGUF")):
+        info = json.loads(cli("info", str(path)))
+        assert info["format"].startswith(fmt) and info["version"] == "7" and info["tokenizer"] == "world"
+        rows = cli("decay", str(path)).strip().splitlines()
+        assert len(rows) == 1 + 2 * 128  # header + layers x channels
+    out = tmp_path / "grid.npz"
+    cli("trace", str(_file("7", "q8_0")), "--prompt", "The Eiffel Tower is in the city of", "--subject",
+        "The Eiffel Tower", "--answer", " Paris", "--samples", "2", "--out", str(out))
+    with np.load(out) as z:
+        assert z["grid"].shape[1] == 2

@@ -223,3 +223,17 @@ def test_pickle_in_pytorch_model_bin_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps({"architectures": ["RWKV7ForCausalLM"]}))
     torch.save({"model.embeddings.weight": Evil()}, folder / "pytorch_model.bin")
     _expect_error(folder, "pytorch_model.bin", "would run code")
+
+
+def test_deep_embed_release_is_refused(tmp_path):
+    """BlinkDL's DeepEmbed RWKV-7 (per-layer token embeddings in the FFN, `ffn.s_emb`; the rwkv package runs it
+    under RWKV_DE_VERSION=1) is named as such, not reported as unexpected keys."""
+    from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
+
+    sd = random_state_dict("7", n_layer=2, n_embd=64, head_size=16)
+    for l in range(2):
+        sd[f"blocks.{l}.ffn.s_emb.weight"] = torch.zeros(256, 1024)
+        sd[f"blocks.{l}.ffn.s1"], sd[f"blocks.{l}.ffn.s2"] = torch.zeros(64, 32), torch.zeros(32, 256)
+        sd[f"blocks.{l}.ffn.s0"] = torch.zeros(256)
+    save_checkpoint(sd, tmp_path / "de.pth")
+    _expect_error(tmp_path / "de.pth", "DeepEmbed", "not supported")
