@@ -97,3 +97,23 @@ def test_a_call_leaves_only_the_compute_threads_pool():
 
     base, grown, after = _in_thread(caller)
     assert grown > base and after <= base
+
+
+@pytest.mark.skipif(_GOMP is None, reason="torch here does not use libgomp")
+@pytest.mark.parametrize("preset, policy, spin", [(None, "PASSIVE", "0"), ("ACTIVE", "ACTIVE", "30000000000")])
+def test_the_app_makes_openmp_workers_sleep_unless_told_otherwise(preset, policy, spin):
+    """The app's package sets OMP_WAIT_POLICY before torch loads (libgomp reads it then): libgomp itself reports
+    what it runs with (OMP_DISPLAY_ENV=VERBOSE; its default spins 300,000 times before sleeping, shown as
+    'PASSIVE' with GOMP_SPINCOUNT '300000'), and a value from the environment wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import inspector_ui, torch; torch.ones(4_000_000).mul_(2.0)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"OMP_WAIT_POLICY = '{policy}'" in out.stderr and f"GOMP_SPINCOUNT = '{spin}'" in out.stderr

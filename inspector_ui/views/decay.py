@@ -257,7 +257,10 @@ def same_shape(a: View, b: View) -> bool:
 
 
 def render(ctx: PageContext) -> None:
-    """The time decay page below the shared sidebar: static, per-token and state-size sections."""
+    """The time decay page below the shared sidebar: static, per-token and state-size sections.
+
+    Each section is a fragment: a control of one section reruns that section alone, so the browser redraws its
+    figures only (at 1,000 tokens each figure costs Chromium a few hundred milliseconds)."""
     views = [_view(r, "" if i == 0 else "_b") for i, r in enumerate(ctx.runs)]
     chosen = st.session_state.get("decay_state_layer")
     for v in views:  # the state layer shown, so that the prompt's one forward pass measures it
@@ -303,6 +306,7 @@ def intro_section(views: list[View]) -> None:
                     f"state by the same λ. {rest}")
 
 
+@st.fragment
 def static_section(views: list[View], config: dict) -> None:
     """Static views of each model with parameters (one per different model: run A alone unless compare = "model")."""
     if not views:
@@ -361,6 +365,7 @@ class TokenChoices:
     first: View  # the run whose token texts label the token choices
 
 
+@st.fragment
 def dynamic_section(views: list[View], config: dict) -> None:
     """Per-token views of every run with a data-dependent decay, in one column per run, under one set of controls."""
     st.header("Per-token decay (data-dependent)")
@@ -497,6 +502,7 @@ def retention_section(views: list[View], nums: list[Optional[LayerNumbers]], tc:
                                on_click="ignore", key=f"decay_dl_tokens{v.suffix}")
 
 
+@st.fragment
 def state_section(views: list[View], config: dict) -> None:
     """The size of the recurrent state after every token (needs the model), with the CSV of all layers."""
     st.header("Size of the recurrent state")

@@ -9,8 +9,13 @@ from __future__ import annotations
 import html
 from typing import Any, Mapping, Optional, Sequence
 
+import plotly.graph_objects as go
+
 MAX_TICK_LABELS = 64  # token axes label every token with its text up to this many tokens
 IMAGE_FORMATS = ("png", "svg")
+# The browser draws every marker of an SVG scatter as its own element: ~12,000 markers (1,000 tokens x 12 heads)
+# cost Chromium seconds on every rerun. Beyond this many points, markers go to WebGL or are left out.
+SVG_MARKER_LIMIT = 2_000
 
 
 def escape_label(text: Optional[str], empty: str = "∅") -> str:
@@ -48,19 +53,26 @@ def image_config(filename: str, fmt: str = "png", scale: int = 2) -> dict:
     return {"displaylogo": False, "toImageButtonOptions": {"format": fmt, "filename": safe, "scale": scale}}
 
 
-def token_ticks(labels: Sequence[str], first: int = 0) -> dict:
-    """Axis settings that label token positions first, first + 1, ... with 'index: text' (labels already
-    escaped), or {} (numeric ticks) beyond `MAX_TICK_LABELS` tokens."""
-    if len(labels) > MAX_TICK_LABELS:
-        return {}
-    return dict(tickmode="array", tickvals=list(range(first, first + len(labels))),
-                ticktext=token_categories(labels, first))
-
-
 def token_categories(labels: Sequence[str], first: int = 0) -> list[str]:
     """'index: text' for token positions first, first + 1, ... (labels already escaped): tick texts, and the
     categories of a token axis (unique by their index)."""
     return [f"{first + i}: {s}" for i, s in enumerate(labels)]
+
+
+def token_axis(labels: Sequence[str], first: int = 0) -> tuple[list[str], dict]:
+    """A token axis of categories 'index: text' (labels already escaped): the categories, to use as the traces'
+    coordinates (hover shows them, so no per-point text travels), and the axis settings (every tick labelled up to
+    `MAX_TICK_LABELS` tokens). Ranges and shapes on such an axis count positions from 0."""
+    cats = token_categories(labels, first)
+    ticks = dict(tickmode="array", tickvals=cats, ticktext=cats) if len(cats) <= MAX_TICK_LABELS else dict(nticks=24)
+    return cats, dict(type="category", categoryorder="array", categoryarray=cats, **ticks)
+
+
+def click_overlay(**scatter: Any) -> go.Scatter | go.Scattergl:
+    """Invisible markers that make cells clickable (heat maps send no click events in Streamlit): an SVG scatter,
+    or a WebGL one beyond `SVG_MARKER_LIMIT` points, where SVG would cost the browser seconds per rerun."""
+    n = len(scatter.get("x", ()))
+    return (go.Scattergl if n > SVG_MARKER_LIMIT else go.Scatter)(mode="markers", showlegend=False, **scatter)
 
 
 def cell_from_selection(selection: Optional[Mapping[str, Any]],

@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from rwkv_core.figures.common import escape_label, token_ticks
+from rwkv_core.figures.common import SVG_MARKER_LIMIT, click_overlay, escape_label, token_axis
 
 LAYER_COLORSCALE = "Viridis"
 HALF_LIFE_COLORSCALE = "Viridis"  # small half-life (fast forgetting) dark
@@ -40,14 +40,6 @@ def _channel_slice(n_channel: int, head_size: int, head: Optional[int]) -> slice
     if not 0 <= head < n_channel // head_size:
         raise ValueError(f"head {head} out of range 0..{n_channel // head_size - 1}")
     return slice(head * head_size, (head + 1) * head_size)
-
-
-def _token_axis(fig: go.Figure, labels: Sequence[str], axis: str = "x") -> None:
-    """Label a token axis with every token's (escaped) text when there are few enough tokens."""
-    ticks = token_ticks(labels)
-    if ticks:
-        update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-        update(**ticks, tickangle=-60 if axis == "x" else 0)
 
 
 # ------------------------------------------------------------------------------------------------ static views
@@ -173,20 +165,18 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
     if len(labels) != T:
         raise ValueError(f"{len(labels)} token labels for {T} tokens")
     zt = z.T  # [H, T]
-    lab = np.broadcast_to(np.array(labels, dtype=object), (H, T))
-    custom = np.stack([lab, np.power(10.0, zt).astype(object)], axis=-1)  # [H, T, 2]
+    cats, axis = token_axis(labels)  # the token axis's categories "index: text": hover shows them
     fig = go.Figure(go.Heatmap(
-        z=zt, x=np.arange(T), y=np.arange(H), customdata=custom, colorscale=HALF_LIFE_COLORSCALE,
+        z=zt, x=cats, y=np.arange(H), colorscale=HALF_LIFE_COLORSCALE,
         zmin=zmin, zmax=zmax, colorbar=dict(title="median<br>log10 half-life"),
-        hovertemplate=("token %{x} %{customdata[0]}<br>head %{y}<br>median half-life = %{customdata[1]:.4g} tokens"
-                       "<br>log10 = %{z:.3f}<extra></extra>")))
+        hovertemplate=("token %{x}<br>head %{y}<br>log10 median half-life = %{z:.3f}<extra></extra>")))
     tt, hh = np.meshgrid(np.arange(T), np.arange(H))  # [H, T]
-    fig.add_trace(go.Scatter(
-        x=tt.reshape(-1), y=hh.reshape(-1), mode="markers", name="cells", showlegend=False,
+    fig.add_trace(click_overlay(
+        x=[cats[t] for t in tt.reshape(-1)], y=hh.reshape(-1), name="cells",
         customdata=np.stack([tt.reshape(-1), hh.reshape(-1), np.power(10.0, zt.reshape(-1))], -1),
         marker=dict(symbol="square", size=14, color="rgba(0,0,0,0)", opacity=0.0),
         selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-        hovertemplate=("token %{customdata[0]}<br>head %{customdata[1]}<br>median half-life = "
+        hovertemplate=("token %{x}<br>head %{customdata[1]}<br>median half-life = "
                        "%{customdata[2]:.4g} tokens<extra>click to inspect</extra>")))
     if selected is not None:
         t, h = selected
@@ -194,9 +184,8 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
                       line=dict(color="red", width=3))
     fig.update_layout(title=title or f"Median half-life per token and head, layer {layer} (dark = forgets)",
                       clickmode="event+select", hovermode="closest", dragmode=False)
-    fig.update_xaxes(title_text="token", range=[-0.5, T - 0.5])
+    fig.update_xaxes(title_text="token", range=[-0.5, T - 0.5], **axis)
     fig.update_yaxes(title_text="head", autorange="reversed", dtick=1 if H <= 32 else None)
-    _token_axis(fig, labels, "x")
     return fig
 
 
@@ -212,17 +201,15 @@ def token_head_difference_heatmap(difference: np.ndarray, token_labels: Sequence
     finite = np.abs(z[np.isfinite(z)])
     lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     zt = z.T  # [H, T]
-    lab = np.broadcast_to(np.array(labels, dtype=object), (H, T))
+    cats, axis = token_axis(labels)
     fig = go.Figure(go.Heatmap(
-        z=zt, x=np.arange(T), y=np.arange(H), customdata=lab, colorscale="RdBu", zmid=0.0, zmin=-lim, zmax=lim,
+        z=zt, x=cats, y=np.arange(H), colorscale="RdBu", zmid=0.0, zmin=-lim, zmax=lim,
         colorbar=dict(title="B − A<br>log10 half-life"),
-        hovertemplate=("token %{x} %{customdata}<br>head %{y}<br>B − A = %{z:.3f} (log10 half-life)"
-                       "<extra></extra>")))
+        hovertemplate=("token %{x}<br>head %{y}<br>B − A = %{z:.3f} (log10 half-life)<extra></extra>")))
     fig.update_layout(title=title or f"Difference B − A of the median log10 half-life, layer {layer} "
                                      "(blue: B forgets faster)", hovermode="closest")
-    fig.update_xaxes(title_text="token", range=[-0.5, T - 0.5])
+    fig.update_xaxes(title_text="token", range=[-0.5, T - 0.5], **axis)
     fig.update_yaxes(title_text="head", autorange="reversed", dtick=1 if H <= 32 else None)
-    _token_axis(fig, labels, "x")
     return fig
 
 
@@ -277,20 +264,20 @@ def retention_figure(retained_by_head: np.ndarray, token_labels: Sequence[str], 
     defined = np.where(~np.isnan(r).all(axis=1))[0]
     colors = head_colors(H)
     fig = go.Figure()
+    cats, axis = token_axis(labels)
+    x = [cats[t] for t in defined]
+    mode = "lines+markers" if len(defined) * H <= SVG_MARKER_LIMIT else "lines"
     for h in range(H):
         fig.add_trace(go.Scatter(
-            x=defined, y=r[defined, h], mode="lines+markers", name=f"head {h}", line=dict(color=colors[h]),
-            customdata=np.array([labels[t] for t in defined], dtype=object),
-            hovertemplate=(f"head {h}<br>read at token %{{x}} %{{customdata}}<br>{agg} retention = %{{y:.4g}}"
-                           "<extra></extra>")))
+            x=x, y=r[defined, h], mode=mode, name=f"head {h}", line=dict(color=colors[h]),
+            hovertemplate=f"head {h}<br>read at token %{{x}}<br>{agg} retention = %{{y:.4g}}<extra></extra>"))
     fig.update_layout(title=title or f"Retention of token {source}: {labels[source]}'s write, layer {layer} "
                                      f"({agg} over each head's channels)", hovermode="closest",
                       legend_title_text="head")
-    fig.update_xaxes(title_text="reading token t", range=[max(source - 0.5, -0.5), T - 0.5])
+    fig.update_xaxes(title_text="reading token t", range=[max(source - 0.5, -0.5), T - 0.5], **axis)
     fig.update_yaxes(title_text=f"retention R (i = {source} → t)" + (" (log scale)" if log_y else ""),
                      type="log" if log_y else "linear", range=None if log_y else [0, 1.02],
                      exponentformat="power")
-    _token_axis(fig, labels, "x")
     return fig
 
 
@@ -309,17 +296,17 @@ def state_size_figure(values: np.ndarray, token_labels: Sequence[str], *, layer:
     if version == "4":
         what = "‖aa/bb‖₂" if metric == "frobenius" else "max |aa/bb|"
     colors = head_colors(H)
+    cats, axis = token_axis(labels)
     fig = go.Figure()
     for h in range(H):
         fig.add_trace(go.Scatter(
-            x=np.arange(T), y=v[:, h], mode="lines", name="all channels" if version == "4" else f"head {h}",
-            line=dict(color=colors[h]), customdata=np.array(labels, dtype=object),
+            x=cats, y=v[:, h], mode="lines", name="all channels" if version == "4" else f"head {h}",
+            line=dict(color=colors[h]),
             hovertemplate=(("all channels" if version == "4" else f"head {h}")
-                           + f"<br>after token %{{x}} %{{customdata}}<br>{what} = %{{y:.5g}}<extra></extra>")))
+                           + f"<br>after token %{{x}}<br>{what} = %{{y:.5g}}<extra></extra>")))
     fig.update_layout(title=title or f"State size after each token, layer {layer}: {what}", hovermode="closest",
                       legend_title_text="head")
-    fig.update_xaxes(title_text="token")
+    fig.update_xaxes(title_text="token", **axis)
     fig.update_yaxes(title_text=what + (" (log scale)" if log_y else ""), type="log" if log_y else "linear",
                      exponentformat="power")
-    _token_axis(fig, labels, "x")
     return fig

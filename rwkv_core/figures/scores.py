@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from rwkv_core.figures.common import MAX_TICK_LABELS, escape_label, token_categories
+from rwkv_core.figures.common import escape_label, token_axis
 
 POS_RGB = {False: (214, 39, 40), True: (230, 97, 1)}  # red / orange (colour-blind safe)
 NEG_RGB = {False: (44, 160, 44), True: (94, 60, 153)}  # green / purple
@@ -84,7 +84,7 @@ def heatmap_figure(A, token_labels: Sequence[str], title: str = "", diverging: b
     labels = [escape_label(t) for t in token_labels]
     # The axes are categories "index: text" (unique by their index), so hover shows both tokens' texts from 2T
     # labels; T x T strings as customdata cost ~1 s and ~4 MB per 384-token window on every rerun.
-    cats = token_categories(labels, offset)
+    cats, axis = token_axis(labels, offset)
     zm = _zmax(Z, zmax)
     name = escape_label(value_name)
     hover = f"query j = %{{y}}<br>key i = %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>"
@@ -97,12 +97,10 @@ def heatmap_figure(A, token_labels: Sequence[str], title: str = "", diverging: b
         s_ = sel - offset  # shapes on a category axis are placed by the category's position
         fig.add_shape(type="rect", x0=-0.5, x1=s_ + 0.5, y0=s_ - 0.5, y1=s_ + 0.5, line=line)
         fig.add_shape(type="rect", x0=s_ - 0.5, x1=s_ + 0.5, y0=s_ - 0.5, y1=T - 0.5, line=line)
-    ticks = dict(tickmode="array", tickvals=cats, ticktext=cats) if T <= MAX_TICK_LABELS else dict(nticks=24)
     fig.update_layout(title=dict(text=escape_label(title, empty="")), plot_bgcolor="rgb(243,244,246)",
                       height=int(min(800, max(360, 12 * T + 160))), margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(title_text="key (source) token i", type="category", showgrid=False, zeroline=False, **ticks)
-    fig.update_yaxes(title_text="query token j", type="category", autorange="reversed", showgrid=False,
-                     zeroline=False, **ticks)
+    fig.update_xaxes(title_text="key (source) token i", showgrid=False, zeroline=False, **axis)
+    fig.update_yaxes(title_text="query token j", autorange="reversed", showgrid=False, zeroline=False, **axis)
     return fig
 
 

@@ -333,7 +333,15 @@ def test_token_views():
     assert fig.layout.xaxis.title.text == "token" and fig.layout.yaxis.title.text == "head"
     assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == 1.5 and "layer 1" in fig.layout.title.text
     assert _all_traces_hover(fig)
-    fig.to_json()  # serialisable (customdata with strings)
+    # the token axis: categories "index: text", so hover names the token with no per-cell strings
+    assert list(fig.data[0].x) == [f"{i}: t{i}" for i in range(T)] and fig.layout.xaxis.type == "category"
+    assert fig.data[0].customdata is None and "%{x}" in fig.data[0].hovertemplate
+    overlay = fig.data[1]  # the click targets: (token, head) first in customdata, as cell_from_selection reads it
+    assert overlay.type == "scatter" and overlay.x[T + 3] == "3: t3" and list(overlay.customdata[T + 3][:2]) == [3, 1]
+    # 1,000 tokens x 12 heads: the click targets go to WebGL, whose markers cost the browser nothing per point
+    big = FD.token_head_heatmap(rng.normal(size=(1000, 12)), [f"t{i}" for i in range(1000)], layer=0)
+    assert big.data[1].type == "scattergl" and len(big.data[1].x) == 12_000 and big.data[1].x[999] == "999: t999"
+    assert len(big.layout.xaxis.categoryarray) == 1000 and big.layout.xaxis.tickvals is None
     lam = rng.uniform(0.5, 1, N)
     fig = FD.channel_spectrum_figure(lam, np.log10(np.log(2) / -np.log(lam)), lam ** 2,
                                      np.log10(np.log(2) / -np.log(lam ** 2)), channels=range(4, 8),
@@ -342,10 +350,16 @@ def test_token_views():
     assert "static" in fig.data[0].name and "head 1" in fig.layout.title.text
     r = D.retention_by_head(D.retention(np.log(rng.uniform(0.5, 1, (T, H * N))), 2, "6"), H)
     fig = FD.retention_figure(r, labels, source=2, layer=0)
-    assert len(fig.data) == H and list(fig.data[0].x) == [3, 4, 5, 6] and fig.data[0].y[0] == 1.0
+    assert len(fig.data) == H and list(fig.data[0].x) == ["3: t3", "4: t4", "5: t5", "6: t6"]
+    assert fig.data[0].y[0] == 1.0 and fig.data[0].mode == "lines+markers"
     assert fig.layout.yaxis.type == "log" and _all_traces_hover(fig)
+    assert list(fig.layout.xaxis.range) == [1.5, 6.5] and len(fig.layout.xaxis.categoryarray) == T  # by position
+    long = D.retention_by_head(D.retention(np.log(rng.uniform(0.5, 1, (1000, H * N))), 0, "6"), H)
+    fig = FD.retention_figure(long, [f"t{i}" for i in range(1000)], source=0, layer=0)
+    assert {tr.mode for tr in fig.data} == {"lines"}  # 3,000 points: lines only (SVG markers would cost seconds)
     fig = FD.state_size_figure(rng.uniform(size=(T, H)), labels, layer=0, metric="max_abs")
     assert len(fig.data) == H and len(fig.data[0].y) == T and "max" in fig.layout.yaxis.title.text
+    assert list(fig.data[0].x) == [f"{i}: t{i}" for i in range(T)] and fig.data[0].customdata is None
     assert _all_traces_hover(fig)
     assert image_config("rwkv-decay", "svg")["toImageButtonOptions"]["format"] == "svg"
 

@@ -243,7 +243,8 @@ def test_page_numbers_equal_engine():
     retained = D.retention_by_head(D.retention(td.log_decay[0], source, td.version), td.n_head, "median")
     ret = _figure(at, f"Retention of token {source}")
     for h, trace in enumerate(ret["data"]):
-        x = plotly_array(trace["x"]).astype(int)
+        x = np.array([int(c.split(":")[0]) for c in trace["x"]])  # categories "index: text"
+        assert x[0] == D.first_read(source, td.version) and x[-1] == len(tokens) - 1
         np.testing.assert_allclose(plotly_array(trace["y"]), retained[x, h], rtol=1e-4)
     ss = D.state_sizes(model, tokens, layers=[layer])
     state = _figure(at, f"State size after each token, layer {layer}")

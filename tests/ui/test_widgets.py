@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from inspector_ui.widgets import csv_bytes, duration_text, progress_text, url_bool
-from rwkv_core.figures.common import MAX_TICK_LABELS, escape_label, image_config, token_ticks
+from rwkv_core.figures.common import MAX_TICK_LABELS, escape_label, image_config, token_axis
 
 
 def test_long_waits_read_in_days_hours_and_minutes():
@@ -31,9 +31,11 @@ def test_url_switches_and_csv():
 def test_labels_ticks_and_image_config():
     assert escape_label("<b>&\n\t\x01") == "&lt;b&gt;&amp;↩⇥\\x01"
     assert escape_label("") == "∅" and escape_label("", empty="") == ""
-    ticks = token_ticks(["a", "b"], first=5)
-    assert ticks["tickvals"] == [5, 6] and ticks["ticktext"] == ["5: a", "6: b"]
-    assert token_ticks(["x"] * (MAX_TICK_LABELS + 1)) == {}
+    cats, axis = token_axis(["a", "b"], first=5)
+    assert cats == ["5: a", "6: b"] and axis["type"] == "category" and axis["categoryarray"] == cats
+    assert axis["tickvals"] == cats and axis["ticktext"] == cats  # every token labelled
+    cats, axis = token_axis(["x"] * (MAX_TICK_LABELS + 1))
+    assert len(set(cats)) == MAX_TICK_LABELS + 1 and "tickvals" not in axis  # unique; Plotly picks the ticks
     assert image_config("rwkv attn", "png")["toImageButtonOptions"]["filename"] == "rwkv_attn"
     with pytest.raises(ValueError):
         image_config("x", "gif")
