@@ -92,9 +92,20 @@ def score_inputs(run: Run) -> list[S.ScoreInputs]:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) -> dict[str, np.ndarray]:
-    """The selected token's row and column (A, and S with spans) for every (layer, head): [L, H, T] numpy."""
-    rc = gated(lambda: S.row_and_column(_inputs, sel, diagonal=diagonal, spans=spans), "Scoring the selected token")
+    """The selected token's row and column of A for every (layer, head), and with spans S's column (how long its
+    key lasts: the overview and the curves): [L, H, T] numpy. S's row is per layer (`span_row`)."""
+    rc = gated(lambda: S.row_and_column(_inputs, sel, diagonal=diagonal, spans="col" if spans else False),
+               "Scoring the selected token")
     return {k: v.detach().cpu().numpy() for k, v in rc.items() if isinstance(v, torch.Tensor)}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def span_row(rid: tuple, sel: int, layer: int, _si: S.ScoreInputs) -> np.ndarray:
+    """S[sel, :] of every head of one layer, [H, T]: what the selected token still holds of each earlier key. Only
+    the open layer's (the token view shows it): for v7 it costs O(T N^2) per head, a second at 1,000 tokens for all
+    12 layers of a 0.1B model."""
+    rc = gated(lambda: S.row_and_column([_si], sel, spans=True), "Scoring the selected token")
+    return rc["span_row"][0].detach().cpu().numpy()
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -454,8 +465,12 @@ def select_values(scored: list[RunScores], ch: Choices) -> None:
             st.stop()
         if rs.ok:
             li = rs.layers.index(ch.layer)
-            row, col = (rs.rc["row"], rs.rc["col"]) if ch.mode == ATTN else (rs.rc["span_row"], rs.rc["span_col"])
-            rs.values = np.where(np.arange(T) <= rs.sel, row[li, ch.head], col[li, ch.head])
+            if ch.mode == ATTN:
+                row, col = rs.rc["row"][li, ch.head], rs.rc["col"][li, ch.head]
+            else:
+                row = span_row(rs.rid, rs.sel, ch.layer, rs.inputs[li])[ch.head]
+                col = rs.rc["span_col"][li, ch.head]
+            rs.values = np.where(np.arange(T) <= rs.sel, row, col)
     ch.separate_scales = len({str(rs.run.cfg.version) for rs in scored}) > 1
     for group in ([[rs] for rs in scored] if ch.separate_scales else [scored]):
         factor = scale_factor(ch.scale, [rs.values[np.arange(len(rs.values)) != rs.sel]

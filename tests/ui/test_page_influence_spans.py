@@ -67,3 +67,31 @@ def test_spans_page_compare_models():
     at.session_state["layer"] = 5
     run_clean(at)
     assert any("has no layer 5" in w.value for w in at.warning)
+
+
+def test_token_view_values_are_the_open_heads_spans():
+    """The token view colours the selected token's row S[sel, i] (earlier tokens) and column S[j, sel] (later ones)
+    of the open layer and head: equal to the engine's full span matrix (demo v7, in the repository). The row is
+    computed for the open layer alone, so a layer change must bring that layer's row."""
+    from rwkv_core.analysis import scores as S
+    from rwkv_core.io.checkpoint import load_model
+    from tests.ui.page_helpers import page_session
+
+    prompt = "The Eiffel Tower is in Paris. The Colosseum is in Rome. " * 2
+    sel = 40
+    model = load_model(str(REPO / "models" / "demo-v7.pth"))
+    at = None
+    for layer, head in ((1, 2), (3, 0)):
+        if at is None:
+            at = run_clean(page_session(SPAN_PAGE, model="demo: demo v7 facts+retrieval", prompt=prompt, tok=sel,
+                                        layer=layer, head=head))
+        else:
+            at.session_state["layer"], at.session_state["head"] = layer, head
+            run_clean(at)
+        tv = token_views(at)[0]
+        assert tv["selected"] == sel
+        si = S.capture_score_inputs(model, list(prompt.encode()), layers=[layer])[0]
+        full = S.full_spans(si, head).numpy()  # [T, T]: S[j, i]
+        T = full.shape[0]
+        expect = np.where(np.arange(T) <= sel, full[sel, :], full[:, sel])
+        np.testing.assert_allclose(tv["values"], expect, rtol=1e-3)  # the view carries 4 significant digits

@@ -305,3 +305,30 @@ def _in_thread_value(fn):
     t.start()
     _join_all([t])
     return out[0]
+
+
+def test_pool_freezes_the_heap_after_a_load_and_frees_an_evicted_model():
+    """After a load every object that exists is frozen (Streamlit's collection after each rerun skips them), and a
+    model evicted later is still freed: the pool unfreezes and collects before freezing again."""
+    import gc
+    import weakref
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    e6 = ModelEntry("demo: v6", str(repo / "models" / "demo-v6.pth"), "bytes")
+    e7 = ModelEntry("demo: v7", str(repo / "models" / "demo-v7.pth"), "bytes")
+    gc.unfreeze()
+    try:
+        pool = ModelPool(budget_bytes=1)  # room for one model: each load evicts the other
+        first = pool.get(e6)
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(first) not in tracked and id(first.model) not in tracked  # frozen: collections skip them
+        assert gc.get_freeze_count() > 100_000  # torch, plotly, streamlit and the model, not a handful
+        gone = weakref.ref(first.model)
+        first = None
+        second = pool.get(e7)
+        assert [k[0] for k in pool.loaded_names()] == [e7.name]
+        assert gone() is None, "the evicted model is still in memory"
+        assert id(second.model) not in {id(o) for o in gc.get_objects()}
+    finally:
+        gc.unfreeze()
