@@ -173,6 +173,25 @@ def get_jobs() -> JobManager:
                                  f"{(str(e).splitlines() or [''])[0][:160]}); check {settings.RAY_ADDRESS_ENV}") from None
 
 
+_WARMING = threading.Event()
+
+
+def warm_jobs() -> None:
+    """Start the job manager (Ray and its workers: seconds) on a background thread, once per process, so that no
+    page waits for it; a failure is left for the `get_jobs()` call that needs the manager, which reports it."""
+    if _WARMING.is_set():
+        return
+    _WARMING.set()
+
+    def start() -> None:
+        try:
+            get_jobs()
+        except RWKVInspectorError:
+            pass
+
+    threading.Thread(target=start, name="rwkv-inspector-jobs-start", daemon=True).start()
+
+
 def model_spec(lm: LoadedModel) -> ModelSpec:
     """How a job worker loads the same model: the file, its tokenizer, the device and precision."""
     return ModelSpec(str(lm.entry.path), lm.entry.tokenizer, lm.entry.tokenizer_file, lm.device, lm.dtype)

@@ -25,7 +25,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from inspector_ui import settings as app_settings
-from inspector_ui.resources import get_jobs, model_spec
+from inspector_ui.resources import get_jobs, model_spec, warm_jobs
 from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
 from inspector_ui.widgets import duration_text, gated, progress_text, run_columns, url_bool
 from rwkv_core.jobs import cost as COST
@@ -270,13 +270,15 @@ def follow_traces(runs: list[Run], cols: list, request: "TraceRequest") -> None:
     """Progress bars (cells, time left, place in line) and one Stop button while this session's trace jobs run;
     each result is kept as soon as its job ends (a stopped job's incomplete grids included). A rerun (another
     widget touched) leaves the jobs running: the next run follows them again."""
-    jobs = get_jobs()
     pending = _jobs_of_session()
     store: dict = st.session_state.setdefault("ct_results", {})
-    for key in [k for k in pending if k not in request.keys]:  # settings changed: that job is not shown any more
-        jobs.forget(pending.pop(key)[0])
     for key in [k for k in store if k not in request.keys]:  # results not shown: dropped
         del store[key]
+    if not pending:
+        return  # no job of this session: the job manager is not needed (it may still be starting)
+    jobs = get_jobs()
+    for key in [k for k in pending if k not in request.keys]:  # settings changed: that job is not shown any more
+        jobs.forget(pending.pop(key)[0])
     if not pending:
         return
     stop_slot = st.empty()
@@ -451,6 +453,7 @@ def render(ctx: PageContext) -> None:
     traced = [(run, e) for run, e in zip(runs, entries) if e is not None and "results" in e]
     if traced:
         ablation_section(runs, traced, request, ctx.compare)
+    warm_jobs()  # after drawing: the first render does not wait for Ray, and Trace finds the workers ready
 
 
 def describe_models(runs: list[Run]) -> None:

@@ -163,3 +163,28 @@ def test_window_default_fits_a_small_model_and_a_link_keeps_its_window():
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.exception]
     assert at.number_input(key="ct_window").value == 4 and at.query_params["ct_window"] == "4"
+
+
+def test_the_page_draws_without_the_job_manager_and_then_warms_it(monkeypatch):
+    """Starting Ray and its workers takes seconds: the page's renders must not wait for it while this session has no
+    job (they draw the settings, the cost and any results), and each render asks for the manager to be started in
+    the background once it has drawn. Pressing Trace is what needs it (default model, in the repository)."""
+    pytest.importorskip("streamlit")
+    from inspector_ui.views import tracing as view
+
+    def no_manager():
+        raise AssertionError("a render without a job of this session asked for the job manager")
+
+    warmed: list[int] = []
+    monkeypatch.setattr(view, "get_jobs", no_manager)
+    monkeypatch.setattr(view, "warm_jobs", lambda: warmed.append(len(view.st.session_state.get("ct_jobs", {}))))
+    at = _page()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    assert any(c.value.startswith("Cost: ") and " cells · about " in c.value for c in at.caption), [c.value for c in at.caption]
+    at.selectbox(key="ct_metric").set_value("logprob").run()  # another render, still no job
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    assert warmed == [0, 0]  # asked after each render, with no job of this session
+    next(b for b in at.button if b.label == "Trace").click()
+    at.run()
+    assert at.exception  # Trace does need it (the app shows our AssertionError, its text redacted)
