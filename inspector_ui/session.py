@@ -102,9 +102,10 @@ class Run:
             return self.trace.predictions(k)  # from the full logits or the stored top-k (format 3)
         return None
 
-    def hover_tips(self) -> Optional[list[list]]:
-        """The token view's hover rows (top-16 predictions at every position), or None where there are none: a
-        trace without logits, or predictions that failed (no reason to lose the page)."""
+    def hover_tips(self) -> Optional[dict]:
+        """The token view's hover rows (top-16 predictions at every position, in `prediction_tips`'s compact form),
+        or None where there are none: a trace without logits, or predictions that failed (no reason to lose the
+        page)."""
         try:
             pred = self.predictions()
         except Exception:  # noqa: BLE001
