@@ -66,7 +66,7 @@ class ModelPool:
             ckpt = load_checkpoint(entry.path)  # CheckpointError on anything wrong: nothing is kept
             if entry.tokenizer == "auto" and entry.tokenizer_file is None and ckpt.tokenizer:
                 entry = replace(entry, tokenizer=ckpt.tokenizer[0], tokenizer_file=ckpt.tokenizer[1])  # its own
-            model = self._run(lambda: load_model(ckpt, device=device, dtype=DTYPES[dtype]))
+            model = self._run(lambda: load_model(ckpt, device=device, dtype=DTYPES[dtype], take=True))
             tok = make_tokenizer(entry, model.cfg.vocab_size)
             n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             while self._models and self.total_bytes() + n_bytes > self.budget_bytes:

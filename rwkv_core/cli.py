@@ -80,7 +80,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         layers = None if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--layers must be layer indices separated by commas, e.g. 0,5, not {args.layers!r}") from None
-    model = load_model(ckpt, device=args.device, dtype=DTYPES[args.dtype])
+    model = load_model(ckpt, device=args.device, dtype=DTYPES[args.dtype], take=True)
     try:
         arrays = build_trace(model, ids, layers=layers, token_texts=texts, tokenizer_kind=kind,
                              checkpoint_name=model.checkpoint_info["file"], scores=args.scores,
@@ -140,7 +140,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS, tokenizer_for
 
     ckpt = load_checkpoint(args.checkpoint)
-    model = load_model(ckpt, device=args.device)
+    model = load_model(ckpt, device=args.device, take=True)
     kind, path = ckpt.tokenizer if ckpt.tokenizer and not args.tokenizer and not args.utf16 else (None, None)
     if args.tokenizer:
         if args.tokenizer in TOKENIZER_KINDS:

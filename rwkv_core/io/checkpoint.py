@@ -281,12 +281,31 @@ def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_f
     return Checkpoint(str(path), cfg, sd, fmt, stored, extras, (tok[0], str(tok[1])) if tok else None)
 
 
+def model_dtypes(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """Official key -> the dtype the modules of `cfg` keep it in when built for `dtype` (matrices in `dtype`,
+    decays, mixes and norms in float32), read off a model on the meta device."""
+    from rwkv_core.model.rwkv import RWKV, SkipInit
+
+    with torch.device("meta"), SkipInit():
+        model = RWKV(cfg).to_device("meta", dtype)
+    return {k: v.dtype for k, v in model.state_dict().items()}
+
+
 def load_model(path: Union[PathLike, Checkpoint], *, device: Union[str, torch.device] = "cpu",
-               dtype: torch.dtype = torch.float32, ln_x_eps: Optional[float] = None):
-    """Checkpoint file -> RWKV module on `device` (matrices in `dtype`, decays and states in float32)."""
+               dtype: torch.dtype = torch.float32, ln_x_eps: Optional[float] = None, take: bool = False):
+    """Checkpoint file -> RWKV module on `device` (matrices in `dtype`, decays and states in float32).
+
+    take: the Checkpoint given is not used afterwards, so its tensors are converted to their model dtypes in place,
+    one at a time, each old one freed (a quantised GGUF's float32 weights built as bf16 never coexist with all of the
+    bf16 copy); always so for a path."""
     from rwkv_core.model.rwkv import RWKV
 
     ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, ln_x_eps=ln_x_eps)
+    if take or not isinstance(path, Checkpoint):
+        targets = model_dtypes(ckpt.config, dtype)
+        for k, t in ckpt.state_dict.items():
+            if targets.get(k, t.dtype) != t.dtype:
+                ckpt.state_dict[k] = t.to(targets[k])
     model = RWKV.from_state_dict(ckpt.config, ckpt.state_dict, device=device, dtype=dtype)
     model.checkpoint_info = ckpt.info()
     return model

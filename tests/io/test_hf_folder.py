@@ -237,3 +237,15 @@ def test_deep_embed_release_is_refused(tmp_path):
         sd[f"blocks.{l}.ffn.s0"] = torch.zeros(256)
     save_checkpoint(sd, tmp_path / "de.pth")
     _expect_error(tmp_path / "de.pth", "DeepEmbed", "not supported")
+
+
+def test_take_converts_the_checkpoints_tensors_in_place():
+    """load_model(ckpt, take=True) (the app's pool, the commands) moves each tensor to its model dtype in the
+    Checkpoint itself, freeing the old one; without take the Checkpoint is left as it was."""
+    ckpt = load_checkpoint(fx.v7_file("hf_bf16"))
+    before = {k: t.dtype for k, t in ckpt.state_dict.items()}
+    load_model(ckpt, dtype=torch.float32)
+    assert {k: t.dtype for k, t in ckpt.state_dict.items()} == before
+    model = load_model(ckpt, dtype=torch.float32, take=True)
+    assert all(t.dtype == torch.float32 for t in ckpt.state_dict.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
