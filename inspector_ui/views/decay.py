@@ -438,7 +438,9 @@ def token_head_section(views: list[View], nums: list[Optional[LayerNumbers]], tc
         st.caption("B − A of the per-head median log10 half-life, token by token (token labels of run A).")
     elif len(live) == 2:
         st.caption("No B − A heat map: the runs differ in architecture or token count.")
-    st.caption("Click a cell (or choose below) to see that token's channel spectrum."
+    long = min(len(v.tokens) for v, _ in live) > FD.CLICKABLE_TOKENS
+    st.caption(("Choose a token and head below (at this length a token's column is too narrow to click)"
+                if long else "Click a cell (or choose below)") + " to see that token's channel spectrum."
                + (" In compare mode the choices go up to the shorter prompt and the smaller head count."
                   if len(live) > 1 else ""))
 

@@ -513,7 +513,7 @@ def token_section(scored: list[RunScores], ch: Choices) -> None:
                                "role": np.where(idx < rs.sel, f"source ({value_name}[sel, i])",
                                                 np.where(idx == rs.sel, "selected", f"query ({value_name}[j, sel])")),
                                value_name: rs.values})
-            dl.download_button(f"Token values (CSV){_run_suffix(scored, run.label)}", csv_bytes(df),
+            dl.download_button(f"Token values (CSV){_run_suffix(scored, run.label)}", lambda df=df: csv_bytes(df),
                                file_name=f"{ch.mode}_tokens_L{ch.layer}_H{ch.head}_sel{rs.sel}_{run.label}.csv",
                                mime="text/csv", on_click="ignore", key=f"{P}_dl_tok_{run.label}")
             token_view(run.token_texts, key=_tv_key(P, run.label, tok, rs.sel),
@@ -580,7 +580,7 @@ def overview_section(scored: list[RunScores], ch: Choices) -> float:
                             key=_grid_key(P, rs.run.label, ch.layer, ch.head, ov, st.session_state["tok"]))
             gdf = pd.DataFrame({"layer": np.repeat(rs.layers, V.shape[1]),
                                 heads_word: np.tile(np.arange(V.shape[1]), len(rs.layers)), ov: V.reshape(-1)})
-            st.download_button(f"Overview (CSV){_run_suffix(scored, rs.run.label)}", csv_bytes(gdf),
+            st.download_button(f"Overview (CSV){_run_suffix(scored, rs.run.label)}", lambda gdf=gdf: csv_bytes(gdf),
                                file_name=f"{mode}_overview_{ov}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_grid_{rs.run.label}")
     note = (" A reach equal to the tokens left after the selected one is a lower bound (the span never fell below "
@@ -666,7 +666,7 @@ def span_curves_section(scored: list[RunScores], ch: Choices) -> None:
             cdf = pd.DataFrame({"distance": np.tile(np.arange(curves.shape[1]), curves.shape[0]),
                                 heads_word: np.repeat(np.arange(curves.shape[0]), curves.shape[1]),
                                 "span": curves.reshape(-1)})
-            st.download_button(f"Span curves (CSV){_run_suffix(scored, rs.run.label)}", csv_bytes(cdf),
+            st.download_button(f"Span curves (CSV){_run_suffix(scored, rs.run.label)}", lambda cdf=cdf: csv_bytes(cdf),
                                file_name=f"span_curves_L{layer}_sel{rs.sel}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_curves_{rs.run.label}")
 
@@ -709,7 +709,8 @@ def reach_section(scored: list[RunScores], ch: Choices, thr: float) -> None:
             rdf = pd.DataFrame({heads_word: np.repeat(np.arange(reach.shape[0]), T),
                                 "source": np.tile(np.arange(T), reach.shape[0]), "reach": reach.reshape(-1),
                                 "censored": cens.reshape(-1)})
-            st.download_button(f"Reach per source (CSV){_run_suffix(scored, rs.run.label)}", csv_bytes(rdf),
+            st.download_button(f"Reach per source (CSV){_run_suffix(scored, rs.run.label)}",
+                               lambda rdf=rdf: csv_bytes(rdf),
                                file_name=f"span_reach_L{layer}_{rs.run.label}.csv", mime="text/csv",
                                on_click="ignore", key=f"{P}_dl_reach_{rs.run.label}")
     st.caption("Triangles: sources whose span never fell below the threshold before the prompt ended (the reach is "

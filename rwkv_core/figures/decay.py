@@ -16,6 +16,7 @@ from plotly.colors import qualitative, sample_colorscale
 from rwkv_core.figures.common import SVG_MARKER_LIMIT, click_overlay, escape_label, token_axis
 
 LAYER_COLORSCALE = "Viridis"
+CLICKABLE_TOKENS = 256  # the tokens x heads heat map takes clicks up to this many tokens (columns >= ~3 px)
 HALF_LIFE_COLORSCALE = "Viridis"  # small half-life (fast forgetting) dark
 DECAY_COLORSCALE = "Viridis"
 STATIC_COLOR = "#636363"
@@ -157,7 +158,9 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
     median_log10_half_life [T, H]; x = token, y = head. Small values (dark) are tokens that make a head forget.
     zmin / zmax fix the colour range (compare mode: the same scale for both runs); None = the data's range.
     Heat maps give no click events in Streamlit, so an invisible marker sits on every cell (trace 1, customdata
-    = [token, head]); a click selects it. `selected` = (token, head) draws a frame around that cell.
+    = [token, head]); a click selects it. Beyond `CLICKABLE_TOKENS` tokens a column is narrower than a few pixels,
+    too narrow to aim at, and the markers would cost the browser a redraw of thousands of points on every change:
+    the heat map is then drawn alone. `selected` = (token, head) draws a frame around that cell.
     """
     z = np.asarray(median_log10_half_life, dtype=np.float64)  # [T, H]
     T, H = z.shape
@@ -169,15 +172,16 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
     fig = go.Figure(go.Heatmap(
         z=zt, x=cats, y=np.arange(H), colorscale=HALF_LIFE_COLORSCALE,
         zmin=zmin, zmax=zmax, colorbar=dict(title="median<br>log10 half-life"),
-        hovertemplate=("token %{x}<br>head %{y}<br>log10 median half-life = %{z:.3f}<extra></extra>")))
+        hovertemplate="token %{x}<br>head %{y}<br>log10 median half-life = %{z:.3f}<extra></extra>"))
     tt, hh = np.meshgrid(np.arange(T), np.arange(H))  # [H, T]
-    fig.add_trace(click_overlay(
-        x=[cats[t] for t in tt.reshape(-1)], y=hh.reshape(-1), name="cells",
-        customdata=np.stack([tt.reshape(-1), hh.reshape(-1), np.power(10.0, zt.reshape(-1))], -1),
-        marker=dict(symbol="square", size=14, color="rgba(0,0,0,0)", opacity=0.0),
-        selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-        hovertemplate=("token %{x}<br>head %{customdata[1]}<br>median half-life = "
-                       "%{customdata[2]:.4g} tokens<extra>click to inspect</extra>")))
+    if T <= CLICKABLE_TOKENS:
+        fig.add_trace(click_overlay(
+            x=[cats[t] for t in tt.reshape(-1)], y=hh.reshape(-1), name="cells",
+            customdata=np.stack([tt.reshape(-1), hh.reshape(-1), np.power(10.0, zt.reshape(-1))], -1),
+            marker=dict(symbol="square", size=14, color="rgba(0,0,0,0)", opacity=0.0),
+            selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
+            hovertemplate=("token %{x}<br>head %{customdata[1]}<br>median half-life = "
+                           "%{customdata[2]:.4g} tokens<extra>click to inspect</extra>")))
     if selected is not None:
         t, h = selected
         fig.add_shape(type="rect", x0=t - 0.5, x1=t + 0.5, y0=h - 0.5, y1=h + 0.5,

@@ -34,3 +34,31 @@ def test_decay_csv_built_on_click(base_url, page):
     assert len(rows) == 4 * 9 * 4  # L x T x H
     assert all(float(r["frobenius"]) >= float(r["max_abs"]) > 0 for r in rows)
     assert not app_exceptions(page)
+
+
+def test_attention_csvs_built_on_click(base_url, page):
+    """The Attention page hands its CSVs over as callables too: a click brings the open head's token values (equal
+    to the engine's A: the selected token's row for earlier tokens, its column for later ones) and the layer x head
+    overview."""
+    import numpy as np
+
+    from rwkv_core.analysis import scores as S
+    from rwkv_core.io.checkpoint import load_model
+    from tests.conftest import REPO
+
+    prompt = "The Eiffel Tower is in Paris."
+    sel, layer, head = 10, 2, 1
+    query = {"model": DEMO_V7, "prompt": prompt, "layer": layer, "head": head, "tok": sel}
+    open_app(page, f"{base_url}/Attention?{urlencode(query)}", FIRST_RUN_MS)
+    assert not app_exceptions(page)
+    rows = _download(page, "Token values (CSV)")
+    T = len(prompt)  # one token per byte
+    assert [int(r["token"]) for r in rows] == list(range(T)) and rows[sel]["role"] == "selected"
+    si = S.capture_score_inputs(load_model(str(REPO / "models" / "demo-v7.pth")), list(prompt.encode()),
+                                layers=[layer])[0]
+    A = S.full_scores(si, head).numpy()  # [T, T]: A[j, i]
+    expect = np.where(np.arange(T) <= sel, A[sel, :], A[:, sel])
+    np.testing.assert_allclose([float(r["A"]) for r in rows], expect, rtol=1e-4, atol=1e-7)
+    rows = _download(page, "Overview (CSV)")
+    assert len(rows) == 4 * 4  # layers x heads of the demo model
+    assert not app_exceptions(page)
