@@ -105,7 +105,7 @@ def _block_name(arch: str, rest: str) -> Optional[str]:
 def read_gguf(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     """Official-name tensors, the format name and metadata (ln_x eps, stored type, tokenizer) of a GGUF file."""
     try:
-        import gguf
+        import gguf  # noqa: F401  (installed?)
     except ImportError:
         raise CheckpointError(path, "reading GGUF needs the `gguf` package (pip install gguf)") from None
     try:

@@ -173,7 +173,8 @@ def requantize(src: Path, out: Path, qtype_name: str) -> Path:
 def v7_file(name: str) -> Path:
     """One file made from the synthetic RWKV-7 .pth ("pth"), built on first use with what it needs: "hf" (fp32
     folder), "hf_bf16" (bf16 folder in several shards), "gguf_f32", "gguf_f16", "gguf_bf16", "gguf_q8_0"
-    (llama.cpp's converter on "hf"), "gguf_q4_0", "gguf_q5_1", "gguf_q6_k" (re-quantised "gguf_f32")."""
+    (llama.cpp's converter on "hf"), "gguf_q4_0", "gguf_q4_1", "gguf_q5_0", "gguf_q5_1", "gguf_q6_k" (re-quantised
+    "gguf_f32")."""
     d = build_dir("v7")
     if name == "pth":
         return _once(d / "source.pth", lambda p: save_checkpoint(random_state_dict("7", seed=7, **V7_SHAPE), p))

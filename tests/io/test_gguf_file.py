@@ -22,7 +22,7 @@ pytest.importorskip("rwkv7_hf", reason="rwkv7-hf (test-only) writes the RWKV-7 f
 
 TOKENS = tokens_for(65536)
 # largest |quantised - source| / largest |source| of one tensor that the format allows
-QUANT_ERROR = {"q8_0": 0.01, "q4_0": 0.15, "q5_1": 0.05}
+QUANT_ERROR = {"q8_0": 0.01, "q4_0": 0.15, "q4_1": 0.15, "q5_0": 0.05, "q5_1": 0.05}
 
 
 def _source(version: str) -> dict[str, torch.Tensor]:
@@ -69,7 +69,8 @@ def test_half_files_equal_official_package_on_the_rounded_weights(kind, tmp_path
 SLOW = pytest.mark.slow  # the default run keeps q8_0 and q4_0 of RWKV-7; `-m slow` the rest
 
 
-@pytest.mark.parametrize("version,kind", [("7", "q8_0"), ("7", "q4_0"), pytest.param("7", "q5_1", marks=SLOW),
+@pytest.mark.parametrize("version,kind", [("7", "q8_0"), ("7", "q4_0"), pytest.param("7", "q4_1", marks=SLOW),
+                                          pytest.param("7", "q5_0", marks=SLOW), pytest.param("7", "q5_1", marks=SLOW),
                                           pytest.param("6", "q8_0", marks=SLOW)])
 def test_quantised_files_equal_official_package_on_the_dequantised_weights(version, kind, tmp_path):
     """Each tensor within the format's rounding of the source (so the mapping is right for quantised tensors
