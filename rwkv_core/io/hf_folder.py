@@ -12,7 +12,8 @@ Layouts (`config.json`'s `architectures`, else its `model_type`):
 - RwkvForCausalLM (RWKV-4, transformers' own class) and Rwkv5ForCausalLM / Rwkv6ForCausalLM (the Hub's remote
   code, RWKV/v5-Eagle-*-HF, RWKV/v6-Finch-*-HF): `rwkv.` + the official names with `embeddings`, `pre_ln`,
   `attention`, `feed_forward` and transformers' long mix names (`time_mix_key` for `time_mix_k`); ln_x eps is
-  1e-5 x head_size_divisor^2 (64e-5 by default).
+  1e-5 x head_size_divisor^2 (64e-5 by default), BlinkDL's value, which the weights were trained with (an early
+  version of the Hub's RWKV-5 code normalised with torch's default 1e-5).
 No code in the folder is imported or run (no trust_remote_code): only config.json, the weights and the tokenizer.
 """
 from __future__ import annotations
