@@ -58,8 +58,8 @@ class Checkpoint:
 # ------------------------------------------------------------------------------------------------ reading files
 
 
-def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
-    """Tensors as named in the file, the format name and format metadata."""
+def _read_raw(path: Path, dtype: Optional[torch.dtype] = None) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """Tensors as named in the file, the format name and format metadata (dtype: see `load_checkpoint`)."""
     if not path.exists():
         raise CheckpointError(path, "file not found")
     if path.is_dir():
@@ -78,7 +78,7 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     if head[:4] == GGUF_MAGIC:
         from rwkv_core.io.gguf_file import read_gguf
 
-        return read_gguf(path)
+        return read_gguf(path, dtype)
     if head[:4] == RWKVCPP_MAGIC:
         from rwkv_core.io.rwkvcpp import read_rwkvcpp
 
@@ -257,10 +257,14 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_finite: bool = True) -> Checkpoint:
-    """Read and validate a checkpoint file of any supported format; nothing is built if anything is wrong."""
+def load_checkpoint(path: PathLike, *, ln_x_eps: Optional[float] = None, check_finite: bool = True,
+                    dtype: Optional[torch.dtype] = None) -> Checkpoint:
+    """Read and validate a checkpoint file of any supported format; nothing is built if anything is wrong.
+
+    dtype: the dtype a model will be built in, when known: a quantised GGUF's matrices are dequantised straight into
+    it (otherwise float32)."""
     path = Path(path)
-    sd, fmt, meta = _read_raw(path)
+    sd, fmt, meta = _read_raw(path, dtype)
     if _is_reverse_digits_layout(sd):
         sd, fmt = _from_reverse_digits_layout(sd, path), "pth (reverse-digits layout)"
     if any(DEEP_EMBED.match(k) for k in sd):
@@ -300,7 +304,7 @@ def load_model(path: Union[PathLike, Checkpoint], *, device: Union[str, torch.de
     bf16 copy); always so for a path."""
     from rwkv_core.model.rwkv import RWKV
 
-    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, ln_x_eps=ln_x_eps)
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, ln_x_eps=ln_x_eps, dtype=dtype)
     if take or not isinstance(path, Checkpoint):
         targets = model_dtypes(ckpt.config, dtype)
         for k, t in ckpt.state_dict.items():

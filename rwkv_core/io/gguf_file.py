@@ -102,8 +102,64 @@ def _block_name(arch: str, rest: str) -> Optional[str]:
     return _BLOCK.get(rest) or (_V6 if arch == "rwkv6" else _V7).get(rest)
 
 
-def read_gguf(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
-    """Official-name tensors, the format name and metadata (ln_x eps, stored type, tokenizer) of a GGUF file."""
+def _official(reader, arch: str, path: Path, load, targets: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the file under its official name and shape; `load(t)` gives one tensor in the file's layout
+    (its data, or a meta tensor of its shape); `targets` (official key -> dtype) converts each as it is read."""
+    head_size = int(_field(reader, f"{arch}.wkv.head_size", 0) or 0)
+    if not head_size:
+        raise CheckpointError(path, f"no {arch}.wkv.head_size in the file's metadata: not a file llama.cpp could run")
+    rescale = int(_field(reader, f"{arch}.rescale_every_n_layers", 0) or 0)
+    sd: dict[str, torch.Tensor] = {}
+
+    def put(key: str, x: torch.Tensor) -> None:
+        sd[key] = x.to(targets[key]) if targets and targets.get(key, x.dtype) != x.dtype else x
+
+    for t in reader.tensors:
+        name = t.name
+        base, suffix = name.rpartition(".")[::2] if name.endswith((".weight", ".bias")) else (name, "weight")
+        m = re.match(r"blk\.(\d+)\.(\w+)$", base)
+        if not m:
+            put(_TOP.get(name, name), load(t))  # an unknown name is left for the key check to report
+            continue
+        b, rest = int(m.group(1)), m.group(2)
+        if arch == "rwkv7" and b == 0 and rest in ("time_mix_v0", "time_mix_v1", "time_mix_v2"):
+            continue  # llama.cpp's placeholder (a copy of the a-LoRA): layer 0 has no value residual
+        x = load(t)
+        if rest == "time_mix_lerp_fused":
+            order = LERP_ORDER[arch]
+            if x.numel() != len(order) * x.shape[-1]:
+                raise CheckpointError(path, f"{name} has shape {tuple(x.shape)}: expected {len(order)} fused mixes")
+            prefix = "att.time_maa_" if arch == "rwkv6" else "att.x_"
+            for i, key in enumerate(order):
+                sd[f"blocks.{b}.{prefix}{key}"] = x.reshape(len(order), -1)[i]
+            continue
+        official = _block_name(arch, rest)
+        if official is None:
+            sd[name] = x  # left for the key check to report
+            continue
+        if rest in _TRANSPOSED[arch]:
+            x = x.t()
+        elif arch == "rwkv6" and rest == "time_mix_w2":
+            x = x.permute(0, 2, 1)  # [5, C, Dm] -> [5, Dm, C]
+        elif rest == "time_mix_r_k":
+            x = x.reshape(-1, head_size)
+        if arch == "rwkv6" and rescale > 0 and rest in ("time_mix_output", "channel_mix_value") and b >= rescale:
+            x = x * float(2 ** (b // rescale))  # exact: a power of two
+        module = official in _BLOCK.values()  # a Linear or a norm: .weight / .bias; else a parameter
+        put(f"blocks.{b}.{official}.{suffix}" if module else f"blocks.{b}.{official}", x)
+    return sd
+
+
+def _meta(t) -> torch.Tensor:
+    """A tensor of `t`'s shape (numpy order) and no data."""
+    return torch.empty(tuple(int(d) for d in reversed(t.shape)), device="meta")
+
+
+def read_gguf(path: Path, dtype: Optional[torch.dtype] = None) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """Official-name tensors, the format name and metadata (ln_x eps, stored type, tokenizer) of a GGUF file.
+
+    dtype: the dtype the model will be built in. Quantised matrices that the model keeps in it are dequantised
+    straight into it, tensor by tensor (a q8_0 file built as bf16 never holds all of its float32 weights)."""
     try:
         import gguf  # noqa: F401  (installed?)
     except ImportError:
@@ -116,51 +172,18 @@ def read_gguf(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     arch = _field(reader, "general.architecture")
     if arch not in ARCHS:
         raise CheckpointError(path, f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHS)})")
-    head_size = int(_field(reader, f"{arch}.wkv.head_size", 0) or 0)
-    if not head_size:
-        raise CheckpointError(path, f"no {arch}.wkv.head_size in the file's metadata: not a file llama.cpp could run")
-    rescale = int(_field(reader, f"{arch}.rescale_every_n_layers", 0) or 0)
-    sd: dict[str, torch.Tensor] = {}
+    targets = None
+    if dtype is not None and dtype != torch.float32:
+        from rwkv_core.io.checkpoint import detect_config, model_dtypes
+
+        try:
+            targets = model_dtypes(detect_config(_official(reader, arch, path, _meta), path), dtype)
+        except (CheckpointError, ValueError, KeyError, RuntimeError):
+            targets = None  # the full read below and the key check report what is wrong
+    sd = _official(reader, arch, path, lambda t: _to_torch(t, path), targets)
     types: dict[str, int] = {}
     for t in reader.tensors:
-        name = t.name
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + int(t.n_elements)
-        if name.endswith(".weight") or name.endswith(".bias"):
-            base, _, suffix = name.rpartition(".")
-        else:
-            base, suffix = name, "weight"
-        m = re.match(r"blk\.(\d+)\.(\w+)$", base)
-        if name in _TOP:
-            sd[_TOP[name]] = _to_torch(t, path)
-        elif m:
-            b, rest = int(m.group(1)), m.group(2)
-            x = _to_torch(t, path)
-            if rest == "time_mix_lerp_fused":
-                order = LERP_ORDER[arch]
-                if x.numel() != len(order) * x.shape[-1]:
-                    raise CheckpointError(path, f"{name} has shape {tuple(x.shape)}: expected {len(order)} fused mixes")
-                prefix = "att.time_maa_" if arch == "rwkv6" else "att.x_"
-                for i, key in enumerate(order):
-                    sd[f"blocks.{b}.{prefix}{key}"] = x.reshape(len(order), -1)[i]
-                continue
-            if arch == "rwkv7" and b == 0 and rest in ("time_mix_v0", "time_mix_v1", "time_mix_v2"):
-                continue  # llama.cpp's placeholder (a copy of the a-LoRA): layer 0 has no value residual
-            official = _block_name(arch, rest)
-            if official is None:
-                sd[name] = x  # left for the key check to report
-                continue
-            if rest in _TRANSPOSED[arch]:
-                x = x.t()
-            elif arch == "rwkv6" and rest == "time_mix_w2":
-                x = x.permute(0, 2, 1)  # [5, C, Dm] -> [5, Dm, C]
-            elif rest == "time_mix_r_k":
-                x = x.reshape(-1, head_size)
-            if arch == "rwkv6" and rescale > 0 and rest in ("time_mix_output", "channel_mix_value") and b >= rescale:
-                x = x * float(2 ** (b // rescale))  # exact: a power of two
-            module = official in _BLOCK.values()  # a Linear or a norm: .weight / .bias; else a parameter
-            sd[f"blocks.{b}.{official}.{suffix}" if module else f"blocks.{b}.{official}"] = x
-        else:
-            sd[name] = _to_torch(t, path)
     quantised = {k: n for k, n in types.items() if k != "F32"}  # the file's type: the most common besides F32
     stored = max(quantised or types, key=(quantised or types).get).lower() if types else "f32"
     meta = {"ln_x_eps": LN_X_EPS, "version_hint": arch[-1], "data_type": stored,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv_core.io.checkpoint import load_checkpoint
+from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from tests.conftest import REPO
 from tests.io import format_fixtures as fx
 from tests.io.format_checks import assert_matches_official, ours, reference_from, rel_error, tokens_for
@@ -216,3 +216,16 @@ def test_every_command_takes_a_folder_and_a_gguf_file(tmp_path):
         "The Eiffel Tower", "--answer", " Paris", "--samples", "2", "--out", str(out))
     with np.load(out) as z:
         assert z["grid"].shape[1] == 2
+
+
+@pytest.mark.parametrize("version", ["7", "6"])
+def test_dequantised_straight_into_the_model_dtype(version):
+    """load_model(path, dtype=bf16) dequantises the matrices it keeps in bf16 one at a time (never all of the float32
+    weights at once): the same model as converting a float32 read afterwards, its vectors still float32."""
+    path = _file(version, "q8_0")
+    direct = load_checkpoint(path, dtype=torch.bfloat16)
+    assert {t.dtype for t in direct.state_dict.values()} == {torch.bfloat16, torch.float32}
+    assert direct.state_dict["emb.weight"].dtype == torch.bfloat16
+    a = load_model(path, dtype=torch.bfloat16).state_dict()
+    b = load_model(load_checkpoint(path), dtype=torch.bfloat16).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
