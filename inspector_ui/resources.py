@@ -63,7 +63,7 @@ class ModelPool:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            ckpt = load_checkpoint(entry.path)  # CheckpointError on anything wrong: nothing is kept
+            ckpt = load_checkpoint(entry.path, dtype=DTYPES[dtype])  # CheckpointError on anything wrong: nothing is kept
             if entry.tokenizer == "auto" and entry.tokenizer_file is None and ckpt.tokenizer:
                 entry = replace(entry, tokenizer=ckpt.tokenizer[0], tokenizer_file=ckpt.tokenizer[1])  # its own
             model = self._run(lambda: load_model(ckpt, device=device, dtype=DTYPES[dtype], take=True))

@@ -70,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from rwkv_core.io.checkpoint import load_checkpoint, load_model
     from rwkv_core.io.trace_file import build_trace, save_trace
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, dtype=DTYPES[args.dtype])
     if args.tokenizer is None and args.tokenizer_file is None and ckpt.tokenizer:
         args.tokenizer, args.tokenizer_file = ckpt.tokenizer  # a folder's or a GGUF's own tokenizer
     ids, texts, kind = export_prompt(args, ckpt.config.vocab_size)
