@@ -22,6 +22,9 @@ Goals on CPU: first render <= forward + 2 s (1.5B: + 5 s), display change <= 1 s
 """
 from __future__ import annotations
 
+# First: the app's OpenMP setting (inspector_ui/__init__.py) before torch loads, so the forward pass of the baseline
+# computes as the server does (with libgomp's default it took 3.3 to 46 s within one run on a busy machine).
+import inspector_ui  # noqa: F401,I001
 import argparse
 import os
 import shutil
