@@ -9,7 +9,8 @@ operations (the state measured token by token) slows by an order of magnitude. T
   forward     the model over the prompt (logits included)
   state pass  the decay page's pass: x_w of every layer, the state measured after every token of the last layer
 
-under each OpenMP setting (libgomp's default; OMP_WAIT_POLICY=PASSIVE, what the inspector sets; one thread), alone
+under each OpenMP setting (libgomp's default; OMP_WAIT_POLICY=PASSIVE, what the inspector sets; shorter spin counts;
+one thread), alone
 and beside one busy process per core but one (a competitor that spins in pure Python). Best of three, seconds, with
 the ratio to the default alone.
 
@@ -32,6 +33,8 @@ from bench.bench_decay_page import random_checkpoint, shape_arguments
 SETTINGS = {
     "libgomp default": {},
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+    "GOMP_SPINCOUNT=100000": {"GOMP_SPINCOUNT": "100000"},
     "one thread": {"OMP_NUM_THREADS": "1"},
 }
 

@@ -12,7 +12,9 @@ in by link (`prompt_id`, as the app itself shares long prompts). Chromium (Playw
 
 A step's time runs from the action (the navigation's start, or just before the click) to the server's last message
 of the rerun, read in the browser. The baseline is the forward pass over the same prompt in this process's main
-thread (the model's `model(tokens)`, logits included; best of three after a warm-up), timed before the server starts.
+thread (the model's `model(tokens)`, logits included; best of three after a warm-up), timed before the server starts,
+under libgomp's default (its fastest setting on an idle machine; the server sets OMP_WAIT_POLICY=PASSIVE, see
+bench/bench_omp_wait.py: run this with the machine otherwise idle).
 Goals on CPU: first render <= forward + 2 s (1.5B: + 5 s), display change <= 1 s (1.5B: 2 s). The server's memory
 (resident now, and its peak) is printed after each page.
 
@@ -22,9 +24,6 @@ Goals on CPU: first render <= forward + 2 s (1.5B: + 5 s), display change <= 1 s
 """
 from __future__ import annotations
 
-# First: the app's OpenMP setting (inspector_ui/__init__.py) before torch loads, so the forward pass of the baseline
-# computes as the server does (with libgomp's default it took 3.3 to 46 s within one run on a busy machine).
-import inspector_ui  # noqa: F401,I001
 import argparse
 import os
 import shutil
