@@ -10,9 +10,11 @@ is restarted by Ray; the next job runs on it.
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -118,6 +120,7 @@ def start_ray(settings: ClusterSettings) -> None:
         kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=settings.object_store_mb * 2**20)
     if threading.current_thread() is threading.main_thread():
         ray.init(**kwargs)
+        atexit.register(_cancel_abort_alarm)
         return
     started, failure = threading.Event(), []
 
@@ -135,6 +138,16 @@ def start_ray(settings: ClusterSettings) -> None:
     started.wait()
     if failure:
         raise failure[0]
+    atexit.register(_cancel_abort_alarm)
+
+
+def _cancel_abort_alarm() -> None:
+    """Ray's driver handles SIGTERM with abseil's failure signal handler, which arms a 3-second alarm that aborts the
+    process (exit code -6, SIGABRT) if it is still shutting down then (ray-project/ray#64830); the server's stop and
+    Ray's own shutdown take about that long. Registered after ray.init, this exit handler runs before Ray's shutdown
+    and cancels the alarm, so a server stopped with SIGTERM exits normally."""
+    if hasattr(signal, "alarm"):
+        signal.alarm(0)
 
 
 class JobManager:
