@@ -173,8 +173,8 @@ def token_head_heatmap(median_log10_half_life: np.ndarray, token_labels: Sequenc
         z=zt, x=cats, y=np.arange(H), colorscale=HALF_LIFE_COLORSCALE,
         zmin=zmin, zmax=zmax, colorbar=dict(title="median<br>log10 half-life"),
         hovertemplate="token %{x}<br>head %{y}<br>log10 median half-life = %{z:.3f}<extra></extra>"))
-    tt, hh = np.meshgrid(np.arange(T), np.arange(H))  # [H, T]
     if T <= CLICKABLE_TOKENS:
+        tt, hh = np.meshgrid(np.arange(T), np.arange(H))  # [H, T]
         fig.add_trace(click_overlay(
             x=[cats[t] for t in tt.reshape(-1)], y=hh.reshape(-1), name="cells",
             customdata=np.stack([tt.reshape(-1), hh.reshape(-1), np.power(10.0, zt.reshape(-1))], -1),
