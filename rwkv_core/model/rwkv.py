@@ -104,12 +104,18 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor, hook: HookPoint, positions:
 
 
 def run_wkv_segments(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: torch.Tensor, hook: HookPoint,
-                     positions: Sequence[int], need_state: bool = True):
+                     positions: Sequence[int], need_state: bool = True, states_fn: Optional[Callable] = None):
     """Run a WKV function over the tokens, stopping after each position in `positions` to let `hook` see or replace
     the state. fn(*inputs_slice, state, need_state=...) -> (y, state); inputs are [B, T, ...]. With need_state
-    False the state after the last token may come back as None (see `wkv`: the caller discards it)."""
+    False the state after the last token may come back as None (see `wkv`: the caller discards it).
+
+    Where the hook asks for the state after most tokens and the version has a states kernel (`states_fn`:
+    fn(*inputs_slice, state) -> (y, states after every token)), the tokens run `wkv.STATES_BLOCK` at a time through
+    it instead of one call per token."""
     T = seq_inputs[0].shape[1]
     cuts = sorted(set(p for p in positions if 0 <= p < T)) if hook.active else []
+    if states_fn is not None and len(cuts) * 8 > T:
+        return _run_wkv_blocks(states_fn, seq_inputs, state, hook, set(cuts))
     ys, start = [], 0
     for p in cuts + [T - 1]:
         if p < start:
@@ -119,6 +125,28 @@ def run_wkv_segments(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: to
         if p in cuts:
             state = hook(state, pos=p)
         start = p + 1
+    return torch.cat(ys, 1), state
+
+
+def _run_wkv_blocks(states_fn: Callable, seq_inputs: Sequence[torch.Tensor], state: torch.Tensor, hook: HookPoint,
+                    cuts: set[int]):
+    """`run_wkv_segments` for a state hook at most tokens: blocks of `wkv.STATES_BLOCK` tokens, each giving the state
+    after every token; the hook sees each asked-for one, and where it returns another tensor (a replaced state)
+    the block is cut there and the next one starts from it."""
+    T = seq_inputs[0].shape[1]
+    ys, start = [], 0
+    while start < T:
+        stop = min(start + wkv.STATES_BLOCK, T)
+        y, states = states_fn(*(t[:, start:stop] for t in seq_inputs), state)  # states: [B, L, *state shape]
+        end, state = stop, states[:, -1]
+        for p in sorted(c for c in cuts if start <= c < stop):
+            seen = states[:, p - start]
+            out = hook(seen, pos=p)
+            if out is not seen:
+                end, state = p + 1, out
+                break
+        ys.append(y[:, :end - start])
+        start = end
     return torch.cat(ys, 1), state
 
 
@@ -247,7 +275,8 @@ def _wkv5_run(r, k, v, logw, u, state, hook: HookPoint, positions, chunked: bool
     kern = wkv.wkv5_chunked if chunked else wkv.wkv5_serial
     heads = lambda t: t.reshape(B, T, H, N)
     y, state = run_wkv_segments(lambda r_, k_, v_, w_, s, need_state: kern(r_, k_, v_, w_, u, s, need_state=need_state),
-                                (heads(r), heads(k), heads(v), logw), state, hook, positions, need_state)
+                                (heads(r), heads(k), heads(v), logw), state, hook, positions, need_state,
+                                states_fn=lambda r_, k_, v_, w_, s: wkv.wkv5_states(r_, k_, v_, w_, u, s))
     return y.reshape(B, T, C), state
 
 
@@ -401,7 +430,7 @@ class TimeMixV7(TimeMix):
         kern = (self.wkv7_chunked or wkv.wkv7_chunked) if self.use_chunked(chunked, positions, T) else wkv.wkv7_serial
         heads = lambda t: t.reshape(B, T, H, N)
         y, state = run_wkv_segments(kern, (heads(r), heads(logw), heads(k), heads(v), heads(-kk), heads(kk * a)),
-                                    state, self.hook_state, positions, need_state)
+                                    state, self.hook_state, positions, need_state, states_fn=wkv.wkv7_states)
         y = self.hook_wkv(y.reshape(B, T, C))
         y = group_norm(y, H, self.ln_x.weight, self.ln_x.bias, self.cfg.ln_x_eps)
         bonus = (r * k * self.bonus().view(C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)

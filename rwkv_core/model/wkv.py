@@ -14,12 +14,13 @@ State layouts are those of the official implementation:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 V4_PP_INIT = -1e30  # the log-scale of the empty past (weight 0)
 FACTOR_SPAN = 60.0  # a chunk whose total log-decay stays above -60 may split its decay factors (e^60 ~ 1e26 < fp32 max)
+STATES_BLOCK = 16  # tokens per call of a states kernel (`wkv5_states`, `wkv7_states`) under a state hook at every token
 
 
 # ---------------------------------------------------------------- shared states
@@ -130,19 +131,33 @@ def wkv4_chunked(k, v, rho, u, state, chunk: int = 32, need_state: bool = True):
 # ---------------------------------------------------------------- v5 / v6 (diagonal decay, read then decay)
 
 
+def _wkv5_steps(r, k, v, logw, u, state) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The v5/v6 recurrence one token at a time: (y_t [B, H, N], S_t [B, H, N, N]) for every token."""
+    state = _rows(state, r.shape[0])
+    w = torch.exp(logw)
+    for t in range(r.shape[1]):
+        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, N, N]
+        y = torch.einsum("bhk,bhkv->bhv", r[:, t], state + u[:, :, None] * kv)
+        state = w[:, t, :, :, None] * state + kv
+        yield y, state
+
+
 def wkv5_serial(r, k, v, logw, u, state, need_state: bool = True):
     """v5.x/v6 WKV token by token: y_t = r_t (diag(u) k_t^T v_t + S_{t-1}); S_t = diag(w_t) S_{t-1} + k_t^T v_t.
 
     r, k, v, logw [B, T, H, N] (logw = log of the per-step decay, <= 0); u [H, N]; state [B, H, N, N] (key, value).
     """
-    state = _rows(state, r.shape[0])
-    w = torch.exp(logw)
     ys = []
-    for t in range(r.shape[1]):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, N, N]
-        ys.append(torch.einsum("bhk,bhkv->bhv", r[:, t], state + u[:, :, None] * kv))
-        state = w[:, t, :, :, None] * state + kv
-    return torch.stack(ys, 1), state
+    for y, state in _wkv5_steps(r, k, v, logw, u, state):
+        ys.append(y)
+    return torch.stack(ys, 1), _rows(state, r.shape[0])
+
+
+def wkv5_states(r, k, v, logw, u, state):
+    """`wkv5_serial` of a short segment that also returns the state after every token: y [B, L, H, N] and states
+    [B, L, H, N, N] (key, value). For a state hook at every token, `STATES_BLOCK` tokens at a time."""
+    ys, states = zip(*_wkv5_steps(r, k, v, logw, u, state))
+    return torch.stack(ys, 1), torch.stack(states, 1)
 
 
 def _to_chunks(x: torch.Tensor, L: int) -> torch.Tensor:
@@ -208,20 +223,34 @@ def wkv5_chunked(r, k, v, logw, u, state, chunk: int = 16, max_elems: int = 1 <<
 # ---------------------------------------------------------------- v7 (diagonal decay plus rank-1 removal, update then read)
 
 
+def _wkv7_steps(r, logw, k, v, alpha, beta, state) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The v7 recurrence one token at a time: (y_t [B, H, N], S_t [B, H, N, N]) for every token."""
+    state = _rows(state, r.shape[0])
+    w = torch.exp(logw)
+    for t in range(r.shape[1]):
+        sa = torch.einsum("bhvk,bhk->bhv", state, alpha[:, t])  # [B, H, N]: S alpha^T
+        state = (state * w[:, t, :, None, :] + sa[..., None] * beta[:, t, :, None, :]
+                 + v[:, t, :, :, None] * k[:, t, :, None, :])
+        yield torch.einsum("bhvk,bhk->bhv", state, r[:, t]), state
+
+
 def wkv7_serial(r, logw, k, v, alpha, beta, state, need_state: bool = True):
     """v7 WKV token by token: S_t = S_{t-1} (diag(w_t) + alpha_t^T beta_t) + v_t^T k_t;  y_t = S_t r_t^T.
 
     r, logw, k (the modified key k~), v, alpha (= -kk), beta (= kk * a): [B, T, H, N]; state [B, H, N, N] (value, key).
     """
-    state = _rows(state, r.shape[0])
-    w = torch.exp(logw)
     ys = []
-    for t in range(r.shape[1]):
-        sa = torch.einsum("bhvk,bhk->bhv", state, alpha[:, t])  # [B, H, N]: S alpha^T
-        state = (state * w[:, t, :, None, :] + sa[..., None] * beta[:, t, :, None, :]
-                 + v[:, t, :, :, None] * k[:, t, :, None, :])
-        ys.append(torch.einsum("bhvk,bhk->bhv", state, r[:, t]))
-    return torch.stack(ys, 1), state
+    for y, state in _wkv7_steps(r, logw, k, v, alpha, beta, state):
+        ys.append(y)
+    return torch.stack(ys, 1), _rows(state, r.shape[0])
+
+
+def wkv7_states(r, logw, k, v, alpha, beta, state):
+    """`wkv7_serial` of a short segment that also returns the state after every token: y [B, L, H, N] and states
+    [B, L, H, N, N] (value, key). For a state hook at every token, `STATES_BLOCK` tokens at a time (token by token
+    is faster here than the chunked algebra, whose per-token states cost a cumulative sum of outer products)."""
+    ys, states = zip(*_wkv7_steps(r, logw, k, v, alpha, beta, state))
+    return torch.stack(ys, 1), torch.stack(states, 1)
 
 
 V7_MAX_CHUNK_EXP = 40.0  # v7 chunks are cut so that the chunk-local decay exponents stay within e^{+-40}

@@ -337,3 +337,55 @@ def test_hook_xw_is_the_decay_lora_input(version):
     assert not torch.allclose(patched["blocks.1.att.hook_logw"], cache["blocks.1.att.hook_logw"])
     for n in ("r", "k"):
         assert torch.equal(patched[f"blocks.1.att.hook_{n}"], cache[f"blocks.1.att.hook_{n}"])
+
+
+@pytest.mark.parametrize("version", ["5.2", "6", "7"])
+@pytest.mark.parametrize("L", [1, 7, 16])
+def test_states_kernels_equal_serial_step_by_step_in_float64(version, L):
+    """`wkv5_states` / `wkv7_states`: the output and the state after every token equal the serial kernel run one
+    token at a time (shared starting states included)."""
+    torch.manual_seed(2)
+    B, Bs, H, N = 4, 2, 2, 8
+    f64 = dict(dtype=torch.float64)
+    r, k, v = (torch.randn(B, L, H, N, **f64) for _ in range(3))
+    s0 = torch.randn(Bs, H, N, N, **f64)
+    if version == "7":
+        logw = -0.6065 * torch.sigmoid(torch.randn(B, L, H, N, **f64))
+        kk = torch.nn.functional.normalize(torch.randn(B, L, H, N, **f64), dim=-1)
+        a = torch.sigmoid(torch.randn(B, L, H, N, **f64))
+        args, serial, states_fn = (r, logw, k, v, -kk, kk * a), wkv.wkv7_serial, wkv.wkv7_states
+    else:
+        logw = -torch.exp(torch.randn(B, L, H, N, **f64) * 2.0)
+        u = torch.randn(H, N, **f64)
+        args = (r, k, v, logw, u)
+        serial, states_fn = wkv.wkv5_serial, wkv.wkv5_states
+    y, states = states_fn(*args, s0)
+    assert y.shape == (B, L, H, N) and states.shape == (B, L, H, N, N)
+    state = s0.repeat(B // Bs, 1, 1, 1)
+    for t in range(L):
+        step = tuple(x[:, t:t + 1] if x.dim() == 4 else x for x in args)
+        yt, state = serial(*step, state)
+        assert (y[:, t:t + 1] - yt).abs().max() < 1e-10 * max(1.0, float(yt.abs().max()))
+        assert (states[:, t] - state).abs().max() < 1e-10 * max(1.0, float(state.abs().max()))
+
+
+@pytest.mark.parametrize("version", ["5.2", "6", "7"])
+def test_state_hook_at_every_token_sees_and_replaces_as_at_a_few(version):
+    """A state hook at every token (blocks of a states kernel) sees the states of the prefix runs, and a state it
+    replaces after token 10 gives what the same replacement at that one position gives (one call per segment)."""
+    model = _random_model(version, n_layer=2, n_embd=32, head_size=16, seed=5)
+    toks = list(range(1, 41))
+    _, _, cache = model.run_with_cache(toks, names_filter="blocks.1.att.hook_state", state_positions=range(40))
+    states = cache["blocks.1.att.hook_state"][0]  # [P, H, N, N]
+    for p in (0, 15, 16, 39):
+        with torch.no_grad():
+            _, s = model(toks[:p + 1])
+        assert torch.allclose(states[p], s.wkv[1, 0], atol=1e-5)
+    zero = model.zero_state(1).wkv[1]
+    replace = lambda t, h: zero if h.pos == 10 else None  # noqa: E731
+    with torch.no_grad():
+        dense, _ = model.run_with_hooks(toks, [("blocks.1.att.hook_state", replace)], state_positions=range(40))
+        sparse, _ = model.run_with_hooks(toks, [("blocks.1.att.hook_state", replace)], state_positions=[10])
+        base, _ = model(toks)
+    assert (dense[:, 11:] - base[:, 11:]).abs().max() > 1e-4
+    assert torch.allclose(dense, sparse, atol=1e-5)
