@@ -34,6 +34,9 @@ _OFFERED: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 
 
 _OFFERED_LOCK = threading.Lock()
+# the greedy next token of every prompt whose predictions were made (top-1 at the last position), so that a page
+# asking only for it (Causal tracing's default answer) runs no forward of its own after the home page's
+_NEXT_TOKEN: "OrderedDict[tuple, int]" = OrderedDict()
 
 
 def offer_predictions(model_key: tuple, tokens: tuple[int, ...], logits: torch.Tensor, k: int = 16) -> None:
@@ -49,16 +52,38 @@ def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple
     """Top-k next-token ids and probabilities at every position: [T, k] each (one forward, unless offered)."""
     with _OFFERED_LOCK:
         offered = _OFFERED.pop((tuple(model_key), tuple(tokens), k), None)
-    if offered is not None:
-        return offered
+    if offered is None:
+        lm = loaded_model(model_key)
+
+        def run():
+            with torch.no_grad():
+                logits, _ = lm.model(list(tokens))
+            return top_k(logits[0], k)
+
+        offered = gated(run)
+    if len(tokens):
+        with _OFFERED_LOCK:
+            _NEXT_TOKEN[(tuple(model_key), tuple(tokens))] = int(offered[0][-1, 0])
+            while len(_NEXT_TOKEN) > 64:
+                _NEXT_TOKEN.popitem(last=False)
+    return offered
+
+
+def greedy_tokens(model_key: tuple, tokens: tuple[int, ...], n: int) -> list[int]:
+    """The prompt's greedy continuation, n tokens: the first from the prompt's predictions where they were made,
+    else from `RWKV.greedy` (no logits but the last token's)."""
+    if n == 1:
+        with _OFFERED_LOCK:
+            known = _NEXT_TOKEN.get((tuple(model_key), tuple(tokens)))
+        if known is not None:
+            return [known]
+    return _greedy(model_key, tokens, n)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _greedy(model_key: tuple, tokens: tuple[int, ...], n: int) -> list[int]:
     lm = loaded_model(model_key)
-
-    def run():
-        with torch.no_grad():
-            logits, _ = lm.model(list(tokens))
-        return top_k(logits[0], k)
-
-    return gated(run)
+    return gated(lambda: lm.model.greedy(list(tokens), n))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

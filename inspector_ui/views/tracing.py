@@ -26,7 +26,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from inspector_ui import settings as app_settings
 from inspector_ui.resources import get_jobs, model_spec, warm_jobs
-from inspector_ui.session import PageContext, Run, bind, predictions, publish, qp_get
+from inspector_ui.session import PageContext, Run, bind, greedy_tokens, publish, qp_get
 from inspector_ui.widgets import duration_text, gated, progress_text, run_columns, url_bool
 from rwkv_core.jobs import cost as COST
 from rwkv_core.jobs.specs import AblationJob, TraceJob
@@ -69,13 +69,9 @@ def _greedy_answer(run: Run) -> str:
     """The model's greedy continuation of the prompt as text: one token, or two where one token alone is not
     text that tokenises back to itself (a byte of a multi-byte character, half a UTF-16 code unit)."""
     tok = run.loaded.tokenizer
-    ids, got = list(run.tokens), []
     try:
-        for _ in range(2):
-            top, _p = predictions(run.model_key, tuple(ids), 1)
-            nxt = int(top[-1, 0])
-            got.append(nxt)
-            ids.append(nxt)
+        for n in (1, 2):  # a second token only where the first alone is not text
+            got = greedy_tokens(run.model_key, tuple(run.tokens), n)
             text = tok.decode(got)
             try:
                 if text and list(tok.encode(text).ids) == got:

@@ -632,6 +632,17 @@ class RWKV(nn.Module):
         """Logits from a residual stream [..., C]: head(ln_out(resid)) (the logit lens at any layer)."""
         return lin(_ln(self.ln_out, resid), self.head.weight, self.head.bias)
 
+    @torch.no_grad()
+    def greedy(self, tokens: Sequence[int], n: int = 1) -> list[int]:
+        """The prompt's greedy continuation: its n most likely next tokens, each chosen after the one before (one
+        sequence pass unembedding only the last token, then one-token steps from the state)."""
+        logits, state = self(list(tokens), logits="last")  # [1, 1, V]
+        out = [int(logits[0, -1].argmax())]
+        while len(out) < n:
+            logits, state = self([out[-1]], state, logits="last")
+            out.append(int(logits[0, -1].argmax()))
+        return out
+
     def forward_rnn(self, tokens: Tokens, state: Optional[RWKVState] = None) -> tuple[torch.Tensor, RWKVState]:
         """RNN mode: one token at a time through the whole network, the state carried explicitly."""
         idx = self._tokens(tokens)

@@ -389,3 +389,18 @@ def test_state_hook_at_every_token_sees_and_replaces_as_at_a_few(version):
         base, _ = model(toks)
     assert (dense[:, 11:] - base[:, 11:]).abs().max() > 1e-4
     assert torch.allclose(dense, sparse, atol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["4", "7"])
+def test_greedy_continuation_equals_argmax_of_full_runs(version):
+    """`RWKV.greedy` (last-token logits, then one-token steps) picks what the argmax of a whole run over the prompt
+    and the tokens chosen so far picks."""
+    model = _random_model(version, n_layer=2, n_embd=32, head_size=16, seed=6)
+    toks = list(range(5, 17))
+    got = model.greedy(toks, 3)
+    ids = list(toks)
+    for g in got:
+        with torch.no_grad():
+            logits, _ = model(ids)
+        assert g == int(logits[0, -1].argmax())
+        ids.append(g)

@@ -188,3 +188,35 @@ def test_the_page_draws_without_the_job_manager_and_then_warms_it(monkeypatch):
     next(b for b in at.button if b.label == "Trace").click()
     at.run()
     assert at.exception  # Trace does need it (the app shows our AssertionError, its text redacted)
+
+
+def test_default_answer_after_the_home_page_runs_no_forward_of_its_own():
+    """The default answer is the prompt's greedy next token: after the home page made the prompt's predictions,
+    the Causal tracing page takes it from them instead of running the prompt again (the default model, in the
+    repository; a prompt that is not the registry's tracing example)."""
+    pytest.importorskip("streamlit")
+    import torch
+
+    from rwkv_core.model.rwkv import RWKV
+
+    prompt_runs: list[int] = []
+
+    def count(module, args):
+        if isinstance(module, RWKV) and args and isinstance(args[0], (list, tuple)):
+            prompt_runs.append(len(args[0]))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        at = app_session("app.py", prompt="The history of the language model")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert prompt_runs, "the home page made no predictions"
+        before = list(prompt_runs)
+        at.switch_page("pages/4_Causal_tracing.py")
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    finally:
+        handle.remove()
+    answer = at.text_input(key="ct_answer").value
+    assert answer  # the greedy next token, as text
+    assert prompt_runs == before, prompt_runs[len(before):]  # no run over the prompt on the tracing page
