@@ -13,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -53,6 +54,16 @@ def route() -> None:
 
 def declare_if_run_directly() -> None:
     """Declare the pages when Streamlit ran a page file of `pages/` itself (no `route` before it: the first runs of
-    a server, and AppTest): without this the sidebar would list the home page as "app"."""
-    if PagesManager.uses_pages_directory:
-        st.navigation(app_pages(), position="sidebar")
+    a server, and AppTest): without this the sidebar would list the home page as "app".
+
+    In a server started with app.py that run then starts the same view again through app.py's router, with the
+    link's query parameters, before any widget exists: otherwise the widgets of that first run would be new to
+    Streamlit at the next rerun (which goes through the router) and what the user did first, such as uploading a
+    trace, would be lost."""
+    if not PagesManager.uses_pages_directory:
+        return
+    page = st.navigation(app_pages(), position="sidebar")
+    ctx = get_script_run_ctx()
+    main = Path(ctx.pages_manager.main_script_path).resolve() if ctx is not None else None
+    if main == APP and page.url_path:  # a view of app.py's multipage app (not a page file opened on its own)
+        st.switch_page(page, query_params=[(k, v) for k in st.query_params for v in st.query_params.get_all(k)])

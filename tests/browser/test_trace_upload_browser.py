@@ -10,7 +10,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import app_exceptions, open_app, rerun, wait_for_app
+from tests.browser.conftest import APP_SCRIPT, app_exceptions, open_app, rerun, wait_for_app
 
 DEMO_V7 = "demo: demo v7 facts+retrieval"
 RUN_MS = 180_000
@@ -61,3 +61,26 @@ def test_an_uploaded_trace_stays_open_across_pages_until_closed(base_url, page, 
     wait_for_app(page, RUN_MS)
     expect(main.get_by_text("Upload a trace file")).to_be_visible()
     expect(sidebar.locator('input[type="file"]')).to_have_count(1)
+
+
+def test_a_trace_uploaded_first_thing_from_a_link_on_a_fresh_server_stays(page, streamlit_server, tmp_path):
+    """A fresh server runs a linked view's file itself on its first run and routes through app.py after that: a
+    trace uploaded as the very first action there must not be lost to that switch (nor the URL's choices)."""
+    trace = tmp_path / "eiffel.npz"
+    _trace_file(trace)
+    url = streamlit_server(APP_SCRIPT, env={"RWKV_INSPECTOR_TEST_FIRST_RUN_UPLOAD": "1"})  # a server of its own
+    try:
+        open_app(page, f"{url}/Attention?source=trace+file&head=1", RUN_MS)
+        sidebar, main = page.get_by_test_id("stSidebar"), page.get_by_test_id("stMain")
+        expect(main.get_by_text("Upload a trace file")).to_be_visible()
+        assert page.url.startswith(f"{url}/Attention?") and "head=1" in page.url, page.url
+        sidebar.locator('input[type="file"]').set_input_files(str(trace))
+        expect(sidebar.get_by_text(re.compile(r"Trace file eiffel\.npz"))).to_be_visible(timeout=RUN_MS)
+        wait_for_app(page, RUN_MS)
+        _clean(page, streamlit_server, url, "uploaded on the first run")
+        assert main.get_by_text("Upload a trace file").count() == 0
+        expect(main.get_by_test_id("stPlotlyChart").first).to_be_visible()
+        assert re.search(r"A\[j, i\], layer \d+, head 1", main.inner_text() + " ".join(
+            main.locator(".gtitle").all_text_contents()))
+    finally:
+        streamlit_server.stop(url)
