@@ -21,6 +21,7 @@ Goals on CPU: first render <= forward + 2 s (1.5B: + 5 s), display change <= 1 s
     python -m bench.bench_pages                          # this checkout (run from the repository root)
     python -m bench.bench_pages --before HEAD~5          # also a git revision (a temporary worktree), same run
     python -m bench.bench_pages --layers 24 --width 2048 # the 1.5B shape (~6 GB on disk, ~7 GB to write)
+    python -m bench.bench_pages --model /tmp/bench-load-x/model-q8_0.gguf   # a GGUF file or a Hugging Face folder
 """
 from __future__ import annotations
 
@@ -222,22 +223,29 @@ def table(name: str, res: dict, fwd: float, first_goal: float, change_goal: floa
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shape_arguments(ap, "/tmp/realsize-pages")
+    ap.add_argument("--model", help="serve this model instead of a random checkpoint: a .pth, a .gguf or a Hugging "
+                    "Face folder (e.g. those `bench/bench_load_formats.py --keep` writes); --layers/--width then "
+                    "only set the goals")
     args = ap.parse_args()
 
     from inspector_ui.prompt_store import store_prompt
     from rwkv_core.io.tokenizer import tokenizer_for
 
-    folder = Path(args.dir)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt = random_checkpoint(folder, args.version, args.layers, args.width)
+    if args.model:  # a model of any format, served from its own folder (kept)
+        ckpt = Path(args.model).resolve()
+        folder, created, args.keep = ckpt.parent, False, True
+    else:
+        folder = Path(args.dir)
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt = random_checkpoint(folder, args.version, args.layers, args.width)
     text, n = prompt_of(args.tokens)
     prompt_id = store_prompt(text)
     model_name = f"{folder.name}/{ckpt.name}"
     big = args.layers * args.width > 12 * 768 * 2
     first_goal, change_goal = (5.0, 2.0) if big else (2.0, 1.0)
     fwd, fwd_runs = forward_seconds(ckpt, tokenizer_for(65536).encode(text).ids)
-    print(f"model {model_name}: v{args.version}, {args.layers} x {args.width}; prompt of {n} tokens; forward "
+    print(f"model {model_name}: {args.layers} x {args.width}; prompt of {n} tokens; forward "
           f"{fwd:.2f} s (runs {', '.join(f'{t:.2f}' for t in fwd_runs)})", file=sys.stderr)
     results: list[tuple[str, dict]] = []
     try:
@@ -252,8 +260,8 @@ def main() -> int:
             ckpt.unlink(missing_ok=True)
             if created:
                 shutil.rmtree(folder, ignore_errors=True)
-    print(f"Every page in Chromium, random v{args.version} checkpoint {args.layers} x {args.width}, vocabulary "
-          f"65,536, {n}-token prompt; forward pass {fwd:.2f} s; goals: first render <= forward + {first_goal:.0f} s, "
+    print(f"Every page in Chromium, {model_name if args.model else f'random v{args.version} checkpoint'} "
+          f"{args.layers} x {args.width}, vocabulary 65,536, {n}-token prompt; forward pass {fwd:.2f} s; goals: first render <= forward + {first_goal:.0f} s, "
           f"display change <= {change_goal:.0f} s")
     for name, res in results:
         print("\n".join(table(name, res, fwd, first_goal, change_goal)))
