@@ -66,8 +66,9 @@ class _Job:
     ref: Any = None
     progress: tuple = (0, 0, 0.0)
     stop_at: Optional[float] = None
-    progress_at: Optional[float] = None  # when the progress last moved
-    longest_step_s: float = 0.0  # the longest wait between two progress moves (a batch on the worker)
+    progress_at: Optional[float] = None  # when the progress last moved (or the job started running)
+    longest_step_s: float = 0.0  # the longest wait for a progress move (a batch on the worker; the first: with
+    # the job's clean and corrupted runs, so a Stop right after the first cells still waits long enough for a batch)
     message: str = ""
     outcome: Optional[JobOutcome] = None
     ended_at: Optional[float] = None
@@ -353,7 +354,7 @@ class JobManager:
                 j = self._next_job()
                 if j is None:
                     return
-                j.state, j.worker, j.progress = "running", i, (0, 0, 0.0)
+                j.state, j.worker, j.progress, j.progress_at = "running", i, (0, 0, 0.0), time.time()
                 j.ref = w.handle.run.remote(j.id, j.job)
                 w.job = j.id
 
@@ -431,7 +432,7 @@ class JobManager:
                 j = self._jobs.get(jid)
                 if j is not None and j.state == "running":
                     if tuple(p)[:1] != j.progress[:1]:  # the cells done moved
-                        if j.progress_at is not None and j.progress[0]:
+                        if j.progress_at is not None:  # the first move: since the start (its runs and a batch)
                             j.longest_step_s = max(j.longest_step_s, now - j.progress_at)
                         j.progress_at = now
                     j.progress = tuple(p)

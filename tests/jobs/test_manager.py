@@ -184,14 +184,15 @@ jobs.close()
     assert not left
 
 
-def test_a_stop_waits_for_a_slow_batch_and_keeps_its_cells(manager_factory):
+@pytest.mark.parametrize("batches", [2, 1])
+def test_a_stop_waits_for_a_slow_batch_and_keeps_its_cells(manager_factory, batches):
     """A stopped job whose batches take longer than `stop_grace_s` still ends by itself and brings back its cells:
     its worker gets three of the job's own batch times before it is restarted (a slow or busy machine loses
-    nothing to a Stop)."""
+    nothing to a Stop), also when the Stop comes right after the first cells (timed from the job's start)."""
     jobs = manager_factory(workers=1, stop_grace_s=0.01)
     jid = jobs.submit("gina", trace_job(samples=200), "slow batches")
     seen: set[int] = set()
-    while len(seen - {0}) < 2:  # two batches done: the manager has timed one
+    while len(seen - {0}) < batches:  # this many batches done
         st = jobs.status(jid)
         assert not st.ended, st.message
         seen.add(st.done or 0)
