@@ -49,9 +49,10 @@ def real_size(tmp_path_factory):
     return folder, words
 
 
-# Slow: in two of four full-suite runs on the 2-core CI shape the page never showed "Stopped after N of M cells"
-# within 4 minutes of Stop (it passed alone each time, and in the other two full runs): to investigate; run it with
-# `python -m pytest -m slow tests/browser/test_tracing_jobs.py`.
+# Slow (about 4 minutes on 2 busy cores): `python -m pytest -m slow tests/browser/test_tracing_jobs.py`. It once
+# failed in full-suite runs with no "Stopped after N of M cells" after Stop: a Stop soon after the first cells gave
+# the worker only 10 s to finish its batch before it was restarted and its cells dropped (the job manager now times
+# the first batch from the job's start; tests/jobs/test_manager.py); it passed at load average 6-7 since.
 @pytest.mark.slow
 def test_a_real_size_trace_runs_in_a_worker_and_the_server_keeps_serving(streamlit_server, browser, real_size):
     from inspector_ui.prompt_store import store_prompt
