@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime import Runtime
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -59,11 +60,13 @@ def declare_if_run_directly() -> None:
     In a server started with app.py that run then starts the same view again through app.py's router, with the
     link's query parameters, before any widget exists: otherwise the widgets of that first run would be new to
     Streamlit at the next rerun (which goes through the router) and what the user did first, such as uploading a
-    trace, would be lost."""
+    trace, would be lost. Not under AppTest (its runtime is a stand-in): it runs the page file itself on every run,
+    so a restart would make the run's widgets differ from the next run's and drop its button presses."""
     if not PagesManager.uses_pages_directory:
         return
     page = st.navigation(app_pages(), position="sidebar")
     ctx = get_script_run_ctx()
     main = Path(ctx.pages_manager.main_script_path).resolve() if ctx is not None else None
-    if main == APP and page.url_path:  # a view of app.py's multipage app (not a page file opened on its own)
+    # a view of app.py's multipage app (not a page file opened on its own), in a real server
+    if main == APP and page.url_path and type(Runtime.instance()) is Runtime:
         st.switch_page(page, query_params=[(k, v) for k in st.query_params for v in st.query_params.get_all(k)])
