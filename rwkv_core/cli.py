@@ -80,11 +80,17 @@ def cmd_export(args: argparse.Namespace) -> None:
         layers = None if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--layers must be layer indices separated by commas, e.g. 0,5, not {args.layers!r}") from None
+    positions = None
+    if args.state_positions is not None:
+        from rwkv_core.analysis.state import parse_positions
+
+        positions = parse_positions(args.state_positions, len(ids))
     model = load_model(ckpt, device=args.device, dtype=DTYPES[args.dtype], take=True)
     try:
         arrays = build_trace(model, ids, layers=layers, token_texts=texts, tokenizer_kind=kind,
                              checkpoint_name=model.checkpoint_info["file"], scores=args.scores,
-                             logits_topk=args.logits_topk, float16=args.float16, residual=args.residual)
+                             logits_topk=args.logits_topk, float16=args.float16, residual=args.residual,
+                             lens=args.lens, state=args.state, state_positions=positions)
     except ValueError as e:
         raise InputError(str(e)) from None
     save_trace(arrays, args.out)
@@ -202,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
     p.add_argument("--scores", action="store_true", help="also write attn_l{l} and span_l{l} [H, T, T]")
+    p.add_argument("--lens", action="store_true",
+                   help="also write the logit lens of every exported layer: lens_logp_l{l} [T] (log-prob of token "
+                        "t+1 at t, NaN at the last), lens_rank_l{l} [T], lens_top_l{l} [T, 10]; *_embed for the "
+                        "embedding after ln0")
+    p.add_argument("--state", action="store_true",
+                   help="also write state_l{l}, the WKV state after the last token (v5/v6 [H, key, value], v7 [H, "
+                        "value, key], v4 [3, C]: aa, bb, pp)")
+    p.add_argument("--state-positions", default=None, metavar="P1,P2",
+                   help="with --state: the states after these tokens instead (e.g. 3,17): state_l{l} [P, ...]")
     p.add_argument("--logits-topk", type=int, default=None, metavar="K",
                    help="keep the K most likely next tokens per position (ids and log-probabilities) instead of the "
                         "full logits [T, V]; 0: no logits (default: the full logits)")

@@ -13,6 +13,15 @@ Keys (T tokens, C channels, V vocabulary, K top-k; float32 unless said; with `fl
   recomputed from k, a, k_k and k_a when read); the bonus: v4-v6 u_l{l} (v4 time_first [C], v5.1 exp(time_first),
   v5.2/v6 time_faaaa as [H, N]), v7 r_k_l{l} [H, N];
   optional (export --scores): attn_l{l}, span_l{l} [H, T, T], zero above the diagonal;
+  optional (export --lens): the logit lens (`rwkv_core.analysis.lens`) of every exported layer l, lens_logp_l{l} [T]
+  float32 (the log-probability at position t of token t + 1 read off the residual stream after block l, NaN at the
+  last position), lens_rank_l{l} [T] int64 (its rank, 0 = top-1; -1 at the last position), lens_top_l{l} [T, 10]
+  int64 (the ten most likely tokens), and the same of the embedding after ln0 as lens_logp_embed, lens_rank_embed,
+  lens_top_embed;
+  optional (export --state [--state-positions 3,17]): state_l{l}, the WKV state of layer l after the last token as
+  the official `rwkv` package stores it (v5/v6 [H, key, value], v7 [H, value, key], v4 [3, C]: numerator aa,
+  denominator bb, exponent pp), float32; with positions a leading axis, one entry per position ([P, ...], the
+  positions in meta.stored.state_positions);
   meta: a JSON string (format version, model config, checkpoint file name, tokenizer kind, token texts, layers,
   what was stored, conventions). A file opens without a model; `load_trace` refuses anything malformed with a
   one-line message; `Trace.layer` / `Trace.layer_arrays` give every array as float32, derived ones recomputed.
@@ -45,6 +54,7 @@ PREDICTIONS_K = 16  # the top-k the pages show (the token view's hover): the dow
 COMPACT = {"logits_topk": PREDICTIONS_K, "float16": True, "residual": False}  # the app's default download
 LOGITS_CHUNK = 256  # positions unembedded at once when the logits are built (bounds the [chunk, V] temporary)
 TOKEN_ARRAYS = ("r", "k", "v", "w", "logw", "resid", "a", "kk", "ktilde")  # the [T, C] arrays of a layer
+LAYER_EXTRAS = ("lens_", "state_")  # per-layer keys that are not activations: the logit lens, the WKV states
 
 class TraceFileError(RWKVInspectorError):
     """A trace file is malformed or hostile."""
@@ -93,7 +103,7 @@ def trace_keys(cfg: ModelConfig, layer: int, *, float16: bool = False, residual:
 
 def estimate_trace_bytes(cfg: ModelConfig, n_tokens: int, *, layers: Optional[Iterable[int]] = None,
                          logits_topk: Optional[int] = None, float16: bool = False, residual: bool = True,
-                         scores: bool = False) -> int:
+                         scores: bool = False, lens: bool = False, state_positions: int = 0) -> int:
     """The size of the file `build_trace` + `save_trace` write with these options, before anything is computed: the
     arrays' bytes plus each member's .npy and zip headers (exact up to float16 arrays kept float32 for range)."""
     T = int(n_tokens)
@@ -110,6 +120,13 @@ def estimate_trace_bytes(cfg: ModelConfig, n_tokens: int, *, layers: Optional[It
             members.append((big if shape[0] is None else 4) * math.prod(T if n is None else n for n in shape))
         if scores:
             members += [big * cfg.n_head * T * T] * 2
+        if lens:
+            members += [4 * T, 8 * T, 8 * T * 10]
+        if state_positions:
+            one = 3 * cfg.dim_att if cfg.version == "4" else cfg.n_head * cfg.head_size ** 2
+            members.append(4 * one * int(state_positions))
+    if lens:
+        members += [4 * T, 8 * T, 8 * T * 10]  # the embedding's lens
     meta_bytes = 2048 + 24 * T  # the JSON meta (token texts as 4-byte unicode, roughly)
     return sum(members) + meta_bytes + 250 * (len(members) + 1)
 
@@ -131,13 +148,19 @@ def _layer_names(version: str, float16: bool, residual: bool) -> dict[str, str]:
 def build_trace(model, tokens: Sequence[int], *, layers: Optional[Iterable[int]] = None, token_texts=None,
                 tokenizer_kind: str = "", checkpoint_name: str = "", scores: bool = False,
                 logits_topk: Optional[int] = None, float16: bool = False, residual: bool = True,
+                lens: bool = False, state: bool = False, state_positions: Optional[Sequence[int]] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> dict[str, np.ndarray]:
     """Run the prompt once with capture and return the trace arrays (see module docstring).
 
     logits_topk: None keeps the full logits [T, V]; K >= 1 keeps the K most likely next tokens per position; 0 none.
-    float16: the [T, C], [T, V] and [H, T, T] arrays as float16 (v7 kk, ktilde left to be recomputed). residual: also the residual stream after each exported block. progress(done, total) is called after
+    float16: the [T, C], [T, V] and [H, T, T] arrays as float16 (v7 kk, ktilde left to be recomputed). residual: also the residual stream after each exported block. lens: the logit lens of the embedding and
+    every exported layer (`rwkv_core.analysis.lens.trace_lens_keys`), read off the residual stream as it passes.
+    state: the WKV state of every exported layer after the last token, state_l{l}; state_positions: after each of
+    these tokens instead, [P, ...] (implies state). progress(done, total) is called after
     each block of the forward pass and after the logits (total = n_layer + 1); an exception it raises stops the build.
     Each capture is converted as it comes, so only the stored arrays are held, never a float32 copy of them all."""
+    from rwkv_core.analysis import lens as lens_
+
     cfg = model.cfg
     layers = sorted(set(range(cfg.n_layer) if layers is None else (int(l) for l in layers)))
     bad = [l for l in layers if not 0 <= l < cfg.n_layer]
@@ -145,23 +168,47 @@ def build_trace(model, tokens: Sequence[int], *, layers: Optional[Iterable[int]]
         raise TraceFileError(f"layer {bad[0]} does not exist: the model has layers 0..{cfg.n_layer - 1}")
     if logits_topk is not None and int(logits_topk) < 0:
         raise TraceFileError(f"logits_topk must be 0 (no logits), a positive count or None (all), not {logits_topk}")
+    T = len(tokens)
+    positions = None if state_positions is None else [int(p) for p in state_positions]
+    if positions is not None and not all(0 <= p < T for p in positions):
+        raise TraceFileError(f"state positions must be tokens of the prompt (0..{T - 1}), got {positions}")
+    state_at = positions if positions is not None else ([T - 1] if state else [])
     names = _layer_names(cfg.version, float16, residual)
     total, last = cfg.n_layer + 1, f"blocks.{cfg.n_layer - 1}.hook_resid_post"
     out: dict[str, np.ndarray] = {"tokens": np.asarray(tokens, dtype=np.int64)}
     final: dict[str, torch.Tensor] = {}
+    states: dict[str, list] = {}
+    wanted = torch.from_numpy(lens_.next_token_targets(tokens))
+    lens_stage = {"blocks.0.hook_resid_pre": "embed"} if lens else {}
+    if lens:
+        lens_stage.update({f"blocks.{l}.hook_resid_post": f"l{l}" for l in layers})
 
     def record(t: torch.Tensor, hook) -> None:
         block, rest = hook.name[len("blocks."):].split(".", 1)
+        if rest == "att.hook_state":
+            states.setdefault(block, []).append(t[0].detach().float().cpu())
+            return
         if rest in names and int(block) in layers:
             out[f"{names[rest]}_l{block}"] = _stored(t[0], float16)
+        if hook.name in lens_stage:  # the lens of this stage, before the stream moves on
+            logp, rank, top, _ = lens_.read_stage(model.unembed, t[0], wanted)
+            key = lens_stage[hook.name]
+            out[f"lens_logp_{key}"], out[f"lens_rank_{key}"] = logp.numpy(), rank.numpy()
+            out[f"lens_top_{key}"] = top.numpy()
         if hook.name == last:
             final["x"] = t[0]
         if rest == "hook_resid_post" and progress is not None:
             progress(int(block) + 1, total)
 
     hooked = {f"blocks.{l}.{n}" for l in layers for n in names} | {f"blocks.{l}.hook_resid_post" for l in
-                                                                   range(cfg.n_layer)}
-    model.run_with_hooks(list(tokens), [(sorted(hooked), record)], logits="none")
+                                                                   range(cfg.n_layer)} | set(lens_stage)
+    if state_at:
+        hooked |= {f"blocks.{l}.att.hook_state" for l in layers}
+    model.run_with_hooks(list(tokens), [(sorted(hooked), record)], logits="none", state_positions=state_at)
+    for block, got in states.items():
+        order = {p: i for i, p in enumerate(sorted(set(state_at)))}  # the hook fires in token order
+        stacked = torch.stack([got[order[p]] for p in state_at]).numpy()
+        out[f"state_l{block}"] = stacked if positions is not None else stacked[0]
     if logits_topk != 0:
         out.update(_logits(model, final["x"], logits_topk, float16))
     if progress is not None:
@@ -181,12 +228,20 @@ def build_trace(model, tokens: Sequence[int], *, layers: Optional[Iterable[int]]
             out[k] = _stored(torch.from_numpy(v), float16)
     stored = {"logits": "none" if logits_topk == 0 else ("full" if logits_topk is None else "topk"),
               "logits_topk": logits_topk or None, "float16": bool(float16), "residual": bool(residual)}
+    if lens:
+        stored["lens"] = True
+    if state_at:
+        stored.update(state=True, state_positions=positions)  # positions None: after the last token only
     meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "checkpoint": checkpoint_name,
             "tokenizer": tokenizer_kind, "token_texts": list(token_texts) if token_texts is not None else None,
             "layers": layers, "stored": stored,
             "conventions": {"w": "per-step decay in (0,1)", "logw": "ln w", "span": "includes w_j",
                             "resid": "after block l", "k_v7": "k before the a-modification",
-                            "logits_topk_logp": "log-softmax over the whole vocabulary"}}
+                            "logits_topk_logp": "log-softmax over the whole vocabulary",
+                            "lens": "lens_logp_l{l}: log-probability of token t+1 at position t after block l "
+                                    "(NaN at the last); embed: after ln0",
+                            "state": "v5/v6 [H, key, value], v7 [H, value, key], v4 [3, C] (aa, bb, pp); "
+                                     "leading axis per position with state_positions"}}
     out["meta"] = np.array(json.dumps(meta))
     return out
 
@@ -250,7 +305,7 @@ class Trace:
     def layer_arrays(self, l: int) -> dict[str, np.ndarray]:
         """Every array of layer l keyed as in a full file (r_l{l}, ..., w_l{l}, v7 kk_l{l} and ktilde_l{l}), float32,
         with what the file leaves out recomputed (w from logw_l{l}, which is kept too: the decay without rounding)."""
-        names = {k[: -len(f"_l{l}")] for k in self.arrays if k.endswith(f"_l{l}")}
+        names = {k[: -len(f"_l{l}")] for k in self.arrays if k.endswith(f"_l{l}") and not k.startswith(LAYER_EXTRAS)}
         if "logw" in names:
             names.add("w")
         if {"k", "a", "k_k", "k_a"} <= names:
@@ -356,6 +411,15 @@ def load_trace(path_or_file) -> Trace:
                                            or (a.size and int(a.min()) < 0)):
                 raise TraceFileError(f"{label}: 'logits_topk_ids' must be [T, K] token ids with T = {T}")
             continue
+        if k.startswith(("lens_top_", "lens_rank_")):
+            top = k.startswith("lens_top_")
+            if a.dtype.kind not in "iu" or a.ndim != (2 if top else 1) or a.shape[0] != T or (
+                    a.size and int(a.min()) < (0 if top else -1)):
+                raise TraceFileError(f"{label}: '{k}' must be [T{', K' if top else ''}] "
+                                     f"{'token ids' if top else 'ranks'} with T = {T}")
+            continue
+        if k.startswith("lens_logp_") and a.shape != (T,):
+            raise TraceFileError(f"{label}: '{k}' must be [T] with T = {T}")
         if a.dtype.kind != "f":
             raise TraceFileError(f"{label}: '{k}' has dtype {a.dtype}, expected floating point")
         if k == "logits" and (a.ndim != 2 or a.shape[0] != T):
@@ -430,6 +494,10 @@ def trace_contents(trace: Trace) -> TraceContents:
     if ids is not None and ids.size and int(ids.max()) >= cfg.vocab_size:
         raise TraceFileError(f"the trace's top-k logits name token {int(ids.max())}, outside the vocabulary of "
                              f"{cfg.vocab_size}")
+    for k, a in trace.arrays.items():
+        if k.startswith("lens_top_") and a.size and int(a.max()) >= cfg.vocab_size:
+            raise TraceFileError(f"the trace's {k} names token {int(a.max())}, outside the vocabulary of "
+                                 f"{cfg.vocab_size}")
     logits = trace.arrays.get("logits")
     if logits is not None and logits.shape[1] != cfg.vocab_size:
         raise TraceFileError(f"the trace's logits have {logits.shape[1]} columns for a vocabulary of {cfg.vocab_size}")
