@@ -143,6 +143,22 @@ def token_view(texts: Sequence[str], *, key: str, colors: Optional[Sequence[Opti
     return None if sel is None else int(sel)
 
 
+def take_token_click(view_key: Callable[[str, int], str], lengths: dict[str, int], state_key: str = "tok") -> None:
+    """A click in a token view of the last run moves the selection `state_key`, before any widget of this run is
+    drawn. The views are keyed by what they showed, view_key(run label, drawn selection) (a run shorter than the
+    selection shows its last token), so a click is a state that differs from what its view was drawn with."""
+    tok = st.session_state.get(state_key)
+    if not isinstance(tok, int) or isinstance(tok, bool):
+        return
+    for label, T in lengths.items():
+        drawn = min(tok, T - 1)
+        state = st.session_state.get(view_key(label, drawn))
+        sel = state.get("selected") if hasattr(state, "get") else None
+        if sel is not None and int(sel) != drawn:
+            st.session_state[state_key] = int(sel)
+            return
+
+
 def prediction_tips(pred_ids, pred_probs, tokens: Sequence[int], display: Callable[[int], str]) -> dict:
     """The hover rows of every position, compact: 16 rows x 4,096 tokens as JSON rows [id, text, p, is_next] were
     3.2 MB per rerun, these are about 0.45 MB. {"k": k, "ids": base64 of [T * k] little-endian uint16 (uint32 for a

@@ -25,6 +25,8 @@ CONTENT = {
     "/Influence_spans": ".js-plotly-plot",
     "/Time_decay": ".js-plotly-plot",
     "/Causal_tracing": '[data-testid="stFormSubmitButton"]',  # the trace settings, filled for the model
+    "/Logit_lens": ".js-plotly-plot",
+    "/State": ".js-plotly-plot",
 }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from tests.ui.page_helpers import app_session
 
 EXPECTED = [("Home", ""), ("Attention", "Attention"), ("Influence spans", "Influence_spans"),
-            ("Time decay", "Time_decay"), ("Causal tracing", "Causal_tracing")]
+            ("Time decay", "Time_decay"), ("Causal tracing", "Causal_tracing"), ("Logit lens", "Logit_lens"),
+            ("State", "State")]
 
 
 def _nav(at) -> list[tuple[str, str]]:

@@ -1,0 +1,285 @@
+"""Logit lens page: the next-token distribution read off the residual stream after every layer, where the answer
+forms, for one run or two side by side (compare mode: both and B − A).
+
+Controls bound to the URL: tok (the selected token, shared with the score pages), lm (what a cell shows: prob, logp,
+rank), tgt (a target token's text; empty: the actual next token), cb, img. Numbers come from
+`rwkv_core.analysis.lens` (a live model: one forward for the residual stream, then one head product per stage,
+cached per model, prompt and target) or from a trace file's lens keys (`export --lens`: next-token mode, top-10 ids
+without probabilities). Figures from `rwkv_core.figures.lens`; downloads (CSV, npz) are built when clicked.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from inspector_ui import settings as app_settings
+from inspector_ui.session import PageContext, Run, bind, publish
+from inspector_ui.views.scores import heat_window, run_id, token_css
+from inspector_ui.widgets import (csv_bytes, gated, goto_token, run_columns, show_error, take_token_click,
+                                  token_label, token_view, url_bool)
+from rwkv_core.analysis import lens as LE
+from rwkv_core.errors import InputError, RWKVInspectorError
+from rwkv_core.figures import lens as FL
+from rwkv_core.figures.common import IMAGE_FORMATS, image_config
+from rwkv_core.io.tokenizer import tokenizer_for
+from rwkv_core.jobs import cost as COST
+
+ABOUT = ("When does the answer form? The model's next-token distribution read off the residual stream after every "
+         "layer (the logit lens): per token and layer, the probability, log-probability or rank of the actual next "
+         "token (or a target you name), the top-10 on hover, and the layer from which the final prediction stays on "
+         "top.")
+
+HELP = r"""
+**Logit lens.** The model predicts the next token from the last block's output $x^{(L)}_t$ as
+$\mathrm{logits}_t = W_{\mathrm{head}}\,\mathrm{LN}_{\mathrm{out}}(x^{(L)}_t)$. The lens reads every stage $s$ of the
+residual stream the same way: $p^{(s)}_t = \mathrm{softmax}\big(W_{\mathrm{head}}\,\mathrm{LN}_{\mathrm{out}}
+(x^{(s)}_t)\big)$, where stage *embed* is the embedding after `ln0` (block 0's input) and stage $L_l$ the output of
+block $l$ (layers from 0). The last stage is the model's own prediction.
+
+* **Cell** (token $t$, stage $s$): the wanted token $y$'s probability $p^{(s)}_t[y]$, its log-probability, or
+  $\log_{10}(\mathrm{rank}+1)$ (rank 0 = top-1). $y$ is the actual next token $t+1$ (none at the last position), or
+  the target you name (one token of the model's tokenizer) at every position.
+* **Hover**: the ten most likely tokens at that cell, with probabilities (a trace file keeps their ids only).
+* **Where the answer forms** (×): the first stage from which the final stage's top-1 token stays top-1 at every later
+  stage.
+* Compare mode: both runs, and B − A where both have the same number of tokens and stages.
+
+The lens uses the model's own `ln_out` and `head` (no tuned lens): early stages are read in a basis the head was
+not trained on, so low probabilities there mean "not yet in the head's terms", not "absent".
+"""
+
+TOKEN_LINES = 5
+MAX_LENS_WINDOW = 384  # tokens the heat map shows at once (hover text of 13 x 384 cells travels with it)
+
+
+@dataclass
+class LensData:
+    """What the page draws of one run, from a model (`LogitLens`) or a trace (`StoredLens`)."""
+
+    stages: list[str]
+    logp: np.ndarray  # [T, S]
+    rank: Optional[np.ndarray]  # [T, S] or None
+    top_ids: np.ndarray  # [T, S, K]
+    top_logp: Optional[np.ndarray]  # [T, S, K] or None (trace)
+
+    def formed(self) -> np.ndarray:
+        return LE.answer_stage(self.top_ids[:, :, 0])
+
+
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
+def _model_lens(rid: tuple, _model, tokens: tuple[int, ...], target: Optional[int]) -> LE.LogitLens:
+    """The lens of one prompt on the shared model (one forward, then a head product per stage), under the work gate;
+    a residual stream past the capture budget is refused with one line."""
+    refusal = COST.capture_refusal(_model.cfg, len(tokens), 1, app_settings.capture_memory_bytes())
+    if refusal:
+        raise RWKVInspectorError(refusal[:1].upper() + refusal[1:] + ".")
+    return gated(lambda: LE.logit_lens(_model, list(tokens), target=target), "Reading the logit lens")
+
+
+def lens_data(run: Run, target: Optional[int]) -> LensData:
+    """The lens of a run: computed from its model, or read from its trace file (next-token mode only)."""
+    if run.model_key is not None:
+        with st.spinner(f"Reading the logit lens off {run.cfg.n_layer + 1} stages of {len(run.tokens)} tokens…"):
+            lens = _model_lens(run_id(run), run.loaded.model, tuple(run.tokens), target)
+        return LensData(lens.stages, lens.logp, lens.rank, lens.top_ids, lens.top_logp)
+    stored = LE.lens_from_trace(run.trace.arrays, run.trace.layers)
+    if stored is None:
+        raise RWKVInspectorError("this trace file has no logit lens: export it again with `python -m rwkv_core export "
+                                 "CHECKPOINT --text ... --lens --out trace.npz` (or open it with a model)")
+    if target is not None:
+        raise RWKVInspectorError("a trace file keeps the lens of the actual next token only: clear the target, or "
+                                 "open the prompt with a model")
+    return LensData(stored.stages, stored.logp, stored.rank, stored.top_ids, None)
+
+
+def target_id(run: Run, text: str) -> Optional[int]:
+    """The target token of the typed text (None: empty, the actual next token); one token of the run's tokenizer,
+    else an InputError saying what the tokenizer made of it."""
+    if not text:
+        return None
+    if run.loaded is None:
+        raise InputError("a trace file keeps the lens of the actual next token only: clear the target, or open the "
+                         "prompt with a model")
+    ids = list(run.loaded.tokenizer.encode(text).ids)
+    if len(ids) != 1:
+        shown = ", ".join(repr(run.loaded.tokenizer.display(i)) for i in ids[:6]) or "nothing"
+        raise InputError(f"the target {text!r} is {len(ids)} tokens for this model's tokenizer ({shown}): give the "
+                         "text of exactly one token (e.g. its first piece)")
+    return int(ids[0])
+
+
+def _display(run: Run):
+    """Token id -> text: the model's tokenizer, or for a trace file the tokenizer its meta names where one loads
+    without a file (bytes, World, digits), else the id itself."""
+    if run.loaded is not None:
+        return run.loaded.tokenizer.display
+    kind = str(run.trace.meta.get("tokenizer") or "")
+    try:
+        return tokenizer_for(run.cfg.vocab_size, kind=kind).display if kind and kind != "hf" else str
+    except (RWKVInspectorError, OSError, ValueError):
+        return str
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+def render(ctx: PageContext) -> None:
+    runs = ctx.runs
+    bind("lm", "prob", options=list(FL.MEASURES))
+    bind("tgt", "")
+    bind("cb", False, url_bool)
+    bind("img", "png", options=IMAGE_FORMATS)
+    T_max = max(len(r.tokens) for r in runs)
+    bind("tok", len(runs[0].tokens) - 2 if len(runs[0].tokens) > 1 else 0, int)
+    take_token_click(_tv_key, {r.label: len(r.tokens) for r in runs})
+    if not isinstance(st.session_state.get("tok"), int) or not 0 <= st.session_state["tok"] < T_max:
+        st.session_state["tok"] = max(0, len(runs[0].tokens) - 2)
+    c = st.columns([1.6, 1.6, 1, 1])
+    c[0].radio("Cell shows the wanted token's", list(FL.MEASURES), key="lm", horizontal=True,
+               format_func=FL.MEASURE_NAMES.get)
+    c[1].text_input("Target token (empty: the actual next token)", key="tgt",
+                    help="Text of one token of the model's tokenizer, e.g. ' Paris' on a World model, 'P' on a byte "
+                         "model: its probability at every position and stage.")
+    c[2].number_input("Selected token", min_value=0, max_value=T_max - 1, step=1, key="tok",
+                      help="Or click a token below.")
+    c[3].toggle("Colour-blind palette", key="cb")
+    st.sidebar.radio("Chart camera button saves", list(IMAGE_FORMATS), key="img", horizontal=True)
+    publish("lm", "tgt", "tok", "cb", "img")
+    with st.expander("Formula and how to read this page"):
+        st.markdown(HELP)
+    measure, tok = st.session_state["lm"], st.session_state["tok"]
+    config = image_config("rwkv-logit-lens", st.session_state["img"])
+    data: list[LensData] = []
+    try:
+        for run in runs:
+            d = lens_data(run, target_id(run, st.session_state["tgt"].strip("\n")))
+            if measure == "rank" and d.rank is None:
+                raise InputError("this trace file has no lens ranks: show the probability or log-probability")
+            data.append(d)
+    except RWKVInspectorError as e:
+        show_error(e)
+        st.stop()
+    token_section(runs, data, tok)
+    heatmap_section(runs, data, measure, tok, config)
+    selected_section(runs, data, measure, tok, config)
+    download_section(runs, data)
+
+
+def _tv_key(label: str, sel: int) -> str:
+    return f"lens_tv_{label}_{sel}"
+
+
+def token_section(runs: list[Run], data: list[LensData], tok: int) -> None:
+    g = st.columns([2, 3], vertical_alignment="top")
+    with g[0]:
+        goto_token("tok", runs[0].token_texts, key="lens_goto")
+    g[1].markdown(f"**Selected: {token_label(runs[0].token_texts, min(tok, len(runs[0].tokens) - 1))}** of "
+                  f"{len(runs[0].tokens)} tokens")
+    for col, run, d in zip(run_columns(len(runs)), runs, data):
+        with col:
+            if len(runs) > 1:
+                st.subheader(run.title)
+            sel = min(tok, len(run.tokens) - 1)
+            formed = d.formed().astype(float)
+            late = formed / max(1, len(d.stages) - 1)  # 0: formed at the embedding, 1: only at the last stage
+            st.caption("Tokens coloured by how late the answer forms (darker: later in the stack). Click one to "
+                       "select it; hover: top-16 predictions.")
+            token_view(run.token_texts, key=_tv_key(run.label, sel), colors=token_css(late, 1.0, False, sel),
+                       values=[float(x) for x in formed], value_name="answer forms at stage", selected=sel,
+                       tips=run.hover_tips(), max_lines=TOKEN_LINES)
+
+
+def _window(T: int, sel: int) -> tuple[int, int]:
+    return heat_window(T, sel, MAX_LENS_WINDOW)
+
+
+def heatmap_section(runs: list[Run], data: list[LensData], measure: str, tok: int, config: dict) -> None:
+    st.subheader("Tokens × stages: " + FL.MEASURE_NAMES[measure] + " of the wanted token")
+    shown = []
+    for col, run, d in zip(run_columns(len(runs)), runs, data):
+        with col:
+            T = len(run.tokens)
+            sel = min(tok, T - 1)
+            a, b = _window(T, sel)
+            if (a, b) != (0, T):
+                st.caption(f"{T} tokens: showing tokens {a}–{b - 1} around the selected one.")
+            vals = FL.measure_values(d.logp[a:b], None if d.rank is None else d.rank[a:b], measure)
+            hover = FL.top_texts(d.top_ids[a:b], None if d.top_logp is None else d.top_logp[a:b], _display(run))
+            fig = FL.lens_heatmap(vals, d.stages, run.token_texts[a:b], measure=measure, hover=hover,
+                                  formed=d.formed()[a:b], first=a, sel=sel, colorblind=bool(st.session_state["cb"]),
+                                  title=f"{run.label}: logit lens")
+            st.plotly_chart(fig, config=config, key=f"lens_heat_{run.label}")
+            shown.append((a, b, vals))
+    if len(runs) == 2 and len(runs[0].tokens) == len(runs[1].tokens) and data[0].stages == data[1].stages \
+            and shown[0][:2] == shown[1][:2]:
+        a, b = shown[0][:2]
+        fig = FL.lens_heatmap(shown[1][2] - shown[0][2], data[0].stages, runs[1].token_texts[a:b], measure=measure,
+                              first=a, sel=min(tok, len(runs[0].tokens) - 1), diff=True,
+                              colorblind=bool(st.session_state["cb"]), title="B − A")
+        st.plotly_chart(fig, config=config, key="lens_heat_diff")
+    st.caption("× marks where the answer forms: from that stage on, the final top-1 token stays top-1. The last "
+               "position has no next token (blank) unless a target is named.")
+
+
+def selected_section(runs: list[Run], data: list[LensData], measure: str, tok: int, config: dict) -> None:
+    st.subheader("The selected token over the stages")
+    curves = {}
+    for run, d in zip(runs, data):
+        sel = min(tok, len(run.tokens) - 1)
+        curves[f"{run.label}: {run.token_name(sel)}"] = FL.measure_values(
+            d.logp[sel][None], None if d.rank is None else d.rank[sel][None], measure)[0]
+    st.plotly_chart(FL.stage_curve(curves, data[0].stages, measure=measure, title="Wanted token per stage"),
+                    config=config, key="lens_curve")
+    for col, run, d in zip(run_columns(len(runs)), runs, data):
+        with col:
+            sel = min(tok, len(run.tokens) - 1)
+            show = _display(run)
+            f = int(d.formed()[sel])
+            st.markdown(f"{run.label}: at {token_label(run.token_texts, sel)} the answer forms at stage "
+                        f"**{d.stages[f]}**; final top-1: `{show(int(d.top_ids[sel, -1, 0]))!r}`")
+            rows = {"stage": d.stages}
+            for k in range(d.top_ids.shape[2]):
+                ids = d.top_ids[sel, :, k]
+                rows[f"#{k + 1}"] = [repr(show(int(i))) + ("" if d.top_logp is None else
+                                                          f" {np.exp(d.top_logp[sel, s, k]):.3f}")
+                                     for s, i in enumerate(ids)]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def _table(run: Run, d: LensData) -> pd.DataFrame:
+    T, S = d.logp.shape
+    return pd.DataFrame({"token": np.repeat(np.arange(T), S), "text": np.repeat(np.asarray(run.token_texts, object), S),
+                         "stage": np.tile(d.stages, T), "logp": d.logp.reshape(-1),
+                         "rank": (d.rank.reshape(-1) if d.rank is not None else np.full(T * S, -1)),
+                         "top1": d.top_ids[:, :, 0].reshape(-1), "answer_forms_at": np.repeat(d.formed(), S)})
+
+
+def _npz(run: Run, d: LensData) -> bytes:
+    buf = io.BytesIO()
+    arrays = {"tokens": np.asarray(run.tokens, np.int64), "stages": np.asarray(d.stages), "logp": d.logp,
+              "top_ids": d.top_ids, "answer_stage": d.formed()}
+    if d.rank is not None:
+        arrays["rank"] = d.rank
+    if d.top_logp is not None:
+        arrays["top_logp"] = d.top_logp
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def download_section(runs: list[Run], data: list[LensData]) -> None:
+    cols = st.columns(2 * len(runs))
+    for i, (run, d) in enumerate(zip(runs, data)):
+        sfx = f" {run.label}" if len(runs) > 1 else ""
+        cols[2 * i].download_button(f"Lens (CSV){sfx}", lambda run=run, d=d: csv_bytes(_table(run, d)),
+                                    file_name=f"logit_lens_{run.label}.csv", mime="text/csv", on_click="ignore",
+                                    key=f"lens_dl_csv_{run.label}")
+        cols[2 * i + 1].download_button(f"Lens (npz){sfx}", lambda run=run, d=d: _npz(run, d),
+                                        file_name=f"logit_lens_{run.label}.npz", mime="application/octet-stream",
+                                        on_click="ignore", key=f"lens_dl_npz_{run.label}")
+    st.caption("CSV: one row per (token, stage): log-probability and rank of the wanted token, the top-1 id, where "
+               "the answer forms. npz: the same arrays, with the top-10 ids (and probabilities from a model).")

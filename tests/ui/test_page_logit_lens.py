@@ -1,0 +1,101 @@
+"""The Logit lens page under Streamlit's AppTest: opened first, from a link, in compare mode and from a trace file;
+the heat map's numbers equal the engine's; a bad target and a trace without the lens are one line.
+
+Runs on the demo RWKV-7 model of the repository (no ../shared needed).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from rwkv_core.analysis import lens as LE
+from rwkv_core.io.checkpoint import load_model
+from tests.conftest import REPO
+from tests.ui.page_helpers import app_session, chart_specs, page_session, plotly_array, run_clean, token_views
+from tests.ui.test_trace_upload import _upload
+
+PAGE = str(REPO / "pages" / "5_Logit_lens.py")
+DEMO = "demo: demo v7 facts+retrieval"
+PROMPT = "The Eiffel Tower is located in the city of Paris"
+PROMPT_B = "The Colosseum is located in the city of Rome!!!!"  # as many bytes as PROMPT
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_model(REPO / "models" / "demo-v7.pth")
+
+
+def _lens_charts(at) -> list[dict]:
+    return [c for c in chart_specs(at) if "logit lens" in c["layout"]["title"]["text"]
+            or c["layout"]["title"]["text"] == "B − A"]
+
+
+def test_opened_first_the_heat_map_is_the_engines_lens(demo_model):
+    at = run_clean(page_session(PAGE, model=DEMO, prompt=PROMPT))
+    lens = LE.logit_lens(demo_model, list(PROMPT.encode()))
+    fig = _lens_charts(at)[0]
+    z = plotly_array(fig["data"][0]["z"])  # [S, T] probabilities
+    np.testing.assert_allclose(z, np.exp(lens.logp).T, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert fig["data"][0]["y"] == ["embed", "L0", "L1", "L2", "L3"]
+    t = PROMPT.index("Paris") - 1
+    hover = fig["data"][0]["customdata"][-1][t]  # top-10 of the last stage at the space before "Paris"
+    assert hover.startswith("P  ") and hover.count("<br>") == 9
+    formed = fig["data"][1]  # the "answer forms" markers
+    assert formed["y"][t] == fig["data"][0]["y"][int(lens.answer_forms()[t])]
+    tv = token_views(at)[0]
+    assert tv["selected"] == len(PROMPT) - 2 and tv["values"] == [float(f) for f in lens.answer_forms()]
+    assert "answer forms at stage" in " ".join(m.value for m in at.markdown)
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 5  # top-10 per stage
+
+
+def test_a_link_restores_rank_mode_a_target_and_the_token(demo_model):
+    at = run_clean(app_session("pages/5_Logit_lens.py", model=DEMO, prompt=PROMPT, lm="rank", tgt="P", tok="7"))
+    assert (at.session_state["lm"], at.session_state["tgt"], at.session_state["tok"]) == ("rank", "P", 7)
+    lens = LE.logit_lens(demo_model, list(PROMPT.encode()), target=ord("P"))
+    z = plotly_array(_lens_charts(at)[0]["data"][0]["z"])
+    np.testing.assert_allclose(z, np.log10(lens.rank + 1).T, rtol=1e-5)
+    assert at.query_params["lm"] == "rank" and at.query_params["tgt"] == "P"
+    assert token_views(at)[0]["selected"] == 7
+
+
+def test_compare_mode_shows_both_and_their_difference(demo_model):
+    at = run_clean(page_session(PAGE, model=DEMO, prompt=PROMPT, compare="prompt", prompt_b=PROMPT_B, lm="logp"))
+    a, b, d = _lens_charts(at)
+    za, zb, zd = (plotly_array(f["data"][0]["z"]) for f in (a, b, d))
+    np.testing.assert_allclose(zd, zb - za, rtol=1e-4, atol=1e-4, equal_nan=True)
+    lb = LE.logit_lens(demo_model, list(PROMPT_B.encode()))
+    np.testing.assert_allclose(zb, lb.logp.T, rtol=1e-4, atol=1e-5, equal_nan=True)
+    assert len(token_views(at)) == 2
+
+
+def test_a_target_of_several_tokens_is_one_line():
+    at = page_session(PAGE, model=DEMO, prompt=PROMPT, tgt="Paris")
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["the target 'Paris' is 5 tokens for this model's tokenizer ('P', 'a', 'r', "
+                                           "'i', 's'): give the text of exactly one token (e.g. its first piece)"]
+
+
+def _trace(model, lens: bool) -> bytes:
+    from rwkv_core.io.trace_file import COMPACT, build_trace, save_trace
+
+    buf = io.BytesIO()
+    save_trace(build_trace(model, list(PROMPT.encode()), token_texts=list(PROMPT), tokenizer_kind="bytes",
+                           checkpoint_name="demo-v7.pth", lens=lens, **COMPACT), buf)
+    return buf.getvalue()
+
+
+def test_from_a_trace_file_with_and_without_the_lens(demo_model):
+    at = run_clean(app_session("pages/5_Logit_lens.py", source="trace file"))
+    run_clean(_upload(at, _trace(demo_model, lens=True)))
+    lens = LE.logit_lens(demo_model, list(PROMPT.encode()))
+    z = plotly_array(_lens_charts(at)[0]["data"][0]["z"])
+    np.testing.assert_allclose(z, np.exp(lens.logp).T, rtol=1e-4, atol=1e-6, equal_nan=True)
+    hover = _lens_charts(at)[0]["data"][0]["customdata"][-1][PROMPT.index("Paris") - 1]
+    assert hover.startswith("P<br>")  # ids only: no probabilities in a file
+    at2 = run_clean(app_session("pages/5_Logit_lens.py", source="trace file"))
+    _upload(at2, _trace(demo_model, lens=False), "nolens.npz").run()
+    assert not at2.exception
+    assert len(at2.error) == 1 and "has no logit lens" in at2.error[0].value and "--lens" in at2.error[0].value
