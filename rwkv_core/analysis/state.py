@@ -27,6 +27,7 @@ learned exactly; e_before is how well the state already predicted the value befo
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -55,41 +56,40 @@ def zero_state(si: ScoreInputs) -> torch.Tensor:
 
 
 def step(si: ScoreInputs, state: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The states after tokens start..stop-1 from `state` (the state after token start - 1), one serial WKV step per
-    token (`wkv.wkv*_serial`): (state after stop - 1, the states of every token [H, N, N] or v4 [3, C])."""
-    states = []
-    s = state[None]
-    for t in range(start, stop):
-        sl = slice(t, t + 1)
-        if si.version == "4":
-            rho = -_flat(si.logw[sl])[0]  # [C] this token's per-step log-decay, negated
-            _, s = wkv.wkv4_serial(_flat(si.k[sl])[None], _flat(si.v[sl])[None], rho, _flat(si.u[None])[0], s)
-        elif si.version == "7":
-            _, s = wkv.wkv7_serial(si.r[None, sl], si.logw[None, sl], si.k[None, sl], si.v[None, sl],
-                                   -si.kk[None, sl], (si.kk[sl] * si.a[sl])[None], s)
-        else:
-            _, s = wkv.wkv5_serial(si.r[None, sl], si.k[None, sl], si.v[None, sl], si.logw[None, sl], si.u, s)
-        states.append(s[0])
-    return s[0], states
+    """The states after tokens start..stop-1 from `state` (the state after token start - 1), by the serial WKV
+    recurrence (`wkv.wkv5_states` / `wkv.wkv7_states`, v4 `wkv.wkv4_serial` token by token): (state after
+    stop - 1, the states of every token [H, N, N] or v4 [3, C])."""
+    if stop <= start:
+        return state, []
+    sl = slice(start, stop)
+    if si.version == "4":
+        states, s = [], state[None]
+        for t in range(start, stop):
+            rho = -_flat(si.logw[t:t + 1])[0]  # [C] this token's per-step log-decay, negated
+            _, s = wkv.wkv4_serial(_flat(si.k[t:t + 1])[None], _flat(si.v[t:t + 1])[None], rho,
+                                   _flat(si.u[None])[0], s)
+            states.append(s[0])
+        return s[0], states
+    if si.version == "7":
+        _, all_ = wkv.wkv7_states(si.r[None, sl], si.logw[None, sl], si.k[None, sl], si.v[None, sl],
+                                  -si.kk[None, sl], (si.kk[sl] * si.a[sl])[None], state[None])
+    else:
+        _, all_ = wkv.wkv5_states(si.r[None, sl], si.k[None, sl], si.v[None, sl], si.logw[None, sl], si.u, state[None])
+    states = list(all_[0].unbind(0))  # [H, N, N] each
+    return states[-1], states
 
 
-def effective_rank(states: torch.Tensor) -> torch.Tensor:
-    """Participation ratio of the singular values of states [..., N, N]: ||S||_F^4 / ||S S^T||_F^2 (1..N; 0 for a
-    zero state), float64."""
-    s = states.double()
-    fro2 = (s * s).sum((-2, -1))
-    gram = s @ s.transpose(-1, -2)
-    g2 = (gram * gram).sum((-2, -1))
-    return torch.where(g2 > 0, fro2 * fro2 / torch.where(g2 > 0, g2, 1.0), torch.zeros_like(g2))
-
-
-def frobenius(states: torch.Tensor, version: str) -> torch.Tensor:
-    """Size of states per head: the Frobenius norm of [..., H, N, N] -> [..., H]; v4 [..., 3, C]: the norm of the
-    read-out aa / bb (the values' weighted mean the state holds) per group of channels, [..., H] with H groups of
-    the layer's `ScoreInputs`. float64."""
-    if version == "4":
-        raise AssertionError("use v4_content_norm")
-    return torch.linalg.vector_norm(states.double(), dim=(-2, -1))
+def norm_and_rank(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frobenius norm and effective rank (participation ratio of the singular values: ||S||_F^4 / ||S S^T||_F^2,
+    1..N, 0 for a zero state) of states [..., N, N], float64, from one Gram matrix per state. The Gram matrix is
+    formed and squared in float32 (float64 batches of small products cost several times more on a CPU), which keeps
+    ~1e-6 of relative precision."""
+    s = states.float()
+    gram = s @ s.transpose(-1, -2)  # [..., N, N]
+    fro2 = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1).double()
+    g2 = gram.square().sum((-2, -1)).double()
+    rank = torch.where(g2 > 0, fro2 * fro2 / torch.where(g2 > 0, g2, 1.0), torch.zeros_like(g2))
+    return fro2.clamp_min(0).sqrt(), rank
 
 
 def v4_content_norm(states: torch.Tensor, H: int) -> torch.Tensor:
@@ -105,12 +105,12 @@ def regression_errors(before: torch.Tensor, after: torch.Tensor, kk: torch.Tenso
     """RWKV-7's online-regression errors of a block of tokens (module docstring): states before and after each
     token [P, H, N(value), N(key)], the unit removal keys kk and values v [P, H, N]; (e_before, e_after) [P, H]
     float64 (NaN where ||v_t|| = 0)."""
-    kk, v = kk.double(), v.double()
-    nv = torch.linalg.vector_norm(v, dim=-1)
+    kk, v64 = kk.float(), v.double()
+    nv = torch.linalg.vector_norm(v64, dim=-1)
     nv = torch.where(nv > 0, nv, torch.full_like(nv, float("nan")))
-    read = lambda S: torch.einsum("phvk,phk->phv", S.double(), kk)  # noqa: E731
-    return (torch.linalg.vector_norm(read(before) - v, dim=-1) / nv,
-            torch.linalg.vector_norm(read(after) - v, dim=-1) / nv)
+    read = lambda S: (S.float() @ kk[..., None])[..., 0].double()  # noqa: E731  [P, H, N(value)]
+    return (torch.linalg.vector_norm(read(before) - v64, dim=-1) / nv,
+            torch.linalg.vector_norm(read(after) - v64, dim=-1) / nv)
 
 
 @dataclass
@@ -145,16 +145,35 @@ class LayerStates:
         start, s = (c * CHECKPOINT_EVERY, self.checkpoints[c - 1]) if c else (0, zero_state(self.inputs))
         if start > t:
             return s.clone()
-        return step(self.inputs, s, start, t + 1)[0]
+        with one_thread():
+            return step(self.inputs, s, start, t + 1)[0]
 
     def at_positions(self, positions: Sequence[int]) -> torch.Tensor:
         """The states after each of `positions`: [P, H, N, N] or v4 [P, 3, C]."""
         return torch.stack([self.at(p) for p in positions])
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for the block: the serial recurrence is thousands of operations on a few thousand numbers
+    each, where a parallel region's start costs more than the work (measured on 2 busy cores: 256 v7 steps of 12 x
+    64 x 64 took 10.8 s on two threads, 0.29 s on one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @torch.no_grad()
 def layer_states(si: ScoreInputs) -> LayerStates:
     """Every token's state of one layer, measured in blocks of MEASURE_BLOCK tokens (only checkpoints are kept)."""
+    with one_thread():
+        return _layer_states(si)
+
+
+def _layer_states(si: ScoreInputs) -> LayerStates:
     T, H = si.T, si.H
     fro, erank = np.full((T, H), np.nan), np.full((T, H), np.nan)
     v7 = si.version == "7"
@@ -169,8 +188,8 @@ def layer_states(si: ScoreInputs) -> LayerStates:
         if si.version == "4":
             fro[start:stop] = v4_content_norm(block, H).numpy()
         else:
-            fro[start:stop] = frobenius(block, si.version).numpy()
-            erank[start:stop] = effective_rank(block).numpy()
+            f, r = norm_and_rank(block)
+            fro[start:stop], erank[start:stop] = f.numpy(), r.numpy()
         if v7:
             prev = torch.cat([before[None], block[:-1]])
             b, a = regression_errors(prev, block, si.kk[start:stop], si.v[start:stop])

@@ -150,7 +150,7 @@ def test_norms_and_effective_rank_equal_numpy_on_the_exported_states(version, tm
         pr = (sv ** 2).sum(-1) ** 2 / (sv ** 4).sum(-1)
         np.testing.assert_allclose(ls.eff_rank[positions], pr, rtol=1e-4)
         np.testing.assert_allclose(ls.frobenius[positions], np.linalg.norm(states, axis=(-2, -1)), rtol=1e-5)
-        assert (ls.eff_rank[positions] >= 1 - 1e-9).all() and (ls.eff_rank[positions] <= si.N + 1e-9).all()
+        assert (ls.eff_rank[positions] >= 1 - 1e-5).all() and (ls.eff_rank[positions] <= si.N * (1 + 1e-5)).all()
 
 
 def test_read_out_and_nearest_values(tmp_path):
