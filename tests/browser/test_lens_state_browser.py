@@ -62,7 +62,9 @@ def test_logit_lens_opened_first_then_a_click_and_compare(base_url, page, stream
     t = PROMPT.index("Paris") - 1
     _open_and_click(page, streamlit_server, base_url, link, 5, t)
     expect(page.get_by_role("radio", name="log-probability")).to_be_checked()
-    expect(page.get_by_text(re.compile(r"final top-1: `'P'`"))).to_be_visible(timeout=30_000)
+    line = page.get_by_test_id("stMarkdownContainer").filter(has_text=f"at token {t} ")
+    expect(line.first).to_contain_text("the answer forms at stage", timeout=30_000)
+    expect(line.first.locator("code")).to_have_text("'P'")  # the final top-1 at the space before "Paris"
     heat = page.locator(".js-plotly-plot").first
     hover = heat.evaluate("gd => gd.data[0].customdata[gd.data[0].customdata.length - 1][%d]" % t)
     assert hover.startswith("P  ")  # the last stage's top-10 at that cell, most likely first
