@@ -13,6 +13,7 @@ State page (T = --state-tokens, default 4,096):
   click          a token click: the state after that token (`LayerStates.at`: checkpoint + replay), its read-out for
                  a query, the nearest earlier values, and the figures the page draws (matrix, curves, regression)
   rebuild        the baseline: the state after that token rebuilt from token 0 (no checkpoints)
+(--state-tokens 0 leaves the State part out.)
 
 Each timing is the best of --repeat runs (the machine may be shared: compare the ratios). Goals: lens <= 2x forward;
 a click <= 1 s.
@@ -65,17 +66,23 @@ def main() -> int:
     tokens = [int(t) for t in rng.integers(0, 65536, args.lens_tokens)]
     with torch.no_grad():
         model(tokens[:64])
-        fwd, _ = best(lambda: model(tokens), args.repeat)
-        lens_s, lens = best(lambda: LE.logit_lens(model, tokens), args.repeat)
         resid = LE.capture_residuals(model, tokens)
-        capture_s, _ = best(lambda: LE.capture_residuals(model, tokens), args.repeat)
+
         def head_products() -> None:  # chunked as the lens reads them, nothing kept ([T, V] per stage is 268 MB)
             for s in range(L + 1):
                 for c in range(0, len(tokens), LE.LENS_CHUNK):
                     model.unembed(resid[s, c:c + LE.LENS_CHUNK])
 
-        heads, _ = best(head_products, args.repeat)
-        reads, _ = best(lambda: LE.logit_lens(model, tokens, resid=resid), args.repeat)
+        runs: dict[str, list[float]] = {"forward": [], "lens": [], "capture": [], "heads": [], "reads": []}
+        lens = None
+        for _ in range(args.repeat):  # interleaved, so that a change of the machine's load hits every column
+            runs["forward"].append(best(lambda: model(tokens), 1)[0])
+            t, lens = best(lambda: LE.logit_lens(model, tokens), 1)
+            runs["lens"].append(t)
+            runs["capture"].append(best(lambda: LE.capture_residuals(model, tokens), 1)[0])
+            runs["heads"].append(best(head_products, 1)[0])
+            runs["reads"].append(best(lambda: LE.logit_lens(model, tokens, resid=resid), 1)[0])
+        fwd, lens_s, capture_s, heads, reads = (min(runs[k]) for k in ("forward", "lens", "capture", "heads", "reads"))
     print(f"\nLogit lens, T = {len(tokens)}, {L + 1} stages")
     print(f"  forward (logits included)       {fwd:8.2f} s   1.00x   (the baseline)")
     print(f"  lens (forward + {L + 1} read-outs)   {lens_s:8.2f} s   {lens_s / fwd:.2f}x")
@@ -84,8 +91,11 @@ def main() -> int:
     print(f"  {L + 1} head products alone          {heads:8.2f} s   {heads / fwd:.2f}x the forward")
     print(f"  goal lens <= 2x forward: {'met' if lens_s <= 2 * fwd else 'NOT met'}; answer forms at stage "
           f"{np.bincount(lens.answer_forms(), minlength=L + 1).tolist()} (tokens per stage)")
+    print("  all runs: " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in runs.items()))
     resid = lens = None  # free before the state part
 
+    if args.state_tokens <= 0:
+        return 0
     T = args.state_tokens
     tokens = [int(t) for t in rng.integers(0, 65536, T)]
     capture_s, inputs = best(lambda: S.capture_score_inputs(model, tokens), 1)

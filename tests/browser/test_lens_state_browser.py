@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import app_exceptions, open_app, rerun, save_screenshot, wait_for_app
@@ -82,6 +83,7 @@ def test_state_page_link_click_and_compare(base_url, page, streamlit_server):
     _compare(page, streamlit_server, base_url, link, "S after")
 
 
+@pytest.mark.slow  # the trace-file path of both pages is covered under AppTest in the default run
 def test_a_trace_file_with_lens_and_states_opens_on_both_pages(base_url, page, streamlit_server, tmp_path):
     from inspector_ui.registry import list_models
     from rwkv_core.io.checkpoint import load_model

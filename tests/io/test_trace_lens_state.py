@@ -16,7 +16,7 @@ from rwkv_core.io.trace_file import TraceFileError, build_trace, estimate_trace_
 from tests.test_cli import cli
 
 
-@pytest.mark.parametrize("version", ["4", "7"])
+@pytest.mark.parametrize("version", [pytest.param("4", marks=pytest.mark.slow), "7"])
 def test_export_lens_and_states(tmp_path, version):
     ckpt = tmp_path / "m.pth"
     write_random_checkpoint(ckpt, version, n_layer=3, n_embd=64, head_size=16, seed=2)
