@@ -157,7 +157,8 @@ class LayerStates:
 def one_thread():
     """torch on one thread for the block: the serial recurrence is thousands of operations on a few thousand numbers
     each, where a parallel region's start costs more than the work (measured on 2 busy cores: 256 v7 steps of 12 x
-    64 x 64 took 10.8 s on two threads, 0.29 s on one)."""
+    64 x 64 took 10.8 s on two threads, 0.29 s on one). With torch's OpenMP the count is the calling thread's own
+    (`omp_set_num_threads`), so other threads computing meanwhile keep theirs."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
