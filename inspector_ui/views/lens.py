@@ -55,6 +55,7 @@ not trained on, so low probabilities there mean "not yet in the head's terms", n
 
 TOKEN_LINES = 5
 MAX_LENS_WINDOW = 384  # tokens the heat map shows at once (hover text of 13 x 384 cells travels with it)
+WINDOW_STEP = 128  # the heat map's window moves in steps of this many tokens (see `_window`)
 
 
 @dataclass
@@ -195,7 +196,16 @@ def token_section(runs: list[Run], data: list[LensData], tok: int) -> None:
 
 
 def _window(T: int, sel: int) -> tuple[int, int]:
-    return heat_window(T, sel, MAX_LENS_WINDOW)
+    """The heat map's tokens [a, b) around the selection, moved in steps of WINDOW_STEP tokens: a click near the
+    last one leaves the figure as it was, so the browser does not draw it again (13 x 384 cells with their top-10
+    hover text cost Chromium about a second per redraw at the 0.1B shape)."""
+    if T <= MAX_LENS_WINDOW:
+        return 0, T
+    a = heat_window(T, sel, MAX_LENS_WINDOW)[0]
+    a = min(WINDOW_STEP * round(a / WINDOW_STEP), T - MAX_LENS_WINDOW)
+    if not a <= sel < a + MAX_LENS_WINDOW:  # the step moved the selection out: take the plain window
+        a = heat_window(T, sel, MAX_LENS_WINDOW)[0]
+    return a, a + MAX_LENS_WINDOW
 
 
 def heatmap_section(runs: list[Run], data: list[LensData], measure: str, tok: int, config: dict) -> None:
@@ -211,7 +221,7 @@ def heatmap_section(runs: list[Run], data: list[LensData], measure: str, tok: in
             vals = FL.measure_values(d.logp[a:b], None if d.rank is None else d.rank[a:b], measure)
             hover = FL.top_texts(d.top_ids[a:b], None if d.top_logp is None else d.top_logp[a:b], _display(run))
             fig = FL.lens_heatmap(vals, d.stages, run.token_texts[a:b], measure=measure, hover=hover,
-                                  formed=d.formed()[a:b], first=a, sel=sel, colorblind=bool(st.session_state["cb"]),
+                                  formed=d.formed()[a:b], first=a, colorblind=bool(st.session_state["cb"]),
                                   title=f"{run.label}: logit lens")
             st.plotly_chart(fig, config=config, key=f"lens_heat_{run.label}")
             shown.append((a, b, vals))
@@ -219,11 +229,12 @@ def heatmap_section(runs: list[Run], data: list[LensData], measure: str, tok: in
             and shown[0][:2] == shown[1][:2]:
         a, b = shown[0][:2]
         fig = FL.lens_heatmap(shown[1][2] - shown[0][2], data[0].stages, runs[1].token_texts[a:b], measure=measure,
-                              first=a, sel=min(tok, len(runs[0].tokens) - 1), diff=True,
+                              first=a, diff=True,
                               colorblind=bool(st.session_state["cb"]), title="B − A")
         st.plotly_chart(fig, config=config, key="lens_heat_diff")
     st.caption("× marks where the answer forms: from that stage on, the final top-1 token stays top-1. The last "
-               "position has no next token (blank) unless a target is named.")
+               "position has no next token (blank) unless a target is named. The selected token's column is drawn "
+               "below, over the stages.")
 
 
 def selected_section(runs: list[Run], data: list[LensData], measure: str, tok: int, config: dict) -> None:

@@ -247,12 +247,12 @@ def size_section(states: list[RunState], layer: int, head: int, config: dict) ->
             ls = rs.ls
             texts = rs.run.token_texts
             st.plotly_chart(FS.head_curves_figure(ls.frobenius, texts, y_name="‖S‖_F" if ls.version != "4" else
-                                                  "‖aa/bb‖", open_head=head, sel=rs.sel, heads_word=heads_word,
+                                                  "‖aa/bb‖", open_head=head, heads_word=heads_word,
                                                   log_y=logy, title=f"{rs.run.label}: state norm after every token"),
                             config=config, key=f"state_norm_{rs.run.label}")
             if ls.version != "4":
                 st.plotly_chart(FS.head_curves_figure(ls.eff_rank, texts, y_name="effective rank", open_head=head,
-                                                      sel=rs.sel, heads_word=heads_word,
+                                                      heads_word=heads_word,
                                                       title=f"{rs.run.label}: effective rank (of {ls.inputs.N})"),
                                 config=config, key=f"state_rank_{rs.run.label}")
             norm = ls.frobenius[:, head]
@@ -315,7 +315,7 @@ def regression_section(states: list[RunState], layer: int, head: int, config: di
         with col:
             ls = rs.ls
             st.plotly_chart(FS.regression_figure(ls.err_before[:, head], ls.err_after[:, head], rs.run.token_texts,
-                                                 head=head, sel=rs.sel, title=f"{rs.run.label}: ‖S κ̂_t − v_t‖ / ‖v_t‖"),
+                                                 head=head, title=f"{rs.run.label}: ‖S κ̂_t − v_t‖ / ‖v_t‖"),
                             config=config, key=f"state_reg_{rs.run.label}")
             rows = [{"head": h, "median before": np.nanmedian(ls.err_before[:, h]),
                      "median after": np.nanmedian(ls.err_after[:, h]),

@@ -99,3 +99,14 @@ def test_from_a_trace_file_with_and_without_the_lens(demo_model):
     _upload(at2, _trace(demo_model, lens=False), "nolens.npz").run()
     assert not at2.exception
     assert len(at2.error) == 1 and "has no logit lens" in at2.error[0].value and "--lens" in at2.error[0].value
+
+
+def test_the_heat_maps_window_holds_the_selection_and_moves_in_steps():
+    """A click near the last one keeps the same window, so the browser has no figure to draw again."""
+    from inspector_ui.views.lens import MAX_LENS_WINDOW, _window
+
+    for T in (50, 384, 385, 1031, 4096):
+        for sel in range(0, T, 7):
+            a, b = _window(T, sel)
+            assert a <= sel < b <= T and b - a == min(T, MAX_LENS_WINDOW)
+    assert _window(1031, 515) == _window(1031, 530) == (384, 768)
