@@ -11,14 +11,17 @@ from inspector_ui.traces import download_section
 from inspector_ui.widgets import token_view
 
 ABOUT = ("Look inside an RWKV language model while it reads a prompt: what each head "
-         "reads (R·W·K), how long tokens stay in the state (W·K norm), the decay of every channel, and where "
-         "a fact travels (causal tracing, up the layers and forward through the state).")
+         "reads (R·W·K), how long tokens stay in the state (W·K norm), the decay of every channel, where "
+         "a fact travels (causal tracing, up the layers and forward through the state), where the answer forms "
+         "(logit lens) and what the state holds.")
 
 VIEWS = [
     ("pages/1_Attention.py", "Attention scores (R·W·K)", "which earlier tokens each token reads from, per layer and head"),
     ("pages/2_Influence_spans.py", "Influence spans (W·K norm)", "how long each token's key stays in the state"),
     ("pages/3_Time_decay.py", "Time decay", "per-channel decay of every layer, and which tokens make heads forget"),
     ("pages/4_Causal_tracing.py", "Causal tracing", "restore clean states and see where the answer comes back"),
+    ("pages/5_Logit_lens.py", "Logit lens", "the prediction read off every layer: where the answer forms"),
+    ("pages/6_State.py", "State", "what each head's memory holds, how full it gets, what it returns"),
 ]
 
 

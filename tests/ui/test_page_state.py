@@ -112,3 +112,11 @@ def test_rwkv4_shows_its_three_vectors():
     assert m["data"][0]["y"] == ["aa", "bb", "pp"]
     assert any("RWKV-4 has no state matrix" in i.value for i in at.info)
     assert not _chart(at, "A: effective rank")
+
+
+def test_the_home_page_links_both_new_views():
+    from tests.ui.page_helpers import app_session
+
+    at = run_clean(app_session(model=DEMO, prompt=PROMPT))
+    links = {(p.proto.label, p.proto.page) for p in at.get("page_link")}
+    assert {("Logit lens", "Logit_lens"), ("State", "State")} <= links, links  # (label, URL path)
