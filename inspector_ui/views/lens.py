@@ -58,6 +58,10 @@ MAX_LENS_WINDOW = 384  # tokens the heat map shows at once (hover text of 13 x 3
 WINDOW_STEP = 128  # the heat map's window moves in steps of this many tokens (see `_window`)
 
 
+class NoLens(RWKVInspectorError):
+    """A trace file without the lens keys (`export --lens`)."""
+
+
 @dataclass
 class LensData:
     """What the page draws of one run, from a model (`LogitLens`) or a trace (`StoredLens`)."""
@@ -90,8 +94,8 @@ def lens_data(run: Run, target: Optional[int]) -> LensData:
         return LensData(lens.stages, lens.logp, lens.rank, lens.top_ids, lens.top_logp)
     stored = LE.lens_from_trace(run.trace.arrays, run.trace.layers)
     if stored is None:
-        raise RWKVInspectorError("this trace file has no logit lens: export it again with `python -m rwkv_core export "
-                                 "CHECKPOINT --text ... --lens --out trace.npz` (or open it with a model)")
+        raise NoLens("This trace file has no logit lens: export it again with `python -m rwkv_core export "
+                     "CHECKPOINT --text ... --lens --out trace.npz`, or open the prompt with a model.")
     if target is not None:
         raise RWKVInspectorError("a trace file keeps the lens of the actual next token only: clear the target, or "
                                  "open the prompt with a model")
@@ -162,6 +166,9 @@ def render(ctx: PageContext) -> None:
             if measure == "rank" and d.rank is None:
                 raise InputError("this trace file has no lens ranks: show the probability or log-probability")
             data.append(d)
+    except NoLens as e:  # not an error of the user's: the file was made without it
+        st.info(str(e))
+        st.stop()
     except RWKVInspectorError as e:
         show_error(e)
         st.stop()
