@@ -81,7 +81,7 @@ def test_every_page_runs_on_a_folder_and_a_gguf_model(format_dir, page, model):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert at.selectbox(key="model").value == model
-    if page.stem[0] in "123":  # Attention, Influence spans, Time decay draw on opening
+    if page.stem[0] in "12356":  # Attention, Influence spans, Time decay, Logit lens, State draw on opening
         assert at.get("plotly_chart"), page.stem
 
 
