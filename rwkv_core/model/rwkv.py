@@ -130,20 +130,23 @@ def run_wkv_segments(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: to
 
 def _run_wkv_blocks(states_fn: Callable, seq_inputs: Sequence[torch.Tensor], state: torch.Tensor, hook: HookPoint,
                     cuts: set[int]):
-    """`run_wkv_segments` for a state hook at most tokens: blocks of `wkv.STATES_BLOCK` tokens, each giving the state
-    after every token; the hook sees each asked-for one, and where it returns another tensor (a replaced state)
-    the block is cut there and the next one starts from it."""
+    """`run_wkv_segments` for a state hook at most tokens: blocks of up to `wkv.STATES_BLOCK` tokens, each giving the
+    state after every token; the hook sees each asked-for one, and where it returns another tensor (a replaced
+    state) the block is cut there and the next one starts from it. After a replacement the blocks start at one
+    token and double while the hook leaves the states alone (a hook replacing at every token costs no more than
+    one call per token)."""
     T = seq_inputs[0].shape[1]
-    ys, start = [], 0
+    ys, start, block = [], 0, wkv.STATES_BLOCK
     while start < T:
-        stop = min(start + wkv.STATES_BLOCK, T)
+        stop = min(start + block, T)
         y, states = states_fn(*(t[:, start:stop] for t in seq_inputs), state)  # states: [B, L, *state shape]
         end, state = stop, states[:, -1]
+        block = min(2 * block, wkv.STATES_BLOCK)
         for p in sorted(c for c in cuts if start <= c < stop):
             seen = states[:, p - start]
             out = hook(seen, pos=p)
             if out is not seen:
-                end, state = p + 1, out
+                end, state, block = p + 1, out, 1
                 break
         ys.append(y[:, :end - start])
         start = end

@@ -404,3 +404,19 @@ def test_greedy_continuation_equals_argmax_of_full_runs(version):
             logits, _ = model(ids)
         assert g == int(logits[0, -1].argmax())
         ids.append(g)
+
+
+def test_a_state_hook_replacing_at_every_token_equals_token_by_token_runs():
+    """A hook that replaces layer 1's state after every token (blocks of one token after each replacement) gives
+    what running the prompt one token at a time and scaling that state in between gives."""
+    model = _random_model("7", n_layer=2, n_embd=32, head_size=16, seed=7)
+    toks = list(range(1, 30))
+    with torch.no_grad():
+        hooked, _ = model.run_with_hooks(toks, [("blocks.1.att.hook_state", lambda t, h: t * 0.9)],
+                                         state_positions=range(len(toks)))
+        state, outs = None, []
+        for t in toks:
+            logits, state = model([t], state)
+            state.wkv[1] = state.wkv[1] * 0.9
+            outs.append(logits[:, -1])
+    assert torch.allclose(hooked[0], torch.cat(outs), atol=1e-4)
