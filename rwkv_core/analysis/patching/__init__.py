@@ -24,12 +24,13 @@ transplant and steering (`transplant`): prompt B run from the state prompt A lef
 state_B) added at a token of a third prompt.
 
 Modules: `alignment`, `pair` (prepare_pair, PatchPair), `results` (PatchResult), `exact` (patch_grids,
-reference_cell), `attribution` (atp_grids, atp_trace), `transplant`. No Streamlit here.
+reference_cell), `attribution` (atp_grids, atp_trace), `transplant` (transplant, steer, StateEditResult). No Streamlit here.
 """
 from rwkv_core.analysis.patching.alignment import ALIGNMENTS, Alignment, align
 from rwkv_core.analysis.patching.exact import patch_grids, reference_cell
 from rwkv_core.analysis.patching.pair import SITES, PatchPair, check_sites, prepare_pair
 from rwkv_core.analysis.patching.results import METHODS, PatchResult
+from rwkv_core.analysis.patching.transplant import StateEditResult, steer, transplant
 
 __all__ = ["ALIGNMENTS", "Alignment", "align", "patch_grids", "reference_cell", "SITES", "PatchPair", "check_sites",
-           "prepare_pair", "METHODS", "PatchResult"]
+           "prepare_pair", "METHODS", "PatchResult", "StateEditResult", "steer", "transplant"]
