@@ -20,11 +20,6 @@ def _press(page, label: str) -> None:
 
 
 def test_patch_transplant_and_bad_input(base_url, page, streamlit_server):
-    # the home page first: on a server whose very first script run is a page file run directly (a deep link to a
-    # fresh server, before app.py has declared the navigation), the first press of a form button after it is
-    # lost, on every page (the page's widgets get other ids once app.py routes); seen here, reported, not this
-    # page's to fix
-    open_app(page, f"{base_url}/", timeout_ms=300_000)
     open_app(page, f"{base_url}/Patching?{urlencode(QUERY)}", timeout_ms=300_000)
     expect(page.get_by_role("button", name="Patch", exact=True)).to_be_visible(timeout=60_000)
     _press(page, "Patch")
