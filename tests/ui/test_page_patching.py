@@ -12,14 +12,21 @@ from rwkv_core.analysis import patching as PA
 from rwkv_core.io.checkpoint import load_model
 from rwkv_core.io.tokenizer import ByteTokenizer
 from tests.conftest import REPO
-from tests.ui.page_helpers import app_session, chart_specs, plotly_array
+from tests.ui.page_helpers import chart_specs, page_session, plotly_array
 
 CLEAN = "The Eiffel Tower is located in the city of"
 CORRUPT = "The Colosseum is located in the city of"
 
 
+PAGE = REPO / "pages" / "7_Patching.py"
+
+
 def _page(**query):
-    return app_session("pages/7_Patching.py", **query)
+    """The page as the main script (as the score pages' tests open theirs); the URL's query parameters set."""
+    at = page_session(PAGE, timeout_s=600)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at
 
 
 def _ok(at):
