@@ -6,8 +6,8 @@ from one forward pass of each run and one backward pass of the corrupted one (Na
 Activation sites (residual stream, time-mix and channel-mix outputs, v7's v_first) take their gradients from
 that one backward pass. The recurrent state of layer l after token p is not a tensor of the sequence-mode
 forward (the chunked kernel never forms it per token), so each layer is run once more on its cached corrupted
-input with the state after every token perturbed by alpha_p x (clean state - corrupted state), alpha_p = 0, in
-the serial (per-token) kernel: the backward of sum_q g_q . y_q (g_q = dmetric/d(block output at q) from the
+input, one token at a time, with the state after every token perturbed by alpha_p x (clean state - corrupted
+state), alpha_p = 0: the backward of sum_q g_q . y_q (g_q = dmetric/d(block output at q) from the
 first backward; plus v_first's gradient for v7's layer 0, whose value every layer reads) gives dmetric/dalpha_p,
 the state cell's estimate, exactly to first order, since the block's outputs are all that the state reaches.
 
@@ -27,10 +27,8 @@ import torch
 from rwkv_core.analysis.patching.pair import PatchPair, check_sites
 from rwkv_core.analysis.patching.results import PatchResult
 from rwkv_core.analysis.tracing.results import TraceResult, TraceSpec, _empty_grids, _finish
-from rwkv_core.analysis.tracing.setup import TraceSetup, _noise_hook, _row_metrics, window_layers, zero_layer_states
-
-STATE_HOOKS = ("att.hook_shift", "att.hook_state", "ffn.hook_shift")
-
+from rwkv_core.analysis.tracing.setup import (TraceSetup, _noise_hook, _row_metrics, run_block, window_layers,
+                                              zero_layer_states)
 
 def corrupted_gradients(model, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor],
                         pre_hooks: Sequence = ()) -> dict[str, torch.Tensor]:
@@ -81,27 +79,23 @@ def state_attribution(model, l: int, x: torch.Tensor, vf: Optional[torch.Tensor]
     x [B, S, C]: block l's corrupted input (block 0's after ln0); vf [B, S, C] v7's v_first for l > 0; g_out
     [B, S, C] the metric's gradient at the block's output; g_vf [B, S, C] at v_first (v7 layer 0, else None);
     clean_states[p]: (att_shift, wkv, ffn_shift) to patch towards after token p (batch 1 or B), None: no patch.
+    The block runs one token at a time from the explicit state (no state hook: a hook that replaced the state
+    after every token would cut the model's blocks of tokens at every token), so every state is in the graph.
     """
     S = x.shape[1]
     alpha = torch.zeros(S, dtype=torch.float32, device=x.device, requires_grad=True)
-
-    def perturb(part: int):
-        def fn(s, hook):
-            target = clean_states[hook.pos]
-            if target is None:
-                return None
-            return s + alpha[hook.pos] * (target[part] - s.detach())
-        return fn
-
-    hooks = [(f"blocks.{l}.{h}", perturb(i)) for i, h in enumerate(STATE_HOOKS)]
-    if l == 0:
-        hooks.append(("blocks.0.hook_resid_pre", lambda t, h: x))
     state = zero_layer_states(model, x.shape[0])[l]
-    with torch.enable_grad(), model.hooks(hooks):
-        y, _, _, _, vf_out = model.blocks[l](x, *state, vf, tuple(range(S)), True, False)
-        f = (y * g_out).sum()
-        if g_vf is not None and l == 0:
-            f = f + (vf_out * g_vf).sum()
+    with torch.enable_grad():
+        f = x.new_zeros(())
+        for p in range(S):
+            y, state, vf_out = run_block(model, l, x[:, p:p + 1], state,
+                                         vf[:, p:p + 1] if vf is not None else None)
+            f = f + (y * g_out[:, p:p + 1]).sum()
+            if g_vf is not None and l == 0:
+                f = f + (vf_out * g_vf[:, p:p + 1]).sum()
+            target = clean_states[p]
+            if target is not None:
+                state = tuple(s + alpha[p] * (c - s.detach()) for s, c in zip(state, target))
         f.backward()
     return alpha.grad.double().cpu().numpy()
 
@@ -206,8 +200,7 @@ def atp_trace(setup: TraceSetup, specs: Sequence[TraceSpec]) -> list[TraceResult
             cs = [tuple(part for part in clean_states.states_after(p)[l]) for p in range(T)] + [None] * (S - T)
             vf = rc["v_first"] if (v7 and l > 0) else None
             gvf = g["g_v_first"][1] if (v7 and l == 0 and L > 1) else None
-            x0 = rc["resid"][0] if l == 0 else rc["resid"][l]
-            per["state"][:, l] = state_attribution(model, l, x0, vf, g["g_resid"][l], gvf, cs)[:T]
+            per["state"][:, l] = state_attribution(model, l, rc["resid"][l], vf, g["g_resid"][l], gvf, cs)[:T]
     out = []
     for sp in specs:
         if sp.kind == "block":
