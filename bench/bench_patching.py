@@ -11,8 +11,9 @@ stream, time-mix output, channel-mix output, recurrent state):
 - AtP: `atp_grids` for the whole grid (the corrupted forward and backward with every activation kept, and one
   pass per layer with the state perturbed after every token, with the clean states of that layer);
 - exact: `patch_grids` on `--sample` clean tokens spread over the prompt (every layer and site), extrapolated to
-  every aligned token: the two runs' token-by-token state walks over the whole prompt (timed on their own) plus
-  the sampled tokens' cell time (their run minus the walk up to their furthest token) per token x tokens;
+  every aligned token: the two runs' token-by-token state walks (timed inside that run, scaled from the furthest
+  sampled token to the whole prompt) plus the sampled tokens' cell time (the run minus its walks) per token x
+  tokens;
 - correlation of AtP with exact over the sampled cells, per site (random weights: a weak test of AtP, reported
   for completeness; the demo models' facts are in README).
 
@@ -81,16 +82,33 @@ def run_config(version: str, L: int, C: int, T: int, sample: int, seed: int) -> 
     _, w_atp_act, c_atp_act = timed(lambda: atp_grids(pair, ("resid", "att", "ffn")))
     aligned = [t for t, _p in pair.alignment.pairs()]
     picks = sorted({aligned[int(round(q * (len(aligned) - 1)))] for q in np.linspace(0.15, 0.95, sample)})
-    # the walks over the whole prompt (what exact patching of every token pays once)
-    _, w_walk_r, c_walk_r = timed(lambda: pair.walk("corrupt").states_after(pair.Tr - 1))
-    _, w_walk_c, c_walk_c = timed(lambda: pair.walk("clean").states_after(pair.Tc - 1))
+    # exact on the sampled tokens, the time of its token-by-token state walks measured inside the same run
+    walked = [0.0, 0.0]
+    make_walk = pair.walk
+
+    def timed_walk(run: str):
+        w = make_walk(run)
+        step = w._advance
+
+        def advance():
+            w0, c0 = time.perf_counter(), time.process_time()
+            step()
+            walked[0] += time.perf_counter() - w0
+            walked[1] += time.process_time() - c0
+        w._advance = advance
+        return w
+
+    pair.walk = timed_walk
     exact, w_ex, c_ex = timed(lambda: PA.patch_grids(pair, tokens=picks))
-    reach = (pair.alignment.clean_to_corrupt[picks[-1]] + 1) / pair.Tr
-    walk_part_w, walk_part_c = reach * (w_walk_r + w_walk_c), reach * (c_walk_r + c_walk_c)
-    per_tok_w = max(0.0, w_ex - walk_part_w) / len(picks)
-    per_tok_c = max(0.0, c_ex - walk_part_c) / len(picks)
-    ex_full_w = w_walk_r + w_walk_c + per_tok_w * len(aligned)
-    ex_full_c = c_walk_r + c_walk_c + per_tok_c * len(aligned)
+    pair.walk = make_walk
+    # the walks go as far as the last sampled token: over the whole prompt they take Tr / (its position + 1) times
+    scale = pair.Tr / (pair.alignment.clean_to_corrupt[picks[-1]] + 1)
+    walk_full_w, walk_full_c = walked[0] * scale, walked[1] * scale
+    per_tok_w = (w_ex - walked[0]) / len(picks)
+    per_tok_c = (c_ex - walked[1]) / len(picks)
+    ex_full_w = walk_full_w + per_tok_w * len(aligned)
+    ex_full_c = walk_full_c + per_tok_c * len(aligned)
+    w_walk_r, c_walk_r, w_walk_c, c_walk_c = walk_full_w, walk_full_c, 0.0, 0.0
     corr = {}
     for s in PA.SITES:
         a, e = atp.grid(s)[picks], exact.grid(s)[picks]
