@@ -56,7 +56,8 @@ def richardson(f) -> np.ndarray:
     return (4 * d[1] - d[0]) / 3
 
 
-@pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
+@pytest.mark.parametrize("version", [pytest.param("4", marks=pytest.mark.slow),
+                                     pytest.param("5.2", marks=pytest.mark.slow), "6", "7"])
 def test_atp_is_the_derivative_of_exact_patching_two_prompts(version):
     with float64_model(small_model(version)) as model:
         check_pair_against_differences(model)
@@ -128,8 +129,10 @@ ALL_SPECS = tuple(TR.TraceSpec("block", m) for m in TR.MODES) + (TR.TraceSpec("a
 
 @pytest.mark.parametrize("version,answer,answer2,specs", [
     ("7", "Zq", "Q", ALL_SPECS + (TR.TraceSpec("block", "resid", restore_v_first=False),)),
-    ("6", "Z", None, (TR.TraceSpec("block", "state"), TR.TraceSpec("att", window=2))),  # recovery of p(answer)
-    ("5.2", "Zq", "Q", (TR.TraceSpec("block", "both"), TR.TraceSpec("ffn", window=2)))])
+    pytest.param("6", "Z", None, (TR.TraceSpec("block", "state"), TR.TraceSpec("att", window=2)),
+                 marks=pytest.mark.slow),  # recovery of p(answer)
+    pytest.param("5.2", "Zq", "Q", (TR.TraceSpec("block", "both"), TR.TraceSpec("ffn", window=2)),
+                 marks=pytest.mark.slow)])
 def test_atp_trace_is_the_derivative_of_a_scaled_restore(version, answer, answer2, specs):
     with float64_model(small_model(version)) as model:
         check_trace_against_differences(model, answer, answer2, specs)

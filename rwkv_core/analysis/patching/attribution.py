@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from rwkv_core.analysis.patching.pair import PatchPair, check_sites
+from rwkv_core.analysis.patching.pair import PatchPair, block_states_after_every_token, check_sites
 from rwkv_core.analysis.patching.results import PatchResult
 from rwkv_core.analysis.tracing.results import TraceResult, TraceSpec, _empty_grids, _finish
 from rwkv_core.analysis.tracing.setup import (TraceSetup, _noise_hook, _row_metrics, run_block, window_layers,
@@ -195,9 +195,9 @@ def atp_trace(setup: TraceSetup, specs: Sequence[TraceSpec]) -> list[TraceResult
     if any(sp.kind == "block" and sp.mode in ("state", "both") for sp in specs):
         per["state"] = np.zeros((T, L))
         rc, S = setup.corrupt_cache, setup.S
-        for l in range(L):
-            clean_states = setup.walk("clean")  # the clean run's state of layer l after every token
-            cs = [tuple(part for part in clean_states.states_after(p)[l]) for p in range(T)] + [None] * (S - T)
+        for l in range(L):  # the clean run's state of layer l after every prompt token (answer tokens: no cells)
+            cs = block_states_after_every_token(model, l, cc["resid"][l][None],
+                                                cc["v_first"][None] if (v7 and l > 0) else None)[:T] + [None] * (S - T)
             vf = rc["v_first"] if (v7 and l > 0) else None
             gvf = g["g_v_first"][1] if (v7 and l == 0 and L > 1) else None
             per["state"][:, l] = state_attribution(model, l, rc["resid"][l], vf, g["g_resid"][l], gvf, cs)[:T]
