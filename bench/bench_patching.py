@@ -18,7 +18,7 @@ stream, time-mix output, channel-mix output, recurrent state):
   for completeness; the demo models' facts are in README).
 
 Times are wall seconds and CPU seconds of this process (a shared machine: CPU time is the steadier). Run:
-`python bench/bench_patching.py [--configs 24x1024:64,12x768:1024] [--sample 3] [--threads 2]`.
+`python bench/bench_patching.py [--configs 24x1024:64,12x768:1024] [--sample 3] [--threads 1]`.
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--configs", default="24x1024:64,12x768:1024", help="LxC:T, comma-separated")
     ap.add_argument("--version", default="7", choices=["5.2", "6", "7"])
     ap.add_argument("--sample", type=int, default=3, help="clean tokens exact patching runs on (extrapolated)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a busy machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
