@@ -1,8 +1,9 @@
 """Benchmark: attribution patching (AtP) against exact patching between two prompts, same grids, one run.
 
 For each configuration (a random RWKV checkpoint of L layers x width C, vocabulary 65,536 with the World
-tokenizer, prompts of T tokens: a filler text then "The Eiffel Tower is located in the city of" / "The Colosseum
-is located in the city of", answers " Paris" / " Rome", aligned by the subject spans), every site (residual
+tokenizer, prompts of T tokens: "The Eiffel Tower is a famous landmark." / "The Colosseum is a famous landmark.",
+a filler text, then " The landmark is located in the city of"; answers " Paris" / " Rome", aligned by the subject
+spans), every site (residual
 stream, time-mix output, channel-mix output, recurrent state):
 
 - baseline ("fwd+bwd"): one forward of the corrupted prompt with gradients and one backward of LD, no hooks: the
@@ -10,8 +11,8 @@ stream, time-mix output, channel-mix output, recurrent state):
 - setup: `prepare_pair` (one forward of each prompt, caches kept), shared by both methods;
 - AtP: `atp_grids` for the whole grid (the corrupted forward and backward with every activation kept, and one
   pass per layer with the state perturbed after every token, with the clean states of that layer);
-- exact: `patch_grids` on `--sample` clean tokens spread over the prompt (every layer and site), extrapolated to
-  every aligned token: the two runs' token-by-token state walks (timed inside that run, scaled from the furthest
+- exact: `patch_grids` on `--sample` clean tokens spread from the subject's first token to the last (every layer
+  and site), extrapolated to every aligned token from the subject on (the ones before are the corrupted run): the two runs' token-by-token state walks (timed inside that run, scaled from the furthest
   sampled token to the whole prompt) plus the sampled tokens' cell time (the run minus its walks) per token x
   tokens;
 - correlation of AtP with exact over the sampled cells, per site (random weights: a weak test of AtP, reported
@@ -37,9 +38,10 @@ from rwkv_core.io.synthetic import random_state_dict
 from rwkv_core.io.tokenizer import tokenizer_for
 from rwkv_core.model.rwkv import RWKV
 
-FILLER = ("The river runs past the old mill, where the miller counts his sacks of grain each morning and the "
-          "children of the village watch the boats go by. ")
-CLEAN, CORRUPT = " The Eiffel Tower is located in the city of", " The Colosseum is located in the city of"
+FILLER = (" The river runs past the old mill, where the miller counts his sacks of grain each morning and the"
+          " children of the village watch the boats go by.")
+HEAD_CLEAN, HEAD_CORRUPT = "The Eiffel Tower is a famous landmark.", "The Colosseum is a famous landmark."
+QUESTION = " The landmark is located in the city of"
 
 
 def timed(fn):
@@ -49,11 +51,13 @@ def timed(fn):
 
 
 def prompts(tok, T: int) -> tuple[str, str]:
-    """Clean and corrupted prompts whose clean one is T tokens (a filler prefix cut at a token boundary)."""
-    tail = len(tok.encode(CLEAN))
-    ids = list(tok.encode(FILLER * (T // 8 + 4)).ids)[:max(0, T - tail)]
-    head = tok.decode(ids)
-    return head + CLEAN, head + CORRUPT
+    """Clean and corrupted prompts, the clean one T tokens: the subject's sentence first, then a filler text (cut at
+    a token boundary), then the question, so every token after the subject differs between the two runs (cells
+    before it are the corrupted run and cost nothing)."""
+    fixed = len(tok.encode(HEAD_CLEAN + QUESTION))
+    ids = list(tok.encode(FILLER * (T // 8 + 4)).ids)[:max(0, T - fixed)]
+    mid = tok.decode(ids)
+    return HEAD_CLEAN + mid + QUESTION, HEAD_CORRUPT + mid + QUESTION
 
 
 def fwd_bwd(pair: PA.PatchPair) -> None:
@@ -74,14 +78,16 @@ def run_config(version: str, L: int, C: int, T: int, sample: int, seed: int) -> 
     tok = tokenizer_for(65536, kind="world")
     clean, corrupt = prompts(tok, T)
     pair, w_setup, c_setup = timed(lambda: PA.prepare_pair(model, tok, clean, corrupt, " Paris", " Rome",
-                                                           align_by="spans", clean_span="The Eiffel Tower",
-                                                           corrupt_span="The Colosseum"))
+                                                           align_by="spans", clean_span="Eiffel Tower",
+                                                           corrupt_span="Colosseum"))
     fwd_bwd(pair)  # warm-up
     _, w_fb, c_fb = timed(lambda: fwd_bwd(pair))
     atp, w_atp, c_atp = timed(lambda: atp_grids(pair))
     _, w_atp_act, c_atp_act = timed(lambda: atp_grids(pair, ("resid", "att", "ffn")))
     aligned = [t for t, _p in pair.alignment.pairs()]
-    picks = sorted({aligned[int(round(q * (len(aligned) - 1)))] for q in np.linspace(0.15, 0.95, sample)})
+    first = PA.exact.shared_prefix(pair)  # cells before the subject cost nothing (filled); sample after it
+    after = [t for t in aligned if t >= first]
+    picks = sorted({after[int(round(q * (len(after) - 1)))] for q in np.linspace(0.0, 1.0, sample)})
     # exact on the sampled tokens, the time of its token-by-token state walks measured inside the same run
     walked = [0.0, 0.0]
     make_walk = pair.walk
@@ -106,8 +112,8 @@ def run_config(version: str, L: int, C: int, T: int, sample: int, seed: int) -> 
     walk_full_w, walk_full_c = walked[0] * scale, walked[1] * scale
     per_tok_w = (w_ex - walked[0]) / len(picks)
     per_tok_c = (c_ex - walked[1]) / len(picks)
-    ex_full_w = walk_full_w + per_tok_w * len(aligned)
-    ex_full_c = walk_full_c + per_tok_c * len(aligned)
+    ex_full_w = walk_full_w + per_tok_w * len(after)
+    ex_full_c = walk_full_c + per_tok_c * len(after)
     w_walk_r, c_walk_r, w_walk_c, c_walk_c = walk_full_w, walk_full_c, 0.0, 0.0
     corr = {}
     for s in PA.SITES:
@@ -115,7 +121,7 @@ def run_config(version: str, L: int, C: int, T: int, sample: int, seed: int) -> 
         ok = np.isfinite(a) & np.isfinite(e)
         corr[s] = float(np.corrcoef(a[ok], e[ok])[0, 1]) if ok.sum() > 2 else float("nan")
     return {"version": version, "layers": L, "width": C, "T": pair.Tc, "T_corrupt": pair.Tr, "aligned": len(aligned),
-            "sampled_tokens": picks, "cells": len(aligned) * L * len(PA.SITES),
+            "sampled_tokens": picks, "cells": len(aligned) * L * len(PA.SITES), "first_difference": first,
             "setup_s": [w_setup, c_setup], "fwd_bwd_s": [w_fb, c_fb], "atp_s": [w_atp, c_atp],
             "atp_activations_only_s": [w_atp_act, c_atp_act], "walks_s": [w_walk_r + w_walk_c, c_walk_r + c_walk_c],
             "exact_sample_s": [w_ex, c_ex], "exact_extrapolated_s": [ex_full_w, ex_full_c],

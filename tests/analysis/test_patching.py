@@ -82,8 +82,13 @@ def test_exactness_identities(version):
     g = P.patch_grids(pair)
     assert g.raw["resid"][T - 1, L - 1] == pair.clean_value and g.grid("resid")[T - 1, L - 1] == 1.0
     assert np.allclose(g.raw["state"][T - 1], pair.corrupt_value)  # a state after the last token reaches nothing
-    # tokens before the first difference: the two runs are the same there, every patch changes nothing
-    assert np.allclose(g.raw["resid"][:3], pair.corrupt_value, atol=1e-5)
+    # tokens before the first difference: the two runs are the same there, every patch changes nothing (filled
+    # without a run; the reference loop computes them)
+    ref = P.patch_grids(pair, ("resid", "state"), method="reference", tokens=[0, 1, 2, 3])
+    for s in ("resid", "state"):
+        assert (g.raw[s][:3] == pair.corrupt_value).all()
+        assert np.allclose(ref.raw[s][:3], pair.corrupt_value, atol=1e-5)
+        assert close(g.raw[s][3], ref.raw[s][3])
     zero = P.patch_grids(pair, scale=0.0)
     for s in P.SITES:
         assert np.allclose(zero.raw[s], pair.corrupt_value, atol=1e-5), s

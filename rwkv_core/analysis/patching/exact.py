@@ -6,7 +6,9 @@ layers below the patched one, so each cell starts from the corrupted run's cache
 after token p - 1 (advanced token by token, `RunWalk`) and runs only the layers that change over tokens p..end:
 from l + 1 for the residual stream, from l for the time-mix / channel-mix output (the block's own hook patched at
 p), from l over tokens p + 1.. from the clean state for the recurrent state. The L cells of one token run as one
-batch, layer by layer, rows joining at their first layer (within a memory budget). The reference
+batch, layer by layer, rows joining at their first layer (within a memory budget); tokens before the prompts'
+first difference (the same tokens at the same aligned positions) are the corrupted run and are not computed. The
+reference
 (`reference_cell`) is one full forward pass of the corrupted prompt per cell with a hook; both agree to float32
 rounding. `scale` patches corrupted + scale x (clean - corrupted) (1: the clean value itself), what the
 finite-difference check of attribution patching uses.
@@ -108,6 +110,15 @@ def token_rows(pair: PatchPair, site: str, t: int, p: int, base: list[tuple], cl
     return rows
 
 
+def shared_prefix(pair: PatchPair) -> int:
+    """How many leading tokens the two prompts share at the same positions (aligned with each other): there both
+    runs compute the same values, so patching a cell there gives the corrupted run (cells filled, not computed)."""
+    n, c2r = 0, pair.alignment.clean_to_corrupt
+    while n < min(pair.Tc, pair.Tr) and pair.clean_ids[n] == pair.corrupt_ids[n] and c2r[n] == n:
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def reference_cell(pair: PatchPair, site: str, t: int, l: int, scale: float = 1.0) -> float:
     """One cell the slow, plainly correct way: a full forward pass of the corrupted prompt with a hook writing
@@ -178,9 +189,17 @@ def patch_grids(pair: PatchPair, sites=("resid", "att", "ffn", "state"), *, meth
         clean_walk = pair.walk("clean") if "state" in sites else None
         rtb = row_token_bytes(model.cfg)
         ordered = [s for s in sites if s != "state"] + (["state"] if "state" in sites else [])
+        same = shared_prefix(pair)
         for t, p in todo:
             if stopped:
                 break
+            if t < same:  # the runs are the same up to here: every patch writes the corrupted value itself
+                for s in ordered:
+                    raw[s][t] = pair.corrupt_value
+                done += L * len(ordered)
+                if progress:
+                    progress(done, total)
+                continue
             for s in ordered:
                 if stop():
                     stopped = True
