@@ -85,7 +85,7 @@ def run_config(version: str, L: int, C: int, T: int, sample: int, seed: int) -> 
     atp, w_atp, c_atp = timed(lambda: atp_grids(pair))
     _, w_atp_act, c_atp_act = timed(lambda: atp_grids(pair, ("resid", "att", "ffn")))
     aligned = [t for t, _p in pair.alignment.pairs()]
-    first = PA.exact.shared_prefix(pair)  # cells before the subject cost nothing (filled); sample after it
+    first = pair.first_difference  # cells before the subject cost nothing (filled); sample after it
     after = [t for t in aligned if t >= first]
     picks = sorted({after[int(round(q * (len(after) - 1)))] for q in np.linspace(0.0, 1.0, sample)})
     # exact on the sampled tokens, the time of its token-by-token state walks measured inside the same run

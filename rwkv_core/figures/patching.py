@@ -63,10 +63,12 @@ def patch_heatmap(result: PatchResult, site: str, *, title: Optional[str] = None
 
 
 def agreement(atp: PatchResult, exact: PatchResult, site: str, k: int = 5) -> tuple[float, int, list[tuple]]:
-    """(Pearson correlation of the normalised grids over the cells both computed, how many cells, the k cells
-    where they disagree most as (token, layer, exact, atp)); correlation NaN below 3 cells."""
+    """(Pearson correlation of the normalised grids over the cells both computed from the prompts' first
+    difference on (before it both are the corrupted run exactly), how many cells, the k cells where they disagree
+    most as (token, layer, exact, atp)); correlation NaN below 3 cells."""
     a, e = atp.grid(site), exact.grid(site)
     ok = np.isfinite(a) & np.isfinite(e)
+    ok[:int(exact.settings.get("first_difference", 0))] = False
     n = int(ok.sum())
     r = float(np.corrcoef(a[ok], e[ok])[0, 1]) if n >= 3 and np.ptp(a[ok]) > 0 and np.ptp(e[ok]) > 0 else float("nan")
     diff = np.where(ok, np.abs(a - e), -1.0)

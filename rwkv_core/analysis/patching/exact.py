@@ -110,15 +110,6 @@ def token_rows(pair: PatchPair, site: str, t: int, p: int, base: list[tuple], cl
     return rows
 
 
-def shared_prefix(pair: PatchPair) -> int:
-    """How many leading tokens the two prompts share at the same positions (aligned with each other): there both
-    runs compute the same values, so patching a cell there gives the corrupted run (cells filled, not computed)."""
-    n, c2r = 0, pair.alignment.clean_to_corrupt
-    while n < min(pair.Tc, pair.Tr) and pair.clean_ids[n] == pair.corrupt_ids[n] and c2r[n] == n:
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def reference_cell(pair: PatchPair, site: str, t: int, l: int, scale: float = 1.0) -> float:
     """One cell the slow, plainly correct way: a full forward pass of the corrupted prompt with a hook writing
@@ -189,7 +180,7 @@ def patch_grids(pair: PatchPair, sites=("resid", "att", "ffn", "state"), *, meth
         clean_walk = pair.walk("clean") if "state" in sites else None
         rtb = row_token_bytes(model.cfg)
         ordered = [s for s in sites if s != "state"] + (["state"] if "state" in sites else [])
-        same = shared_prefix(pair)
+        same = pair.first_difference
         for t, p in todo:
             if stopped:
                 break

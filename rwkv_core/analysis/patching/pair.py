@@ -87,6 +87,15 @@ class PatchPair:
     def Tr(self) -> int:
         return len(self.corrupt_ids)
 
+    @property
+    def first_difference(self) -> int:
+        """How many leading tokens the two prompts share at the same, aligned positions: there both runs compute
+        the same values, so every patch there gives the corrupted run (exact patching fills those cells)."""
+        n, c2r = 0, self.alignment.clean_to_corrupt
+        while n < min(self.Tc, self.Tr) and self.clean_ids[n] == self.corrupt_ids[n] and c2r[n] == n:
+            n += 1
+        return n
+
     def token_labels(self, which: str = "clean") -> list[str]:
         ids = self.clean_ids if which == "clean" else self.corrupt_ids
         return [self.tokenizer.display(i) for i in ids]
@@ -122,6 +131,7 @@ class PatchPair:
         return {"clean": self.clean_text, "corrupt": self.corrupt_text, "answer": self.answer_text,
                 "counter": self.counter_text, "answer_id": self.answer_id, "counter_id": self.counter_id,
                 "shared_answer_start": self.shared, "alignment": self.alignment.to_json(),
+                "first_difference": self.first_difference,
                 "tokenizer": self.tokenizer.kind,
                 "model": {"version": cfg.version, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
                           "vocab_size": cfg.vocab_size, "file": getattr(self.model, "checkpoint_info", {}).get("file")}}
