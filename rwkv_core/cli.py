@@ -1,6 +1,6 @@
-"""Command line: `python -m rwkv_core {info,export,decay,trace,train,evaluate-demo} ...`, one argparse tree.
+"""Command line: `python -m rwkv_core {info,export,decay,trace,patch,train,evaluate-demo} ...`, one argparse tree.
 
-Each command's options are defined once: here for info, export, decay and trace, beside their code for train (`rwkv_core.demo.train`, also `python -m rwkv_core.train`) and evaluate-demo
+Each command's options are defined once: here for info, export, decay, trace and patch, beside their code for train (`rwkv_core.demo.train`, also `python -m rwkv_core.train`) and evaluate-demo
 (`rwkv_core.demo.evaluate`). Errors the project anticipates (a bad checkpoint, a bad prompt, an unwritable output)
 print one line `error: ...` to stderr and exit with status 2, as argparse does for bad options.
 """
@@ -24,6 +24,11 @@ from rwkv_core.model.rwkv import DTYPES
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="bytes | bytes-utf16le | world | hf | digits | ids (default: from the vocabulary size)")
     p.add_argument("--tokenizer-file", default=None, help="tokenizer file for kind hf (e.g. 20B_tokenizer.json)")
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.pth, .safetensors, rwkv.cpp .bin, "
+                   ".gguf) or Hugging Face folder")
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
@@ -111,8 +116,7 @@ def cmd_decay(args: argparse.Namespace) -> None:
 def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of `python -m rwkv_core trace CHECKPOINT ...`."""
     p = parser
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.pth, .safetensors, rwkv.cpp .bin, "
-                   ".gguf) or Hugging Face folder")
+    _checkpoint_arg(p)
     p.add_argument("--prompt", required=True, help="the prompt, e.g. 'The Eiffel Tower is located in the city of'")
     p.add_argument("--subject", required=True, help="the subject, first occurrence in the prompt (e.g. 'The Eiffel Tower')")
     p.add_argument("--answer", required=True, help="the expected continuation, tokenised on its own (e.g. ' Paris')")
@@ -131,17 +135,76 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--metric", choices=METRICS, default="prob", help="metric written as `grid` (default prob)")
     p.add_argument("--no-v-first", action="store_true", help="v7: do not restore v_first with the residual")
     p.add_argument("--method", choices=("fast", "reference"), default="fast", help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer kind (bytes, bytes-utf16le, world, hf, digits, ids) or a vocabulary/tokenizer file")
-    p.add_argument("--utf16", action="store_true", help="byte models trained on UTF-16-LE (the tiny v6 models)")
+    _model_args(p)
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     return p
 
 
-def cmd_trace(args: argparse.Namespace) -> int:
-    """Run `trace` from parsed arguments, write the npz, print a one-screen summary. Returns the exit code."""
-    from rwkv_core.analysis.tracing import trace
+def add_patch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of `python -m rwkv_core patch CHECKPOINT ...`."""
+    from rwkv_core.analysis.patching import ALIGNMENTS, METHODS
+
+    p = parser
+    _checkpoint_arg(p)
+    p.add_argument("--clean", required=True, help="the clean prompt, e.g. 'The Eiffel Tower is located in the city of'")
+    p.add_argument("--corrupt", required=True, help="the corrupted prompt, e.g. 'The Colosseum is located in the city of'")
+    p.add_argument("--answer", required=True, help="the clean answer, the text that follows the prompt (e.g. ' Paris')")
+    p.add_argument("--counter", required=True, help="the corrupted prompt's answer (e.g. ' Rome')")
+    p.add_argument("--sites", default="resid,att,ffn,state",
+                   help="comma-separated sites: resid (residual stream after block l), att (time-mix output), ffn "
+                        "(channel-mix output), state (recurrent state after the token); default all four")
+    p.add_argument("--method", choices=METHODS, default="exact",
+                   help="exact (one patched run per cell, prefix reused) or atp (attribution patching: first-order "
+                        "estimate of every cell from one forward on each prompt and one backward)")
+    p.add_argument("--align", choices=ALIGNMENTS, default="end",
+                   help="end: prompts aligned from their last tokens; spans: by --clean-span / --corrupt-span")
+    p.add_argument("--clean-span", default=None, help="with --align spans: a span of the clean prompt (e.g. its subject)")
+    p.add_argument("--corrupt-span", default=None, help="with --align spans: the matching span of the corrupted prompt")
+    p.add_argument("--tokens", default=None,
+                   help="exact only: comma-separated clean token positions to patch (default: every token)")
+    _model_args(p)
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output file: grid_{site}, raw_{site} [T, L], "
+                   "clean_value, corrupt_value, meta")
+    return p
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    """Run `patch` from parsed arguments, write the npz, print a one-screen summary. Returns the exit code."""
+    from rwkv_core.analysis.patching import check_sites, patch_grids, prepare_pair
+    from rwkv_core.analysis.patching.attribution import atp_grids
+
+    sites = check_sites(args.sites)
+    try:
+        tokens = None if args.tokens is None else [int(x) for x in args.tokens.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--tokens must be token positions separated by commas, e.g. 3,7, not {args.tokens!r}") from None
+    if tokens is not None and args.method == "atp":
+        raise InputError("--tokens selects cells for exact patching; --method atp estimates every cell at once")
+    model, tok = model_and_tokenizer(args)
+    pair = prepare_pair(model, tok, args.clean, args.corrupt, args.answer, args.counter, align_by=args.align,
+                        clean_span=args.clean_span, corrupt_span=args.corrupt_span)
+    if tokens is not None and any(not 0 <= t < pair.Tc for t in tokens):
+        raise InputError(f"--tokens: positions must be between 0 and {pair.Tc - 1} (the clean prompt's tokens)")
+    res = atp_grids(pair, sites) if args.method == "atp" else patch_grids(pair, sites, tokens=tokens)
+    res.to_npz(args.out)
+    T, L = pair.Tc, model.cfg.n_layer
+    print(f"{args.method}: {T} clean tokens x {L} layers, LD clean {pair.clean_value:.4g}, corrupted "
+          f"{pair.corrupt_value:.4g}")
+    for s in sites:
+        g = res.grid(s)
+        if np.isnan(g).all():
+            continue
+        t, l = np.unravel_index(np.nanargmax(g), g.shape)
+        print(f"  {s}: max {g[t, l]:.3f} at token {t} {res.clean_labels[t]!r}, layer {l}")
+    for w in res.warnings:
+        print("warning:", w)
+    print(f"wrote {args.out} ({res.seconds:.1f} s)")
+    return 0
+
+
+def model_and_tokenizer(args: argparse.Namespace):
+    """The model on --device and its tokenizer: --tokenizer (a kind or a file), else the checkpoint's own, else the
+    one its vocabulary size implies (--utf16: the UTF-16-LE byte models)."""
     from rwkv_core.io.checkpoint import load_checkpoint, load_model
     from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS, tokenizer_for
 
@@ -153,7 +216,22 @@ def cmd_trace(args: argparse.Namespace) -> int:
             kind = args.tokenizer
         else:
             path = args.tokenizer
-    tok = tokenizer_for(model.cfg.vocab_size, kind=kind, path=path, utf16=args.utf16)
+    return model, tokenizer_for(model.cfg.vocab_size, kind=kind, path=path, utf16=args.utf16)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """--device, --tokenizer and --utf16 of the commands that run a prompt through `model_and_tokenizer`."""
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer kind (bytes, bytes-utf16le, world, hf, digits, ids) or a vocabulary/tokenizer file")
+    p.add_argument("--utf16", action="store_true", help="byte models trained on UTF-16-LE (the tiny v6 models)")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Run `trace` from parsed arguments, write the npz, print a one-screen summary. Returns the exit code."""
+    from rwkv_core.analysis.tracing import trace
+
+    model, tok = model_and_tokenizer(args)
     corruption = "replace" if args.alt_subject else "noise"
     res = trace(model, tok, args.prompt, args.subject, args.answer, answer2=args.answer2, corruption=corruption,
                 alt_subject=args.alt_subject, samples=args.samples, noise=args.noise, noise_site=args.noise_site,
@@ -233,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default=None, help="CSV file to write (default or '-': standard output)")
 
     _add(sub, "trace", "causal tracing grid of a prompt (ROME style) as .npz", cmd_trace, add_trace_arguments)
+    _add(sub, "patch", "activation patching between a clean and a corrupted prompt (exact or attribution) as .npz",
+         cmd_patch, add_patch_arguments)
     _add(sub, "train", "train a byte-level demo model (a training phase)", cmd_train, add_train_arguments,
          TRAIN_DESCRIPTION)
     _add(sub, "evaluate-demo", "metrics of a demo model as JSON", run_evaluate, add_evaluate_arguments,

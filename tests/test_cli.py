@@ -169,8 +169,75 @@ def test_train_and_evaluate_demo_through_the_tree(tmp_path):
 def test_every_command_is_in_one_tree():
     top = cli("--help")
     assert top.returncode == 0
-    for name in ("info", "export", "decay", "trace", "train", "evaluate-demo"):
+    for name in ("info", "export", "decay", "trace", "patch", "train", "evaluate-demo"):
         assert name in top.stdout
     assert "--kv-pairs" in cli("train", "--help").stdout and "--head-probes" in cli("evaluate-demo", "--help").stdout
     bad = cli("train", "--out", "x.pth")  # neither --steps nor --minutes
     assert bad.returncode == 2 and bad.stderr == "error: give --steps or --minutes\n"
+
+
+def test_patch_command_writes_the_grids_the_engine_computes(tmp_path):
+    """`patch`: grid_{site} / raw_{site} [T, L] equal the reference loop (one full forward per cell) in this process;
+    --method atp equals the engine's attribution patching; meta holds settings, alignment and token texts."""
+    from rwkv_core.analysis.patching import patch_grids, prepare_pair
+    from rwkv_core.analysis.patching.attribution import atp_grids
+    from rwkv_core.io.tokenizer import ByteTokenizer
+
+    ckpt = tmp_path / "v7.pth"
+    write_random_checkpoint(ckpt, "7", n_layer=2, n_embd=32, head_size=16, vocab_size=256, seed=5)
+    args = ["--clean", "ab cdef gh", "--corrupt", "ab XY gh", "--answer", " Zq", "--counter", " Qz",
+            "--align", "spans", "--clean-span", "cdef", "--corrupt-span", "XY"]
+    out = cli("patch", ckpt, *args, "--out", tmp_path / "g.npz")
+    assert out.returncode == 0, out.stderr
+    model = load_model(ckpt)
+    pair = prepare_pair(model, ByteTokenizer(), "ab cdef gh", "ab XY gh", " Zq", " Qz", align_by="spans",
+                        clean_span="cdef", corrupt_span="XY")
+    ref = patch_grids(pair, method="reference")
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        assert float(z["clean_value"]) == pytest.approx(pair.clean_value, abs=1e-6)
+        for s in ("resid", "att", "ffn", "state"):
+            assert z[f"grid_{s}"].shape == (11, 2)  # 10 prompt bytes + the answers' shared space; 0-based layers
+            np.testing.assert_allclose(z[f"raw_{s}"], ref.raw[s], atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(z[f"grid_{s}"], pair.normalise(ref.raw[s]), atol=1e-4)
+    assert meta["method"] == "exact" and meta["alignment"]["how"] == "spans"
+    assert meta["alignment"]["clean_to_corrupt"][3:7] == [-1, -1, 3, 4] and meta["clean_tokens"][3] == "c"
+    assert meta["corrupt_tokens"][3:5] == ["X", "Y"] and meta["answer"] == " Zq" and meta["counter"] == " Qz"
+    out = cli("patch", ckpt, *args, "--method", "atp", "--sites", "state,resid", "--out", tmp_path / "a.npz")
+    assert out.returncode == 0, out.stderr
+    atp = atp_grids(pair, ("state", "resid"))
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert sorted(k for k in z.files if k.startswith("raw_")) == ["raw_resid", "raw_state"]
+        np.testing.assert_allclose(z["raw_state"], atp.raw["state"], atol=1e-5, rtol=1e-4)
+
+
+def test_patch_command_bad_input_is_one_line(tmp_path):
+    ckpt = tmp_path / "v6.pth"
+    write_random_checkpoint(ckpt, "6", n_layer=2, n_embd=32, head_size=16, vocab_size=256, seed=5)
+    base = ["patch", ckpt, "--clean", "ab cd", "--corrupt", "ab xy", "--answer", " Z", "--counter", " Q",
+            "--out", tmp_path / "g.npz"]
+    for extra, msg in ((["--sites", "resid,mlp"], "unknown patching site 'mlp'"),
+                       (["--align", "spans", "--clean-span", "cd", "--corrupt-span", "zz"], "does not occur")):
+        out = cli(*base, *extra)
+        assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+        assert msg in out.stderr
+    assert not (tmp_path / "g.npz").exists()
+
+
+def test_patch_command_token_options_in_process(tmp_path, capsys):
+    """--tokens checks (in this process: `main` as the command runs it)."""
+    from rwkv_core.cli import main
+
+    ckpt = tmp_path / "v6.pth"
+    write_random_checkpoint(ckpt, "6", n_layer=2, n_embd=32, head_size=16, vocab_size=256, seed=5)
+    base = ["patch", str(ckpt), "--clean", "ab cd", "--corrupt", "ab xy", "--answer", " Z", "--counter", " Q",
+            "--out", str(tmp_path / "g.npz")]
+    for extra, msg in ((["--tokens", "99"], "between 0 and 5"), (["--method", "atp", "--tokens", "1"],
+                                                                 "--tokens selects cells")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and msg in err, err
+    assert main(base + ["--tokens", "4,5", "--sites", "att"]) == 0
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as z:
+        g = z["grid_att"]
+        assert np.isnan(g[:4]).all() and np.isfinite(g[4:]).all() and json.loads(str(z["meta"]))["tokens"] == [4, 5]

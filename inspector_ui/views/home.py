@@ -22,6 +22,8 @@ VIEWS = [
     ("pages/4_Causal_tracing.py", "Causal tracing", "restore clean states and see where the answer comes back"),
     ("pages/5_Logit_lens.py", "Logit lens", "the prediction read off every layer: where the answer forms"),
     ("pages/6_State.py", "State", "what each head's memory holds, how full it gets, what it returns"),
+    ("pages/7_Patching.py", "Patching", "patch a clean prompt into a corrupted one, exactly and by attribution; "
+                                        "move the memory between prompts"),
 ]
 
 

@@ -27,6 +27,7 @@ CONTENT = {
     "/Causal_tracing": '[data-testid="stFormSubmitButton"]',  # the trace settings, filled for the model
     "/Logit_lens": ".js-plotly-plot",
     "/State": ".js-plotly-plot",
+    "/Patching": '[data-testid="stFormSubmitButton"]',  # the patching settings, filled for the demo fact
 }
 
 

@@ -6,7 +6,7 @@ from tests.ui.page_helpers import app_session
 
 EXPECTED = [("Home", ""), ("Attention", "Attention"), ("Influence spans", "Influence_spans"),
             ("Time decay", "Time_decay"), ("Causal tracing", "Causal_tracing"), ("Logit lens", "Logit_lens"),
-            ("State", "State")]
+            ("State", "State"), ("Patching", "Patching")]
 
 
 def _nav(at) -> list[tuple[str, str]]:
