@@ -237,7 +237,7 @@ def run_fact_set(model: ModelSpec, n_layer: int, facts: Sequence[FactLine], out:
     run = {"model": asdict(model), "n_layer": int(n_layer), "kinds": list(settings.kinds),
            "traced": settings.traced(), "window": settings.specs(n_layer)[0].window}
     run_key = run_key_of(run)
-    folder.begin(run, run_key, bad)
+    folder.begin(run, run_key, facts, bad)
     done = folder.done_ids(run_key)
     todo = [f for f in facts if f.id not in done]
     state = FactSetProgress(total=len(facts), resumed=len(facts) - len(todo))

@@ -1,6 +1,7 @@
 """The output folder of a fact-set trace, the only record of its progress (so a killed run resumes from it):
 
     run.json          the model, the settings and their key (a rerun with other settings is refused)
+    facts.jsonl       the facts of the run (the good lines), so that the folder alone can be resumed and shown
     facts/<id>.npz    one file per traced fact, written whole or not at all (a temporary file renamed)
     events.jsonl      one line per fact finished, failed or stopped, appended as it happens
     bad_lines.jsonl   the fact-set lines skipped, with their reason
@@ -70,8 +71,9 @@ class FactSetFolder:
 
     # ---------------------------------------------------------------- the run
 
-    def begin(self, run: dict, run_key: str, bad: Sequence[BadLine] = ()) -> None:
-        """Create the folder, or check that the run it holds has the same key (resume); record the bad lines."""
+    def begin(self, run: dict, run_key: str, facts: Sequence[FactLine], bad: Sequence[BadLine] = ()) -> None:
+        """Create the folder, or check that the run it holds has the same key (resume); record the facts and the
+        bad lines."""
         self.facts_dir.mkdir(parents=True, exist_ok=True)
         old = self.run_info()
         if old is not None and old.get("run_key") != run_key:
@@ -82,6 +84,14 @@ class FactSetFolder:
         _atomic_write(self.path / "run.json", lambda f: f.write(payload))
         text = "".join(json.dumps(asdict(b)) + "\n" for b in bad).encode()
         _atomic_write(self.path / "bad_lines.jsonl", lambda f: f.write(text))
+        lines = "".join(json.dumps(asdict(f)) + "\n" for f in facts).encode()
+        _atomic_write(self.path / "facts.jsonl", lambda f: f.write(lines))
+
+    def facts(self) -> list[FactLine]:
+        """The facts of the run recorded by `begin` (none before)."""
+        p = self.path / "facts.jsonl"
+        return [FactLine(**json.loads(x)) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] \
+            if p.exists() else []
 
     def run_info(self) -> Optional[dict]:
         p = self.path / "run.json"
