@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import replace
 from typing import Optional
 from urllib.parse import urlencode
 
@@ -113,19 +114,29 @@ def settings_form(run: Run, n_facts_all: int) -> tuple[FS.FactSetSettings, int]:
     return fs, int(count)
 
 
-def estimate_seconds(run: Run, facts: list[FS.FactLine], fs: FS.FactSetSettings, workers: int) -> float:
-    """The whole run's time: each fact's trace estimate (this model's measured speed), shared by the workers."""
+def estimate(run: Run, facts: list[FS.FactLine], fs: FS.FactSetSettings, workers: int
+             ) -> tuple[float, COST.JobCost]:
+    """The whole run's time (each fact's trace estimate at this model's measured speed, shared by the workers) and
+    the cost of its longest fact (memory: the batch budget every fact's job runs with, or the refusal)."""
     tok, model = run.loaded.tokenizer, run.loaded.model
     speed = gated(lambda: COST.measure_speed(model, rows=max(1, min(fs.samples, 8))), "Measuring the model's speed",
-                  show_waiting=False).with_threads(app_settings.job_threads())
+                  show_waiting=False)
+    threads = app_settings.job_threads()
     specs = fs.specs(run.cfg.n_layer)
-    total = 0.0
+    total, longest = 0.0, None
     for f in facts:
         enc = tok.encode(f.prompt)
-        (s0, _s1), _ = TR.locate_subject(enc, f.subject)
+        (s0, s1), _ = TR.locate_subject(enc, f.subject)
         K = max(1, len(tok.encode(f.answer).ids))
-        total += COST.trace_seconds(run.cfg, len(enc.ids), K, s0, int(fs.samples), specs, speed)
-    return total / max(1, workers)
+        total += COST.trace_seconds(run.cfg, len(enc.ids), K, s0, int(fs.samples), specs, speed.with_threads(threads))
+        size = (len(enc.ids) + K, s1 - s0)
+        if longest is None or size > longest[0]:
+            longest = (size, len(enc.ids), K, s0, s1 - s0)
+    _, T, K, s0, n_subject = longest
+    cost = COST.estimate_trace(model, T, K, s0, int(fs.samples), specs,
+                               app_settings.job_memory_bytes(run.loaded.device), speed, subject_tokens=n_subject,
+                               threads=threads)
+    return total / max(1, workers), cost
 
 
 def setup_section(run: Run) -> None:
@@ -145,10 +156,16 @@ def setup_section(run: Run) -> None:
         st.warning("No fact of this set can be traced with this model: see the skipped lines.")
         return
     workers = max(1, app_settings.JOB_WORKERS)
-    seconds = estimate_seconds(run, facts, fs, workers)
+    seconds, longest = estimate(run, facts, fs, workers)
     cells = sum(len(run.loaded.tokenizer.encode(f.prompt).ids) for f in facts) * run.cfg.n_layer * len(fs.kinds)
     st.info(f"{len(facts)} facts from {label} · {len(fs.kinds)} grid(s) each · {cells:,} cells · about "
-            f"{duration_text(seconds)} on {run.loaded.device} with {workers} worker(s)")
+            f"{duration_text(seconds)} on {run.loaded.device} with {workers} worker(s) · peak memory of the longest "
+            f"fact about {longest.peak_bytes / COST.GB:.1f} GB of the {longest.budget_bytes / COST.GB:.1f} GB job "
+            "budget")
+    if not longest.fits:
+        st.error(f"The longest fact does not fit a job's memory: {longest.refusal}")
+        return
+    fs = replace(fs, memory_budget=int(longest.batch_bytes))
     if st.button("Start", type="primary", key="bt_start"):
         try:
             rid = get_factset_runs().start(session_user(), model_spec(run.loaded), run.cfg.n_layer, facts, fs,
