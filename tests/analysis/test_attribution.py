@@ -21,7 +21,7 @@ from rwkv_core.analysis import tracing as TR
 from rwkv_core.analysis.patching.attribution import atp_grids, atp_trace
 from rwkv_core.io.checkpoint import load_model
 from rwkv_core.io.tokenizer import ByteTokenizer
-from tests.analysis.test_tracing import single_thread, small_model  # noqa: F401 (the fixture: one thread)
+from tests.analysis.test_tracing import _one_thread, small_model  # noqa: F401 (the autouse fixture: one thread)
 
 BYTES = ByteTokenizer()
 EPS = (1e-3, 5e-4)

@@ -11,7 +11,7 @@ from rwkv_core.analysis import patching as P
 from rwkv_core.analysis.patching.pair import answer_tokens
 from rwkv_core.errors import InputError
 from rwkv_core.io.tokenizer import ByteTokenizer, tokenizer_for
-from tests.analysis.test_tracing import single_thread, small_model  # noqa: F401 (the fixture: one thread)
+from tests.analysis.test_tracing import _one_thread, small_model  # noqa: F401 (the autouse fixture: one thread)
 
 BYTES = ByteTokenizer()
 TOL = 1e-5

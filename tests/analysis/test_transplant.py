@@ -10,7 +10,7 @@ import torch
 from rwkv_core.analysis.patching.transplant import final_state, mix_states, steer, transplant
 from rwkv_core.errors import InputError
 from rwkv_core.io.tokenizer import ByteTokenizer
-from tests.analysis.test_tracing import single_thread, small_model  # noqa: F401 (the fixture: one thread)
+from tests.analysis.test_tracing import _one_thread, small_model  # noqa: F401 (the autouse fixture: one thread)
 
 BYTES = ByteTokenizer()
 A, B, C = list(b"the cat sat"), list(b" on a mat"), list(b"dogs run far")
