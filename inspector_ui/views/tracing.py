@@ -688,7 +688,9 @@ def long_prompt_choices(runs: list[Run], plans: list[Optional[RunPlan]], request
             subset.append(None)
             continue
         try:
-            rows = TR.parse_positions(text, 10 ** 9) or TR.propose_tokens(plan.T, plan.subject)
+            # one run: a position past its prompt is an error; in compare mode each run takes those within its own
+            rows = (TR.parse_positions(text, plan.T if len(runs) == 1 else 10 ** 9)
+                    or TR.propose_tokens(plan.T, plan.subject))
             rows = [t for t in rows if t < plan.T]
             if not rows:
                 raise RWKVInspectorError(f"none of the positions listed is within the prompt's {plan.T} tokens")

@@ -262,6 +262,12 @@ def test_a_long_prompt_states_the_cost_in_hours_and_proposes_tokens_before_any_r
                                   "cells") for c in at.caption), [c.value for c in at.caption]
     assert at.query_params["ct_tokens"] == f"{s0 + 2}, {s0 + 4}-{s0 + 5}, {T - 1}"
 
+    at.text_input(key="ct_tokens").set_value("3, 5000").run()  # one line, and the proposal is what would run
+    assert [e.value for e in at.error] == [f"Token position 5000 is outside the prompt (positions 0 to {T - 1}); the "
+                                           "proposal is used instead."]
+    assert any(c.value.startswith(f"22 of {T:,} rows") for c in at.caption)
+    at.text_input(key="ct_tokens").set_value("3").run()
+
     next(b for b in at.button if b.label == "Trace").click()  # the full grid anyway: asks first
     at.run()
     assert not at.exception and not at.error
