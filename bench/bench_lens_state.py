@@ -73,7 +73,9 @@ def main() -> int:
                 for c in range(0, len(tokens), LE.LENS_CHUNK):
                     model.unembed(resid[s, c:c + LE.LENS_CHUNK])
 
-        runs: dict[str, list[float]] = {"forward": [], "lens": [], "capture": [], "heads": [], "reads": []}
+        runs: dict[str, list[float]] = {"forward": [], "lens": [], "capture": [], "heads": [], "reads": [],
+                                        "window": [], "step": []}
+        mid = (len(tokens) // 2) // 128 * 128  # the page's window around a token in the middle (views.lens)
         lens = None
         for _ in range(args.repeat):  # interleaved, so that a change of the machine's load hits every column
             runs["forward"].append(best(lambda: model(tokens), 1)[0])
@@ -82,6 +84,10 @@ def main() -> int:
             runs["capture"].append(best(lambda: LE.capture_residuals(model, tokens), 1)[0])
             runs["heads"].append(best(head_products, 1)[0])
             runs["reads"].append(best(lambda: LE.logit_lens(model, tokens, resid=resid), 1)[0])
+            runs["window"].append(best(lambda: LE.logit_lens(model, tokens, resid=resid,
+                                                             positions=range(mid - 128, mid + 128)), 1)[0])
+            runs["step"].append(best(lambda: LE.logit_lens(model, tokens, resid=resid,
+                                                           positions=range(mid + 128, mid + 256)), 1)[0])
         fwd, lens_s, capture_s, heads, reads = (min(runs[k]) for k in ("forward", "lens", "capture", "heads", "reads"))
     print(f"\nLogit lens, T = {len(tokens)}, {L + 1} stages")
     print(f"  forward (logits included)       {fwd:8.2f} s   1.00x   (the baseline)")
@@ -89,6 +95,9 @@ def main() -> int:
     print(f"    of which the capture           {capture_s:8.2f} s")
     print(f"    of which the {L + 1} read-outs      {reads:8.2f} s   ({reads / heads:.2f}x their {L + 1} head products)")
     print(f"  {L + 1} head products alone          {heads:8.2f} s   {heads / fwd:.2f}x the forward")
+    window, step = min(runs["window"]), min(runs["step"])
+    print(f"  the Logit lens page: read-outs of its window of 256 tokens {window:.2f} s ({reads / window:.1f}x less "
+          f"than every token), a step of the window (128 tokens) {step:.2f} s")
     print(f"  goal lens <= 2x forward: {'met' if lens_s <= 2 * fwd else 'NOT met'}; answer forms at stage "
           f"{np.bincount(lens.answer_forms(), minlength=L + 1).tolist()} (tokens per stage)")
     print("  all runs: " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in runs.items()))

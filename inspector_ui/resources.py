@@ -26,6 +26,7 @@ from rwkv_core.io.checkpoint import load_checkpoint, load_model
 from rwkv_core.io.tokenizer import Tokenizer, tokenizer_for
 from rwkv_core.model.rwkv import DTYPES
 from rwkv_core.errors import CheckpointError, RWKVInspectorError
+from rwkv_core.jobs.factsets import FactSetRuns
 from rwkv_core.jobs.manager import ClusterSettings, JobManager
 from rwkv_core.jobs.specs import ModelSpec
 
@@ -171,6 +172,12 @@ def get_jobs() -> JobManager:
         where = f"the Ray cluster at {cluster.address}" if cluster.address else "Ray on this machine"
         raise RWKVInspectorError(f"could not start {where} for the tracing jobs ({type(e).__name__}: "
                                  f"{(str(e).splitlines() or [''])[0][:160]}); check {settings.RAY_ADDRESS_ENV}") from None
+
+
+@st.cache_resource(show_spinner=False)
+def get_factset_runs() -> FactSetRuns:
+    """The fact-set runs of this server (the Batch tracing page), each driven by a thread on the job manager."""
+    return FactSetRuns(settings.factset_dir(), get_jobs, per_user=settings.FACTSETS_PER_USER)
 
 
 _WARMING = threading.Event()

@@ -49,6 +49,13 @@ JOBS_QUEUED_PER_USER = int(os.environ.get("RWKV_INSPECTOR_JOBS_QUEUED_PER_USER",
 # A job estimated to take longer than this asks for confirmation before it starts.
 CONFIRM_SECONDS = float(os.environ.get("RWKV_INSPECTOR_CONFIRM_MINUTES", "2")) * 60
 _JOB_MEMORY_DEFAULT: dict[str, int] = {}
+FACTSETS_PER_USER = int(os.environ.get("RWKV_INSPECTOR_FACTSETS_PER_USER", "1"))  # fact sets of a session at once
+
+
+def factset_dir() -> Path:
+    """Where the Batch tracing page keeps its runs' folders (`RWKV_INSPECTOR_FACTSET_DIR`), one per run id."""
+    raw = os.environ.get("RWKV_INSPECTOR_FACTSET_DIR", "").strip()
+    return Path(raw) if raw else Path.home() / ".cache" / "rwkv-inspector" / "factsets"
 
 
 def ray_address() -> str | None:

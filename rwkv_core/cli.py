@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -209,6 +210,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
 def model_and_tokenizer(args: argparse.Namespace):
     """The model on --device and its tokenizer: --tokenizer (a kind or a file), else the checkpoint's own, else the
     one its vocabulary size implies (--utf16: the UTF-16-LE byte models)."""
+    model, tokenizer, _ = model_tokenizer_choice(args)
+    return model, tokenizer
+
+
+def model_tokenizer_choice(args: argparse.Namespace):
+    """`model_and_tokenizer` plus the tokenizer chosen, as (kind, file) for a job worker's ModelSpec."""
     from rwkv_core.io.checkpoint import load_checkpoint, load_model
     from rwkv_core.io.tokenizer import KINDS as TOKENIZER_KINDS, tokenizer_for
 
@@ -220,7 +227,10 @@ def model_and_tokenizer(args: argparse.Namespace):
             kind = args.tokenizer
         else:
             path = args.tokenizer
-    return model, tokenizer_for(model.cfg.vocab_size, kind=kind, path=path, utf16=args.utf16)
+    if args.utf16 and kind in (None, "auto", "bytes"):
+        kind = "bytes-utf16le"
+    tokenizer = tokenizer_for(model.cfg.vocab_size, kind=kind, path=path, utf16=args.utf16)
+    return model, tokenizer, (kind or "auto", None if path is None else str(path))
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -258,6 +268,96 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print("warning:", w)
     print(f"wrote {args.out} ({res.seconds:.1f} s)")
     return 0
+
+
+def add_trace_set_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of `python -m rwkv_core trace-set CHECKPOINT FACTS.jsonl --out DIR ...`."""
+    from rwkv_core.analysis.factset import RESTORE_KINDS
+
+    p = parser
+    _checkpoint_arg(p)
+    p.add_argument("facts", metavar="FACTS.jsonl",
+                   help='one fact per line: {"prompt": ..., "subject": ..., "answer": ..., "id": optional}; "demo": '
+                        "the demo corpus's held-out facts")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: facts/<id>.npz, aie.npz, facts.csv (a rerun resumes it)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Ray workers on this machine (one per GPU when there are GPUs); 0: in this process, no Ray")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join the Ray cluster at ADDR (host:port or auto) instead of starting Ray here; the checkpoint "
+                        "path must be readable on every machine")
+    p.add_argument("--kinds", default=",".join(RESTORE_KINDS),
+                   help="comma-separated restore kinds: block (residual and state), state, resid, att (time-mix "
+                        "window), ffn (channel-mix window); default all")
+    p.add_argument("--samples", type=int, default=10, help="noise samples per fact (default 10)")
+    p.add_argument("--noise", type=float, default=3.0, help="noise std as a multiple of the embedding std (default 3)")
+    p.add_argument("--noise-site", choices=tuple(NOISE_SITES), default="resid_pre", help="where noise is added")
+    p.add_argument("--seed", type=int, default=1, help="noise seed (default 1)")
+    p.add_argument("--window", type=int, default=None,
+                   help="layers per att/ffn window (default 10, or half the layers of a smaller model)")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="a fact is averaged when the model knows it: clean p(answer) >= this (default 0.1)")
+    p.add_argument("--limit", type=int, default=None, help="trace only the first N facts of the file")
+    _model_args(p)
+    return p
+
+
+def cmd_trace_set(args: argparse.Namespace) -> int:
+    """Run `trace-set`: every fact not yet in --out, then the AIE; progress on stderr. Returns the exit code."""
+    from rwkv_core.analysis import factset as FS
+    from rwkv_core.jobs.specs import ModelSpec
+
+    facts, bad = FS.demo_facts() if args.facts == "demo" else FS.read_facts(args.facts)
+    if args.limit is not None:
+        facts = facts[:max(0, args.limit)]
+    settings = FS.FactSetSettings(kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+                                  samples=args.samples, noise=args.noise, noise_site=args.noise_site, seed=args.seed,
+                                  window=args.window, threshold=args.threshold).check()
+    model, tok, (kind, path) = model_tokenizer_choice(args)
+    facts, bad_tokens = FS.check_fact_tokens(tok, facts)
+    bad = list(bad) + bad_tokens
+    for b in bad:
+        print(f"skipped line {b.line}: {b.reason}", file=sys.stderr)
+    spec = ModelSpec(str(Path(args.checkpoint).resolve()), kind, path, args.device)
+    n_layer = model.cfg.n_layer
+    manager = None
+    if args.workers > 0 or args.ray_address:
+        from rwkv_core.jobs.manager import ClusterSettings, JobManager
+
+        del model  # the workers load their own copy
+        manager = JobManager(ClusterSettings(address=args.ray_address, workers=max(1, args.workers)))
+        executor = FS.RayExecutor(manager)
+    else:
+        executor = FS.InProcessExecutor()
+
+    def progress(p: "FS.FactSetProgress") -> None:
+        left = p.seconds_left()
+        eta = "" if left is None else f", {_hours_minutes(left)} left"
+        print(f"\r{p.finished_facts}/{p.total} facts ({p.resumed} already done, {p.failed} failed){eta}   ",
+              end="", file=sys.stderr, flush=True)
+
+    try:
+        summary = FS.run_fact_set(spec, n_layer, facts, args.out, settings, executor=executor, bad=bad,
+                                  progress=progress)
+    finally:
+        print(file=sys.stderr)
+        if manager is not None:
+            manager.close()
+    known = sum(1 for r in summary.rows if r.get("known") is True)
+    done = sum(1 for r in summary.rows if r["status"] == "done")
+    print(f"{done} of {len(facts)} facts traced ({len(summary.computed)} by this run, {summary.progress.failed} "
+          f"failed, {len(bad)} lines skipped); {known} known (clean p >= {settings.threshold:g}) averaged")
+    for k, a in summary.aie.items():
+        if known:
+            c, l = np.unravel_index(np.nanargmax(a.mean), a.mean.shape) if np.isfinite(a.mean).any() else (0, 0)
+            print(f"  {k}: largest AIE {a.mean[c, l]:.3f} at the {FS.TOKEN_CLASSES[c]}, layer {l}")
+    print(f"wrote {args.out}/aie.npz, facts.csv, facts/")
+    return 0 if summary.progress.failed == 0 else 1
+
+
+def _hours_minutes(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else (f"{m} min" if m else f"{int(seconds)} s")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -322,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default=None, help="CSV file to write (default or '-': standard output)")
 
     _add(sub, "trace", "causal tracing grid of a prompt (ROME style) as .npz", cmd_trace, add_trace_arguments)
+    _add(sub, "trace-set", "causal tracing of every fact of a JSONL file and ROME's average indirect effect",
+         cmd_trace_set, add_trace_set_arguments)
     _add(sub, "patch", "activation patching between a clean and a corrupted prompt (exact or attribution) as .npz",
          cmd_patch, add_patch_arguments)
     _add(sub, "train", "train a byte-level demo model (a training phase)", cmd_train, add_train_arguments,

@@ -39,3 +39,15 @@ def weights_dir() -> Path:
     if not WEIGHTS.is_dir():
         pytest.skip(f"shared test data not found: {WEIGHTS} (set RWKV_WEIGHTS_DIR or place ../shared beside the repo)")
     return WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one torch thread is fastest, and immune to a busy machine's oversubscription (restored after
+    the module)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,6 +24,8 @@ VIEWS = [
     ("pages/6_State.py", "State", "what each head's memory holds, how full it gets, what it returns"),
     ("pages/7_Patching.py", "Patching", "patch a clean prompt into a corrupted one, exactly and by attribution; "
                                         "move the memory between prompts"),
+    ("pages/8_Batch_tracing.py", "Batch tracing", "trace a set of facts on the workers: ROME's average effect per "
+                                                  "layer and token class"),
 ]
 
 

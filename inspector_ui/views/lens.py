@@ -54,8 +54,10 @@ not trained on, so low probabilities there mean "not yet in the head's terms", n
 """
 
 TOKEN_LINES = 5
-MAX_LENS_WINDOW = 384  # tokens the heat map shows at once (hover text of 13 x 384 cells travels with it)
-WINDOW_STEP = 128  # the heat map's window moves in steps of this many tokens (see `_window`)
+MAX_LENS_WINDOW = 256  # tokens the heat map shows, and the model's lens reads out, at once (the head's product over
+# the vocabulary at every stage is the page's cost: 1,031 tokens at the 0.1B shape took 80 s on a busy 2-core CPU,
+# this window 15 s; the hover text of 13 x 256 cells travels with the figure)
+WINDOW_STEP = 128  # the window moves in steps of this many tokens (`_window`), and is read out in chunks of as many
 
 
 class NoLens(RWKVInspectorError):
@@ -75,22 +77,53 @@ class LensData:
     def formed(self) -> np.ndarray:
         return LE.answer_stage(self.top_ids[:, :, 0])
 
+    @property
+    def computed(self) -> np.ndarray:
+        """[T] bool: the tokens read out (a model's lens is read out over the shown window of a long prompt)."""
+        return self.top_ids[:, -1, 0] >= 0
 
-@st.cache_resource(max_entries=4, ttl=3600, show_spinner=False)
-def _model_lens(rid: tuple, _model, tokens: tuple[int, ...], target: Optional[int]) -> LE.LogitLens:
-    """The lens of one prompt on the shared model (one forward, then a head product per stage), under the work gate;
-    a residual stream past the capture budget is refused with one line."""
+
+@st.cache_resource(max_entries=2, ttl=3600, show_spinner=False)
+def _residuals(rid: tuple, _model, tokens: tuple[int, ...]):
+    """The residual stream at every stage of one prompt (one forward without logits), under the work gate; past the
+    capture budget it is refused with one line."""
     refusal = COST.capture_refusal(_model.cfg, len(tokens), 1, app_settings.capture_memory_bytes())
     if refusal:
         raise RWKVInspectorError(refusal[:1].upper() + refusal[1:] + ".")
-    return gated(lambda: LE.logit_lens(_model, list(tokens), target=target), "Reading the logit lens")
+    return gated(lambda: LE.capture_residuals(_model, list(tokens)), "Running the prompt")
 
 
-def lens_data(run: Run, target: Optional[int]) -> LensData:
-    """The lens of a run: computed from its model, or read from its trace file (next-token mode only)."""
+@st.cache_resource(max_entries=32, ttl=3600, show_spinner=False)
+def _lens_chunk(rid: tuple, _model, tokens: tuple[int, ...], target: Optional[int], chunk: int) -> LE.LogitLens:
+    """The lens of tokens [chunk x WINDOW_STEP, (chunk + 1) x WINDOW_STEP) (a head product per stage over those
+    rows only), under the work gate."""
+    resid = _residuals(rid, _model, tokens)
+    rows = range(chunk * WINDOW_STEP, (chunk + 1) * WINDOW_STEP)
+    return gated(lambda: LE.logit_lens(_model, list(tokens), target=target, resid=resid, positions=rows),
+                 "Reading the logit lens")
+
+
+def _model_lens(run: Run, target: Optional[int], rows: range) -> LE.LogitLens:
+    """The lens of a run's prompt with at least `rows` read out: the chunks of WINDOW_STEP tokens they touch,
+    each computed once (a window that moves reads out only its new chunk)."""
+    model, tokens = run.loaded.model, tuple(run.tokens)
+    wanted = LE.next_token_targets(tokens) if target is None else np.full(len(tokens), int(target), np.int64)
+    lens = LE.empty_lens(LE.stage_names(model.cfg.n_layer), wanted)
+    for c in range(rows.start // WINDOW_STEP, -(-rows.stop // WINDOW_STEP)):
+        lens.merge(_lens_chunk(run_id(run), model, tokens, target, c))
+    return lens
+
+
+def lens_data(run: Run, target: Optional[int], rows: Optional[range] = None) -> LensData:
+    """The lens of a run, at least over `rows` (default: every token): computed from its model, or read from its
+    trace file (next-token mode only, every token)."""
     if run.model_key is not None:
-        with st.spinner(f"Reading the logit lens off {run.cfg.n_layer + 1} stages of {len(run.tokens)} tokens…"):
-            lens = _model_lens(run_id(run), run.loaded.model, tuple(run.tokens), target)
+        rows = range(len(run.tokens)) if rows is None else rows
+        with st.spinner(f"Reading the logit lens off {run.cfg.n_layer + 1} stages of tokens {rows.start}–"
+                        f"{rows.stop - 1}…"):
+            if target is not None:
+                LE._wanted_ids([0], target, run.cfg.vocab_size)  # an id outside the vocabulary: one line
+            lens = _model_lens(run, target, rows)
         return LensData(lens.stages, lens.logp, lens.rank, lens.top_ids, lens.top_logp)
     stored = LE.lens_from_trace(run.trace.arrays, run.trace.layers)
     if stored is None:
@@ -160,9 +193,12 @@ def render(ctx: PageContext) -> None:
     measure, tok = st.session_state["lm"], st.session_state["tok"]
     config = image_config("rwkv-logit-lens", st.session_state["img"])
     data: list[LensData] = []
+    targets: list[Optional[int]] = []
     try:
         for run in runs:
-            d = lens_data(run, target_id(run, st.session_state["tgt"].strip("\n")))
+            a, b = _window(len(run.tokens), min(tok, len(run.tokens) - 1))
+            targets.append(target_id(run, st.session_state["tgt"].strip("\n")))
+            d = lens_data(run, targets[-1], range(a, b))
             if measure == "rank" and d.rank is None:
                 raise InputError("this trace file has no lens ranks: show the probability or log-probability")
             data.append(d)
@@ -175,7 +211,7 @@ def render(ctx: PageContext) -> None:
     token_section(runs, data, tok)
     heatmap_section(runs, data, measure, tok, config)
     selected_section(runs, data, measure, tok, config)
-    download_section(runs, data)
+    download_section(runs, data, targets)
 
 
 def _tv_key(label: str, sel: int) -> str:
@@ -193,10 +229,14 @@ def token_section(runs: list[Run], data: list[LensData], tok: int) -> None:
             if len(runs) > 1:
                 st.subheader(run.title)
             sel = min(tok, len(run.tokens) - 1)
-            formed = d.formed().astype(float)
-            late = formed / max(1, len(d.stages) - 1)  # 0: formed at the embedding, 1: only at the last stage
+            done = d.computed
+            formed = np.where(done, d.formed(), np.nan).astype(float)
+            late = np.nan_to_num(formed / max(1, len(d.stages) - 1))  # 0: at the embedding, 1: only at the last
             st.caption("Tokens coloured by how late the answer forms (darker: later in the stack). Click one to "
-                       "select it; hover: top-16 predictions.")
+                       "select it; hover: top-16 predictions."
+                       + ("" if done.all() else f" A long prompt is read out around the selection: tokens "
+                          f"{int(np.argmax(done))}–{len(done) - 1 - int(np.argmax(done[::-1]))} here (the others "
+                          "when the selection moves to them, or in the downloads)."))
             token_view(run.token_texts, key=_tv_key(run.label, sel), colors=token_css(late, 1.0, False, sel),
                        values=[float(x) for x in formed], value_name="answer forms at stage", selected=sel,
                        tips=run.hover_tips(), max_lines=TOKEN_LINES)
@@ -204,8 +244,8 @@ def token_section(runs: list[Run], data: list[LensData], tok: int) -> None:
 
 def _window(T: int, sel: int) -> tuple[int, int]:
     """The heat map's tokens [a, b) around the selection, moved in steps of WINDOW_STEP tokens: a click near the
-    last one leaves the figure as it was, so the browser does not draw it again (13 x 384 cells with their top-10
-    hover text cost Chromium about a second per redraw at the 0.1B shape)."""
+    last one leaves the figure as it was, so the browser does not draw it again (13 x 256 cells with their top-10
+    hover text cost Chromium about a second per redraw at the 0.1B shape), and a step reads out one new chunk."""
     if T <= MAX_LENS_WINDOW:
         return 0, T
     a = heat_window(T, sel, MAX_LENS_WINDOW)[0]
@@ -289,14 +329,28 @@ def _npz(run: Run, d: LensData) -> bytes:
     return buf.getvalue()
 
 
-def download_section(runs: list[Run], data: list[LensData]) -> None:
+def _whole(run: Run, d: LensData, target: Optional[int]) -> LensData:
+    """The lens of every token, for a download (called when the button is clicked, outside the script run: the
+    engine straight under the work gate, nothing of Streamlit drawn)."""
+    if d.computed.all():
+        return d
+    model = run.loaded.model
+    resid = _residuals(run_id(run), model, tuple(run.tokens))
+    lens = gated(lambda: LE.logit_lens(model, list(run.tokens), target=target, resid=resid), show_waiting=False)
+    return LensData(lens.stages, lens.logp, lens.rank, lens.top_ids, lens.top_logp)
+
+
+def download_section(runs: list[Run], data: list[LensData], targets: list[Optional[int]]) -> None:
     cols = st.columns(2 * len(runs))
-    for i, (run, d) in enumerate(zip(runs, data)):
+    for i, (run, d, target) in enumerate(zip(runs, data, targets)):
         sfx = f" {run.label}" if len(runs) > 1 else ""
-        cols[2 * i].download_button(f"Lens (CSV){sfx}", lambda run=run, d=d: csv_bytes(_table(run, d)),
+        cols[2 * i].download_button(f"Lens (CSV){sfx}",
+                                    lambda run=run, d=d, target=target: csv_bytes(_table(run,
+                                                                                         _whole(run, d, target))),
                                     file_name=f"logit_lens_{run.label}.csv", mime="text/csv", on_click="ignore",
                                     key=f"lens_dl_csv_{run.label}")
-        cols[2 * i + 1].download_button(f"Lens (npz){sfx}", lambda run=run, d=d: _npz(run, d),
+        cols[2 * i + 1].download_button(f"Lens (npz){sfx}",
+                                        lambda run=run, d=d, target=target: _npz(run, _whole(run, d, target)),
                                         file_name=f"logit_lens_{run.label}.npz", mime="application/octet-stream",
                                         on_click="ignore", key=f"lens_dl_npz_{run.label}")
     st.caption("CSV: one row per (token, stage): log-probability and rank of the wanted token, the top-1 id, where "

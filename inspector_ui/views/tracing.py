@@ -103,12 +103,6 @@ def default_replacement(run: Run, subject: str) -> str:
     return TR.suggest_replacement(tok, run.prompt, subject, candidates) or example
 
 
-def default_window(n_layer: int) -> int:
-    """The window grids' default: ROME's 10 layers for deep models, half the layers (at least 1) for small ones,
-    whose window of 10 would cover every layer and draw both window grids flat."""
-    return max(1, min(10, n_layer // 2))
-
-
 def _bind_extras() -> None:
     if "ct_extra" not in st.session_state:
         raw = qp_get("ct_extra", "") or ""
@@ -154,7 +148,7 @@ def bind_settings(runs: list[Run], n_layer: int) -> None:
     bind("ct_seed", 1, int, bounds=(0, 2 ** 31 - 1))
     bind("ct_site", "resid_pre", options=tuple(TR.NOISE_SITES))
     bind("ct_mode", "both", options=TR.MODES)
-    bind("ct_window", default_window(n_layer), int, bounds=(1, max(1, n_layer)))
+    bind("ct_window", TR.default_window(n_layer), int, bounds=(1, max(1, n_layer)))
     bind("ct_vfirst", True, url_bool)
     _bind_extras()
     bind("ct_metric", "prob", options=TR.METRICS)

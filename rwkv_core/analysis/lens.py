@@ -61,6 +61,18 @@ class LogitLens:
     def T(self) -> int:
         return self.logp.shape[0]
 
+    @property
+    def computed(self) -> np.ndarray:
+        """[T] bool: the positions read out (`logit_lens(positions=...)` leaves the others empty)."""
+        return self.top_ids[:, -1, 0] >= 0
+
+    def merge(self, other: "LogitLens") -> "LogitLens":
+        """This lens with the rows `other` has read out (the same prompt and target) filled in."""
+        m = other.computed
+        for name in ("logp", "rank", "top_ids", "top_logp"):
+            getattr(self, name)[m] = getattr(other, name)[m]
+        return self
+
     def answer_forms(self) -> np.ndarray:
         """`answer_stage` of this lens: [T] stage index per token."""
         return answer_stage(self.top_ids[:, :, 0])
@@ -132,28 +144,45 @@ def capture_residuals(model, tokens: Sequence[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def logit_lens(model, tokens: Sequence[int], *, target: Optional[int] = None, k: int = LENS_TOPK,
-               resid: Optional[torch.Tensor] = None,
+               resid: Optional[torch.Tensor] = None, positions: Optional[range] = None,
                progress: Optional[Callable[[int, int], None]] = None) -> LogitLens:
     """The logit lens of `tokens` on `model` (a `rwkv_core.model.RWKV`): every stage read out as the model reads its
     last one, `model.unembed` = head(ln_out(x)). target None scores the actual next token at every position; a
-    token id scores that token everywhere. resid [S, T, C] reuses a capture (`capture_residuals`); progress(done,
-    total) is called after the capture and after every stage."""
+    token id scores that token everywhere. resid [S, T, C] reuses a capture (`capture_residuals`); positions (a
+    range of token positions) reads out only those rows, the others left empty (`LogitLens.computed`): the head's
+    product over a 65,536-word vocabulary is most of the lens's cost, and a page shows a window of tokens.
+    progress(done, total) is called after the capture and after every stage."""
     tokens = [int(t) for t in tokens]
     cfg = model.cfg
+    T = len(tokens)
     wanted = _wanted_ids(tokens, target, cfg.vocab_size)
+    rows = range(T) if positions is None else range(max(0, positions.start), min(T, positions.stop))
     S = cfg.n_layer + 1
     if resid is None:
         resid = capture_residuals(model, tokens)
     if progress is not None:
         progress(1, S + 1)
-    w = torch.from_numpy(wanted)
+    w = torch.from_numpy(wanted[rows.start:rows.stop])
     parts = []
     for s in range(S):
-        parts.append(read_stage(model.unembed, resid[s], w, k))
+        parts.append(read_stage(model.unembed, resid[s, rows.start:rows.stop], w, k))
         if progress is not None:
             progress(s + 2, S + 1)
     logp, rank, ids, tlp = (torch.stack(x, 1).numpy() for x in zip(*parts))
-    return LogitLens(stage_names(cfg.n_layer), wanted, logp.astype(np.float32), rank, ids, tlp.astype(np.float32))
+    if len(rows) == T:
+        return LogitLens(stage_names(cfg.n_layer), wanted, logp.astype(np.float32), rank, ids, tlp.astype(np.float32))
+    out = empty_lens(stage_names(cfg.n_layer), wanted, k)
+    out.logp[rows.start:rows.stop], out.rank[rows.start:rows.stop] = logp, rank
+    out.top_ids[rows.start:rows.stop], out.top_logp[rows.start:rows.stop] = ids, tlp
+    return out
+
+
+def empty_lens(stages: list[str], wanted: np.ndarray, k: int = LENS_TOPK) -> LogitLens:
+    """A lens with no row read out yet: logp and top_logp NaN, rank and top_ids -1 (`LogitLens.computed` False)."""
+    T, S = len(wanted), len(stages)
+    return LogitLens(list(stages), np.asarray(wanted, dtype=np.int64), np.full((T, S), np.nan, np.float32),
+                     np.full((T, S), -1, np.int64), np.full((T, S, k), -1, np.int64),
+                     np.full((T, S, k), np.nan, np.float32))
 
 
 # ------------------------------------------------------------------------------------------------ trace file

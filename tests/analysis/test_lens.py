@@ -122,3 +122,25 @@ def test_trace_keys_round_trip():
     np.testing.assert_array_equal(back.top_ids[:, 2], lens.top_ids[:, 3])
     np.testing.assert_array_equal(back.logp[:, 1], lens.logp[:, 1])
     assert LE.lens_from_trace({"tokens": np.zeros(3)}, [0]) is None
+
+
+def test_a_window_of_positions_equals_the_full_lens_rows_and_merges_back():
+    """positions=range(a, b) reads out only those rows (the others empty, `computed` False), equal to the full lens
+    there; windows merged cover the prompt as the full lens."""
+    torch.manual_seed(0)
+    model = _model("7")
+    tokens = list(range(3, 40))
+    full = LE.logit_lens(model, tokens)
+    resid = LE.capture_residuals(model, tokens)
+    part = LE.logit_lens(model, tokens, resid=resid, positions=range(10, 25))
+    assert part.computed.tolist() == [10 <= t < 25 for t in range(len(tokens))]
+    np.testing.assert_allclose(part.logp[10:25], full.logp[10:25], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(part.top_ids[10:25], full.top_ids[10:25])
+    assert np.isnan(part.logp[:10]).all() and (part.rank[25:] == -1).all()
+    merged = LE.empty_lens(full.stages, full.wanted)
+    for a in range(0, len(tokens), 16):
+        merged.merge(LE.logit_lens(model, tokens, resid=resid, positions=range(a, a + 16)))
+    assert merged.computed.all()
+    np.testing.assert_allclose(merged.logp, full.logp, rtol=1e-6, atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(merged.rank, full.rank)
+    np.testing.assert_array_equal(merged.answer_forms(), full.answer_forms())

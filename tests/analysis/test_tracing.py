@@ -27,12 +27,8 @@ GRID_METRICS = ("prob", "logprob", "first_prob", "logit_diff", "recovery")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(single_thread):
+    """Tiny tensors: one thread (tests/conftest.py)."""
 
 
 _MODELS: dict = {}

@@ -28,6 +28,7 @@ CONTENT = {
     "/Logit_lens": ".js-plotly-plot",
     "/State": ".js-plotly-plot",
     "/Patching": '[data-testid="stFormSubmitButton"]',  # the patching settings, filled for the demo fact
+    "/Batch_tracing": '[data-testid="stAlertContentInfo"]',  # the cost of the default fact set
 }
 
 

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from tests.browser.conftest import APP_SCRIPT, app_exceptions, open_app, rerun, wait_for_app
 
 NAV_TITLES = ["Home", "Attention", "Influence spans", "Time decay", "Causal tracing", "Logit lens", "State",
-              "Patching"]
+              "Patching", "Batch tracing"]
 RUN_MS = 180_000
 
 

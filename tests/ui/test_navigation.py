@@ -6,7 +6,7 @@ from tests.ui.page_helpers import app_session
 
 EXPECTED = [("Home", ""), ("Attention", "Attention"), ("Influence spans", "Influence_spans"),
             ("Time decay", "Time_decay"), ("Causal tracing", "Causal_tracing"), ("Logit lens", "Logit_lens"),
-            ("State", "State"), ("Patching", "Patching")]
+            ("State", "State"), ("Patching", "Patching"), ("Batch tracing", "Batch_tracing")]
 
 
 def _nav(at) -> list[tuple[str, str]]:

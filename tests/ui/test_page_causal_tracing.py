@@ -152,7 +152,7 @@ def test_window_default_fits_a_small_model_and_a_link_keeps_its_window():
     """On the 4-layer demo a window of 10 layers would cover every layer (both window grids flat): the default is
     half the layers. ROME's 10 stays for deep models, and a window given in the link wins."""
     pytest.importorskip("streamlit")
-    from inspector_ui.views.tracing import default_window
+    from rwkv_core.analysis.tracing import default_window
 
     assert [default_window(n) for n in (1, 2, 4, 12, 24, 48)] == [1, 1, 2, 6, 10, 10]
     at = _page()

@@ -109,4 +109,54 @@ def test_the_heat_maps_window_holds_the_selection_and_moves_in_steps():
         for sel in range(0, T, 7):
             a, b = _window(T, sel)
             assert a <= sel < b <= T and b - a == min(T, MAX_LENS_WINDOW)
-    assert _window(1031, 515) == _window(1031, 530) == (384, 768)
+    assert _window(1031, 515) == _window(1031, 530) == (384, 640)
+
+
+def test_a_long_prompt_reads_out_the_shown_window_and_a_move_only_the_new_chunk(demo_model, monkeypatch):
+    """At 1,000 tokens the head's product over the vocabulary at every stage was the page's first render (30-70 s
+    at the 0.1B shape on this CPU): the page reads out the heat map's window only, in chunks of WINDOW_STEP tokens
+    computed once; its numbers equal the engine's full lens there, and the download gives every token."""
+    from inspector_ui.views import lens as view
+
+    calls: list = []
+    real = LE.logit_lens
+
+    def spy(model, tokens, **kw):
+        calls.append(kw.get("positions"))
+        return real(model, tokens, **kw)
+
+    monkeypatch.setattr(LE, "logit_lens", spy)
+    prompt = ("The Eiffel Tower is located in the city of Paris. " * 20)[:1000]  # 1,000 byte tokens
+    at = run_clean(app_session("pages/5_Logit_lens.py", model=DEMO, prompt=prompt, tok="500"))
+    a, b = view._window(1000, 500)
+    assert sorted(r.start for r in calls) == list(range(a, b, view.WINDOW_STEP))  # the window's chunks only
+    full = real(demo_model, list(prompt.encode()))
+    z = plotly_array(_lens_charts(at)[0]["data"][0]["z"])  # [S, b - a]
+    np.testing.assert_allclose(z, np.exp(full.logp[a:b]).T, rtol=1e-4, atol=1e-6, equal_nan=True)
+    values = np.array(token_views(at)[0]["values"], dtype=float)
+    np.testing.assert_array_equal(values[a:b], full.answer_forms()[a:b])
+    assert np.isnan(values[:a]).all() and np.isnan(values[b:]).all()
+    # the selection moves one step on: one new chunk is read out
+    calls.clear()
+    at.number_input(key="tok").set_value(500 + view.WINDOW_STEP)
+    at = run_clean(at)
+    a2, b2 = view._window(1000, 500 + view.WINDOW_STEP)
+    assert [r.start for r in calls] == [c for c in range(a2, b2, view.WINDOW_STEP) if c >= b]
+    # the download's lens is every token's
+    part = real(demo_model, list(prompt.encode()), positions=range(a, b))
+    shown = view.LensData(part.stages, part.logp, part.rank, part.top_ids, part.top_logp)
+    whole = view._whole(_run_of(prompt), shown, None)
+    np.testing.assert_allclose(whole.logp, full.logp, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def _run_of(prompt: str):
+    """A page run of the demo model on this prompt, outside any page (what a download callable sees)."""
+    from inspector_ui.registry import list_models
+    from inspector_ui.resources import loaded_model
+    from inspector_ui.session import Run
+
+    entry = list_models()[DEMO]
+    key = (entry.name, "cpu", "fp32")
+    lm = loaded_model(key)
+    ids = list(lm.tokenizer.encode(prompt).ids)
+    return Run("A", lm.model.cfg, ids, [chr(i) for i in ids], prompt, key, lm)

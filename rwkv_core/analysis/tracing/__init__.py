@@ -72,7 +72,7 @@ from rwkv_core.analysis.tracing.ablation import (ABLATION_REPLACEMENTS, ABLATION
 from rwkv_core.analysis.tracing.fast import (DEFAULT_MEMORY_BUDGET, ProgressFn, _FastTracer, row_token_bytes, trace,
                                              trace_grids)
 from rwkv_core.analysis.tracing.reference import reference_cell
-from rwkv_core.analysis.tracing.results import KINDS, METRICS, MODES, TraceResult, TraceSpec
+from rwkv_core.analysis.tracing.results import KINDS, METRICS, MODES, TraceResult, TraceSpec, default_window
 from rwkv_core.analysis.tracing.subset import (DEFAULT_BETWEEN, check_tokens, format_positions, parse_positions,
                                                propose_tokens)
 from rwkv_core.analysis.tracing.setup import (NOISE_SITES, ReplacementLengthError, RunWalk, StopFn, TraceSetup,
@@ -81,7 +81,8 @@ from rwkv_core.analysis.tracing.setup import (NOISE_SITES, ReplacementLengthErro
 
 __all__ = ["ABLATION_REPLACEMENTS", "ABLATION_TARGETS", "AblationResult", "ablate_layers", "reference_means",
            "DEFAULT_MEMORY_BUDGET", "ProgressFn", "_FastTracer", "row_token_bytes",
-           "trace", "trace_grids", "reference_cell", "KINDS", "METRICS", "MODES", "TraceResult", "TraceSpec",
+           "trace", "trace_grids", "reference_cell", "default_window", "KINDS", "METRICS", "MODES", "TraceResult",
+           "TraceSpec",
            "NOISE_SITES", "ReplacementLengthError", "RunWalk", "StopFn", "TraceSetup", "_aggregate",
            "locate_subject", "noise_sigma", "prepare_trace", "replacement_ids", "setup_bytes", "state_bytes",
            "suggest_replacement", "window_layers", "DEFAULT_BETWEEN", "check_tokens", "format_positions",

@@ -77,6 +77,10 @@ class TraceResult:
         """Keys: grid [T, L] (the chosen metric), clean, corrupt, metric, tokens [T], subject (2,), grid_<m> and
         clean_<m> / corrupt_<m> for every metric, token_labels, answer, kind, mode, window, complete, and
         settings (a JSON string)."""
+        np.savez(path, **self.to_arrays())
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays of `to_npz`, each key prefixed (several grids in one file: "state/grid", ...)."""
         arrays = {"grid": self.grid, "clean": np.float64(self.clean_value), "corrupt": np.float64(self.corrupt_value),
                   "metric": np.str_(self.metric), "tokens": np.asarray(self.tokens, dtype=np.int64),
                   "subject": np.asarray(self.subject, dtype=np.int64),
@@ -88,20 +92,29 @@ class TraceResult:
             arrays[f"grid_{m}"] = g
             arrays[f"clean_{m}"] = np.float64(self.clean[m])
             arrays[f"corrupt_{m}"] = np.float64(self.corrupt[m])
-        np.savez(path, **arrays)
+        return {prefix + k: v for k, v in arrays.items()}
 
     @classmethod
     def from_npz(cls, path) -> "TraceResult":
         with np.load(path, allow_pickle=False) as z:
-            metrics = [k[5:] for k in z.files if k.startswith("grid_")]
-            return cls(grids={m: z[f"grid_{m}"] for m in metrics},
-                       clean={m: float(z[f"clean_{m}"]) for m in metrics},
-                       corrupt={m: float(z[f"corrupt_{m}"]) for m in metrics}, metric=str(z["metric"]),
-                       tokens=[int(t) for t in z["tokens"]], token_labels=[str(s) for s in z["token_labels"]],
-                       subject=(int(z["subject"][0]), int(z["subject"][1])), answer_label=str(z["answer"]),
-                       kind=str(z["kind"]), mode=str(z["mode"]), window=int(z["window"]),
-                       settings=json.loads(str(z["settings"])), complete=bool(z["complete"]),
-                       warnings=json.loads(str(z["warnings"])), seconds=float(z["seconds"]))
+            return cls.from_arrays(z)
+
+    @classmethod
+    def from_arrays(cls, z, prefix: str = "") -> "TraceResult":
+        """The result saved by `to_arrays(prefix)` in `z` (an open npz or a dict)."""
+        def a(key: str):
+            return z[prefix + key]
+
+        keys = list(z.files if hasattr(z, "files") else z.keys())
+        metrics = [k[len(prefix) + 5:] for k in keys if k.startswith(prefix + "grid_")]
+        return cls(grids={m: a(f"grid_{m}") for m in metrics},
+                   clean={m: float(a(f"clean_{m}")) for m in metrics},
+                   corrupt={m: float(a(f"corrupt_{m}")) for m in metrics}, metric=str(a("metric")),
+                   tokens=[int(t) for t in a("tokens")], token_labels=[str(s) for s in a("token_labels")],
+                   subject=(int(a("subject")[0]), int(a("subject")[1])), answer_label=str(a("answer")),
+                   kind=str(a("kind")), mode=str(a("mode")), window=int(a("window")),
+                   settings=json.loads(str(a("settings"))), complete=bool(a("complete")),
+                   warnings=json.loads(str(a("warnings"))), seconds=float(a("seconds")))
 
     def to_csv(self) -> str:
         """The chosen grid as CSV: one row per token (index, label, subject flag), one column per layer (from 0, as on every page)."""
@@ -137,6 +150,12 @@ class TraceSpec:
 
     def label(self) -> str:
         return f"block/{self.mode}" if self.kind == "block" else f"{self.kind} window {self.window}"
+
+
+def default_window(n_layer: int) -> int:
+    """The att/ffn window's default: ROME's 10 layers for deep models, half the layers (at least 1) for small ones,
+    whose window of 10 would cover every layer and draw both window grids flat."""
+    return max(1, min(10, n_layer // 2))
 
 
 # ------------------------------------------------------------------------------------------------ grids
