@@ -15,12 +15,16 @@ from rwkv_core.errors import InputError
 from rwkv_core.io.checkpoint import load_model
 from rwkv_core.io.tokenizer import tokenizer_for
 from rwkv_core.jobs import cost as COST
-from tests.analysis.test_tracing import single_thread  # noqa: F401 (autouse: tiny tensors, one thread)
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 PROMPT = "The Eiffel Tower is located in the city of"  # bytes: the subject is tokens 0..15, T = 42
 SUBJECT, ANSWER = "The Eiffel Tower", " Paris"
 SUBSET = [2, 15, 16, 30, 41]  # in the subject, its last token, the token after it, between, the last token
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_thread):
+    """Tiny tensors: one thread (tests/conftest.py)."""
 
 
 _SETUPS: dict = {}

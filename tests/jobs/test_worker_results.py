@@ -86,20 +86,12 @@ def test_stop_keeps_the_cells_done_in_process():
     assert torch.get_num_threads() >= 1
 
 
-def test_a_subset_job_and_an_attribution_job_in_process():
+def test_a_subset_job_and_an_attribution_job_in_process(single_thread):
     """The runner traces only a job's `tokens` (the in-process subset's numbers, its cells counted) and runs
-    attribution patching for method "atp" (atp_trace's estimate); the two jobs share the cached runs."""
+    attribution patching for method "atp" (atp_trace's estimate); the two jobs share the cached runs. One thread
+    (tests/conftest.py): tiny tensors on a busy machine."""
     from rwkv_core.analysis.patching.attribution import atp_trace
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread, immune to a busy machine's oversubscription
-    try:
-        _subset_and_atp(atp_trace)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _subset_and_atp(atp_trace) -> None:
     model = load_model(DEMO_V7)
     setup = TR.prepare_trace(model, tokenizer_for(model.cfg.vocab_size, kind="bytes"), PROMPT, **PREPARE)
     rows = (3, 16, 41)
