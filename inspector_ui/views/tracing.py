@@ -8,7 +8,8 @@ tracing example when its prompt is the run's prompt, otherwise to the prompt's f
 next token. The heavy work (clean/corrupted runs, the grids, the ablations) runs as jobs on Ray workers
 (`rwkv_core.jobs`, through `inspector_ui.resources.get_jobs`), never in the server process: the page shows each
 trace's cost first (cells, time at this model's measured speed, peak memory against the job budget), refuses one that
-cannot fit with one line, asks before one past the confirmation threshold, then follows the jobs with progress bars
+cannot fit with one line, asks before one past the confirmation threshold (and on such a long prompt offers the
+proposed tokens or attribution patching first, `long_prompt_choices`), then follows the jobs with progress bars
 and a Stop button (a rerun leaves them running; the next run follows them again). Results are kept in `st.session_state["ct_results"]` keyed by (model, prompt, settings), so
 changing only a display option (metric, image format) redraws without recomputing. Settings are in the URL (ct_*).
 `render` reads as its sections: settings form, cost, the jobs (progress and Stop), results per run, ablation.
@@ -459,6 +460,12 @@ Layers are numbered from 0, as on every page.
   the layers above *l* together with the residual, otherwise the corrupted subject keeps leaking in.
 - **Noise site**: *block-0 input* (after ln0, the default: RWKV renormalises its small embedding at once) or the
   raw *embedding* (ROME). The noise std is the multiple times the std of that tensor over every vocabulary row.
+- **Long prompts**: a trace costs one patched run per cell over the tokens from the cell's token to the end, so
+  the full grid grows with the square of the prompt's length. When it would take longer than the confirmation
+  threshold, the page proposes a subset of rows instead (the subject's tokens, the token after it, four tokens
+  evenly spaced up to the last one, and the last token; edit the list freely) or **attribution patching**: every
+  cell estimated as metric(corrupted) + ∇metric(corrupted) · (clean − corrupted) from one forward pass with
+  gradients and one backward pass, a first-order estimate, not the exact value.
 - **Layer ablation** (below): the clean run with one layer's output replaced (zero, a reference-text mean, or the
   corrupted run's value), or its WKV state reset after one token; bars show the change of the metric.
 """

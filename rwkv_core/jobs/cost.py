@@ -6,7 +6,9 @@ Time model of a causal trace (the fast path, `rwkv_core.analysis.tracing.fast`):
 subject's first token runs its noise-sample rows through the layers above the one it restores over the tokens from
 t to the end; the work is counted in row-token-layers and priced by `Speed.block_s`, plus one batched one-token
 step per prompt token for the corrupted states (`Speed.step_s`), the unembedding of every cell's rows
-(`Speed.head_s`), and the clean and corrupted runs. Memory model: the weights, the cached runs
+(`Speed.head_s`), and the clean and corrupted runs. A subset of rows (`tokens`) costs the sum of its rows' work:
+each row's cells are its own. Attribution patching (`atp_trace_seconds`, `estimate_atp_trace`): one forward with
+gradients and one backward, plus the state's token-by-token pass. Memory model: the weights, the cached runs
 (`tracing.setup_bytes`), the corrupted states of two positions, and one batch of cells.
 """
 from __future__ import annotations
