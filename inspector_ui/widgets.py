@@ -352,6 +352,15 @@ def duration_text(seconds: float) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
+def hours_minutes(seconds: float) -> str:
+    """A long duration in hours and minutes, days counted as hours so that costs compare at a glance ("121 h 05
+    min", "2 h 00 min"); below an hour as `duration_text` ("3 min 20 s")."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 3600:
+        return duration_text(seconds)
+    m = int(round(seconds / 60))
+    return f"{m // 60:,} h {m % 60:02d} min"
+
+
 def progress_text(what: str, done: int, total: int, elapsed: float, unit: str = "steps") -> str:
     """The caption of a progress bar: "Tracing: 12 / 40 cells · 35 s elapsed · about 3 min 20 s left"."""
     text = f"{what}: {done} / {total} {unit} · {duration_text(elapsed)} elapsed"

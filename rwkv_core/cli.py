@@ -135,6 +135,10 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--seed", type=int, default=1, help="noise seed (default 1, as ROME)")
     p.add_argument("--metric", choices=METRICS, default="prob", help="metric written as `grid` (default prob)")
     p.add_argument("--no-v-first", action="store_true", help="v7: do not restore v_first with the residual")
+    p.add_argument("--tokens", default=None,
+                   help="trace only these prompt token positions, comma-separated, ranges allowed (e.g. 3-5,9,30): "
+                        "the other rows of the grid are NaN and settings.tokens in the npz lists them; "
+                        "'proposed': the subject's tokens, the one after, 4 in between and the last (default: all)")
     p.add_argument("--method", choices=("fast", "reference"), default="fast", help=argparse.SUPPRESS)
     _model_args(p)
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
@@ -239,18 +243,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """Run `trace` from parsed arguments, write the npz, print a one-screen summary. Returns the exit code."""
-    from rwkv_core.analysis.tracing import trace
+    from rwkv_core.analysis.tracing import (TraceSpec, format_positions, parse_positions, prepare_trace,
+                                            propose_tokens, trace_grids)
 
     model, tok = model_and_tokenizer(args)
     corruption = "replace" if args.alt_subject else "noise"
-    res = trace(model, tok, args.prompt, args.subject, args.answer, answer2=args.answer2, corruption=corruption,
-                alt_subject=args.alt_subject, samples=args.samples, noise=args.noise, noise_site=args.noise_site,
-                seed=args.seed, kind=args.kind, mode=args.mode, window=args.window,
-                restore_v_first=not args.no_v_first, metric=args.metric, method=args.method)
+    setup = prepare_trace(model, tok, args.prompt, args.subject, args.answer, answer2=args.answer2,
+                          corruption=corruption, alt_subject=args.alt_subject, samples=args.samples, noise=args.noise,
+                          noise_site=args.noise_site, seed=args.seed)
+    if (args.tokens or "").strip() == "proposed":
+        tokens = propose_tokens(setup.T, setup.subject)
+    else:
+        tokens = parse_positions(args.tokens, setup.T)
+    spec = TraceSpec(args.kind, args.mode, args.window, not args.no_v_first)
+    res = trace_grids(setup, [spec], metric=args.metric, method=args.method, tokens=tokens)[0]
     res.to_npz(args.out)
     T, L = res.grid.shape
     t_best, l_best = np.unravel_index(np.nanargmax(res.grid), res.grid.shape)
-    print(f"{res.kind}/{res.mode if res.kind == 'block' else f'window {res.window}'}: {T} tokens x {L} layers, "
+    rows = f" ({len(tokens)} traced: {format_positions(tokens)})" if tokens is not None else ""
+    print(f"{res.kind}/{res.mode if res.kind == 'block' else f'window {res.window}'}: {T} tokens{rows} x {L} layers, "
           f"metric {res.metric}: clean {res.clean_value:.4g}, corrupted {res.corrupt_value:.4g}, "
           f"max {res.grid[t_best, l_best]:.4g} at token {t_best} {res.token_labels[t_best]!r}, layer {l_best}")
     for w in res.warnings:

@@ -23,6 +23,7 @@ from inspector_ui.session import PageContext, Run, bind, publish
 from inspector_ui.widgets import csv_bytes, gated, run_columns
 from rwkv_core.analysis import patching as PA
 from rwkv_core.analysis.patching.attribution import atp_grids
+from rwkv_core.analysis.tracing.subset import parse_positions
 from rwkv_core.errors import InputError, RWKVInspectorError
 from rwkv_core.figures import patching as FP
 from rwkv_core.figures.common import IMAGE_FORMATS, image_config
@@ -116,23 +117,8 @@ def url_sites() -> list[str]:
 
 def parse_tokens(text: str, T: int) -> Optional[list[int]]:
     """The clean token positions listed ("3, 7, 10-12"); None for an empty text (every token). One line on a
-    position outside the prompt or a malformed list."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", "").split(","):
-            if not part:
-                continue
-            a, _, b = part.partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise InputError(f"list token positions as numbers and ranges, e.g. 3, 7, 10-12, not {text!r}") from None
-    bad = [t for t in out if not 0 <= t < T]
-    if bad:
-        raise InputError(f"token position {bad[0]} is outside the clean prompt (positions 0 to {T - 1})")
-    return sorted(set(out))
+    position outside the prompt or a malformed list (`tracing.parse_positions`)."""
+    return parse_positions(text, T, "the clean prompt")
 
 
 def parse_ints(text: str, what: str) -> Optional[list[int]]:

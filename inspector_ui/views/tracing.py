@@ -8,7 +8,8 @@ tracing example when its prompt is the run's prompt, otherwise to the prompt's f
 next token. The heavy work (clean/corrupted runs, the grids, the ablations) runs as jobs on Ray workers
 (`rwkv_core.jobs`, through `inspector_ui.resources.get_jobs`), never in the server process: the page shows each
 trace's cost first (cells, time at this model's measured speed, peak memory against the job budget), refuses one that
-cannot fit with one line, asks before one past the confirmation threshold, then follows the jobs with progress bars
+cannot fit with one line, asks before one past the confirmation threshold (and on such a long prompt offers the
+proposed tokens or attribution patching first, `long_prompt_choices`), then follows the jobs with progress bars
 and a Stop button (a rerun leaves them running; the next run follows them again). Results are kept in `st.session_state["ct_results"]` keyed by (model, prompt, settings), so
 changing only a display option (metric, image format) redraws without recomputing. Settings are in the URL (ct_*).
 `render` reads as its sections: settings form, cost, the jobs (progress and Stop), results per run, ablation.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -27,7 +28,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from inspector_ui import settings as app_settings
 from inspector_ui.resources import get_jobs, model_spec, warm_jobs
 from inspector_ui.session import PageContext, Run, bind, greedy_tokens, publish, qp_get
-from inspector_ui.widgets import duration_text, gated, progress_text, run_columns, url_bool
+from inspector_ui.widgets import duration_text, gated, hours_minutes, progress_text, run_columns, url_bool
 from rwkv_core.jobs import cost as COST
 from rwkv_core.jobs.specs import AblationJob, TraceJob
 from rwkv_core.figures import tracing as FT
@@ -185,9 +186,37 @@ def _speed(run: Run, rows: int) -> COST.Speed:
                  show_waiting=False)
 
 
-def estimate(run: Run, settings: dict, specs: list) -> Optional[COST.JobCost]:
-    """The trace's cost on this run (cells, time, peak memory against the job budget); None while the subject or
-    answer is not usable (the job would say why)."""
+@dataclass
+class RunPlan:
+    """A run's prompt as a trace sees it before any job: T prompt tokens, the subject's tokens [s0, s1), K answer
+    tokens, n noise rows, the token labels, the measured speed, and the cost of the full grid."""
+
+    T: int
+    subject: tuple[int, int]
+    K: int
+    n: int
+    labels: list[str]
+    speed: COST.Speed
+    full: COST.JobCost
+
+    def subset_cost(self, run: Run, specs: list, tokens: list[int]) -> COST.JobCost:
+        """The cost of tracing only the rows `tokens` (`COST.estimate_trace` with tokens)."""
+        return COST.estimate_trace(run.loaded.model, self.T, self.K, self.subject[0], self.n, specs,
+                                   app_settings.job_memory_bytes(run.loaded.device), self.speed,
+                                   subject_tokens=self.subject[1] - self.subject[0],
+                                   threads=app_settings.job_threads(), tokens=tokens)
+
+    def atp_cost(self, run: Run, specs: list) -> COST.JobCost:
+        """The cost of attribution patching every cell (`COST.estimate_atp_trace`)."""
+        return COST.estimate_atp_trace(run.loaded.model, self.T, self.K, self.n, specs,
+                                       app_settings.job_memory_bytes(run.loaded.device), self.speed,
+                                       subject_tokens=self.subject[1] - self.subject[0],
+                                       threads=app_settings.job_threads())
+
+
+def plan_run(run: Run, settings: dict, specs: list) -> Optional[RunPlan]:
+    """The trace's plan on this run: its tokens, subject and the full grid's cost (cells, time, peak memory against
+    the job budget); None while the subject or answer is not usable (the job would say why)."""
     tok = run.loaded.tokenizer
     try:
         enc = tok.encode(run.prompt)
@@ -199,9 +228,11 @@ def estimate(run: Run, settings: dict, specs: list) -> Optional[COST.JobCost]:
         return None
     n = int(settings["samples"]) if settings["corruption"] == "noise" else 1
     speed = _speed(run, max(1, min(n, 8)))
-    return COST.estimate_trace(run.loaded.model, len(enc), K, s0, n, specs,
+    full = COST.estimate_trace(run.loaded.model, len(enc), K, s0, n, specs,
                                app_settings.job_memory_bytes(run.loaded.device), speed, subject_tokens=s1 - s0,
                                threads=app_settings.job_threads())
+    labels = [tok.display(int(i)) for i in enc.ids]
+    return RunPlan(len(enc), (s0, s1), K, n, labels, speed, full)
 
 
 def cost_line(cost: COST.JobCost, device: str) -> str:
@@ -210,9 +241,12 @@ def cost_line(cost: COST.JobCost, device: str) -> str:
             "job budget")
 
 
-def trace_job(run: Run, settings: dict, specs: list, cost: Optional[COST.JobCost]) -> TraceJob:
-    budget = cost.batch_bytes if cost is not None else TR.DEFAULT_MEMORY_BUDGET
-    return TraceJob(model_spec(run.loaded), run.prompt, tuple(sorted(settings.items())), tuple(specs), int(budget))
+def trace_job(run: Run, settings: dict, specs: list, cost: Optional[COST.JobCost],
+              tokens: Optional[list[int]] = None, method: str = "fast") -> TraceJob:
+    """The job of one run: every row, the rows `tokens`, or attribution patching (method "atp")."""
+    budget = cost.batch_bytes if cost is not None and method != "atp" else TR.DEFAULT_MEMORY_BUDGET
+    return TraceJob(model_spec(run.loaded), run.prompt, tuple(sorted(settings.items())), tuple(specs), int(budget),
+                    None if tokens is None else tuple(int(t) for t in tokens), method)
 
 
 def _jobs_of_session() -> dict:
@@ -233,11 +267,12 @@ def start_traces(runs: list[Run], request: "TraceRequest", costs: list) -> None:
     pending = _jobs_of_session()
     store: dict = st.session_state.setdefault("ct_results", {})
     st.session_state["ct_stop"] = False
-    for run, key, cost in zip(runs, request.keys, costs):
+    for run, key, cost, tokens in zip(runs, request.keys, costs, request.tokens):
         if key in pending:
             jobs.forget(pending.pop(key)[0])
         store.pop(key, None)
-        job = trace_job(run, request.settings, request.specs, cost)
+        job = trace_job(run, request.settings, request.specs, cost, tokens,
+                        "atp" if request.scope == "atp" else "fast")
         try:
             pending[key] = (jobs.submit(session_user(), job, f"trace {run.label}"), job)
         except RWKVInspectorError as e:
@@ -292,6 +327,9 @@ def follow_traces(runs: list[Run], cols: list, request: "TraceRequest") -> None:
                 bars[key].empty()
             elif status.state == "queued":
                 bars[key].progress(0.0, text=f"Queued: {status.message}.")
+            elif job.method == "atp" and status.total:
+                bars[key].progress(0.5, text=f"Attribution patching: one forward and backward… "
+                                             f"({duration_text(status.seconds)})")
             elif status.total:
                 bars[key].progress(min(1.0, status.done / status.total),
                                    text=progress_text("Tracing", status.done, status.total, status.seconds, "cells"))
@@ -303,9 +341,10 @@ def follow_traces(runs: list[Run], cols: list, request: "TraceRequest") -> None:
 
 
 def cells_done(results: list[TR.TraceResult]) -> tuple[int, int]:
-    """(cells computed, cells in all) of a run's grids: a stopped trace leaves its other cells NaN."""
+    """(cells computed, cells asked for) of a run's grids: a stopped trace leaves its other cells NaN (a subset
+    trace asks for the cells of its rows only)."""
     done = sum(int(np.isfinite(r.grids["prob"]).sum()) for r in results)
-    return done, sum(r.grids["prob"].size for r in results)
+    return done, sum(len(r.traced_tokens) * r.grids["prob"].shape[1] for r in results)
 
 
 def ablate_one(entry: dict, abl_key: tuple) -> Any:
@@ -356,13 +395,33 @@ def show_trace(entry: dict, P: str, metric: str, img_format: str, narrow: bool =
     m3.metric("subject tokens", f"{first.subject[0]}…{first.subject[1] - 1}")
     noise = info["corruption"] == "noise"
     m4.metric("noise std" if noise else "replacement", f"{info['noise_std']:.3g}" if noise else str(info["alt_subject"]))
+    atp = info.get("method") == "atp"
+    shown_metric = metric
+    if atp:
+        base = info["recovery_of"]  # the metric estimated: prob, or logit_diff with a second answer
+        if metric not in (base, "recovery"):
+            shown_metric = base  # the estimate is of one metric (and its recovery): the others are not estimated
+        st.info(f"**Attribution patching: a first-order estimate, not exact.** Every cell is "
+                f"{base}(corrupted) + ∇{base}(corrupted) · (clean − corrupted) at that cell, from one forward pass "
+                "with gradients and one backward pass; it can be far from the exact value where the metric is "
+                "not close to linear (a probability near 0 or 1). Trace the tokens that stand out to get their "
+                "exact rows." + (f" Shown: {METRIC_NAMES[base]} (the metric estimated), not "
+                                 f"{METRIC_NAMES[metric]}." if shown_metric != metric else ""))
+    elif first.settings.get("tokens") is not None:
+        rows = first.traced_tokens
+        st.caption(f"Traced {len(rows)} of {len(first.tokens):,} tokens ({TR.format_positions(rows)}); the heat maps "
+                   "show those rows, a blank row stands for the tokens not traced between them.")
     if metric == "logit_diff" and not info.get("answer2_ids"):
         st.info("The logit difference needs a second answer; the grids are blank.")
     for i, res in enumerate(results):
         name = {"block": f"State ({res.mode})", "att": f"Time-mix window {res.window}",
                 "ffn": f"Channel-mix window {res.window}"}[res.kind]
-        shown = res.with_metric(metric)
-        fname = f"causal_trace_{res.kind}_{res.mode if res.kind == 'block' else f'w{res.window}'}_{metric}"
+        if atp:
+            name += " · attribution patching (estimate)"
+        shown = res.with_metric(shown_metric)
+        fname = f"causal_trace_{res.kind}_{res.mode if res.kind == 'block' else f'w{res.window}'}_{shown_metric}"
+        if atp:
+            fname += "_atp"
         if P != "A":
             fname += f"_{P}"
         st.subheader(name)
@@ -401,6 +460,12 @@ Layers are numbered from 0, as on every page.
   the layers above *l* together with the residual, otherwise the corrupted subject keeps leaking in.
 - **Noise site**: *block-0 input* (after ln0, the default: RWKV renormalises its small embedding at once) or the
   raw *embedding* (ROME). The noise std is the multiple times the std of that tensor over every vocabulary row.
+- **Long prompts**: a trace costs one patched run per cell over the tokens from the cell's token to the end, so
+  the full grid grows with the square of the prompt's length. When it would take longer than the confirmation
+  threshold, the page proposes a subset of rows instead (the subject's tokens, the token after it, four tokens
+  evenly spaced up to the last one, and the last token; edit the list freely) or **attribution patching**: every
+  cell estimated as metric(corrupted) + ∇metric(corrupted) · (clean − corrupted) from one forward pass with
+  gradients and one backward pass, a first-order estimate, not the exact value.
 - **Layer ablation** (below): the clean run with one layer's output replaced (zero, a reference-text mean, or the
   corrupted run's value), or its WKV state reset after one token; bars show the change of the metric.
 """
@@ -412,10 +477,20 @@ class TraceRequest:
 
     settings: dict  # keyword arguments of `TR.prepare_trace`
     specs: list  # TR.TraceSpec per grid
-    keys: list[tuple]  # per run: the key of its results in `st.session_state["ct_results"]`
-    submitted: bool  # the Trace button was pressed in this run
+    keys: list[tuple]  # per run: the key of its results in `st.session_state["ct_results"]` (`finish`)
+    submitted: bool  # the Trace button was pressed in this run (or a button of the long-prompt choices)
     metric: str
     img_format: str
+    spec_key: tuple = ()
+    scope: str = "full"  # what is traced: "full" (every cell), "tokens" (the rows listed), "atp" (attribution)
+    tokens: list = field(default_factory=list)  # per run: the rows to trace (None: every row)
+
+    def finish(self, runs: list[Run], scope: str, tokens: list[Optional[list[int]]]) -> None:
+        """Fix what is traced (and so the key of each run's results): model, prompt, settings, grids, scope."""
+        self.scope, self.tokens = scope, tokens
+        settings_key = tuple(sorted(self.settings.items()))
+        self.keys = [(run.model_key, run.prompt, settings_key, self.spec_key,
+                      (scope,) + ((tuple(t),) if t is not None else ())) for run, t in zip(runs, tokens)]
 
 
 def render(ctx: PageContext) -> None:
@@ -502,47 +577,163 @@ def settings_section(runs: list[Run]) -> TraceRequest:
     if "window 1" in extra and int(window) != 1:
         specs += [TR.TraceSpec("att", mode, 1, bool(v_first)), TR.TraceSpec("ffn", mode, 1, bool(v_first))]
     spec_key = tuple((s.kind, s.mode, s.window, s.restore_v_first) for s in specs)
-    keys = [(run.model_key, run.prompt, tuple(sorted(settings.items())), spec_key) for run in runs]
-    return TraceRequest(settings, specs, keys, submitted, metric, img_format)
+    return TraceRequest(settings, specs, [], submitted, metric, img_format, spec_key)
 
 
 def cost_section(runs: list[Run], request: TraceRequest) -> list[Optional[COST.JobCost]]:
     """Each run's cost before it starts (cells, time on this model's device, peak memory against the job budget);
-    a trace that cannot fit is refused here with its one line, and one past the confirmation threshold waits for a
-    second press."""
-    costs = []
+    a trace that cannot fit is refused here with its one line. When the full grid would take longer than the
+    confirmation threshold (a long prompt), the long-prompt choices come first (`long_prompt_choices`): the
+    proposed tokens, attribution patching, or the full grid anyway, which like any full grid past the threshold
+    waits for a second press. Fixes what is traced (`TraceRequest.finish`); returns the cost of what is traced."""
+    plans: list[Optional[RunPlan]] = []
     for run in runs:
         try:
-            costs.append(estimate(run, request.settings, request.specs))
+            plans.append(plan_run(run, request.settings, request.specs))
         except RWKVInspectorError as e:
             st.error(_one_line(e))
-            costs.append(None)
-    for run, cost in zip(runs, costs):
-        if cost is None:
-            continue
-        prefix = f"{run.label}: " if len(runs) > 1 else ""
-        if not cost.fits:
+            plans.append(None)
+    full = [p.full if p is not None else None for p in plans]
+    seconds = sum(c.seconds for c in full if c is not None)
+    long_prompt = seconds > app_settings.CONFIRM_SECONDS and any(c is not None and c.fits for c in full)
+    scope, tokens = "full", [None] * len(runs)
+    costs: list[Optional[COST.JobCost]] = list(full)
+    form_pressed, chosen = request.submitted, False
+    if long_prompt:
+        scope, tokens, costs, chosen = long_prompt_choices(runs, plans, request)
+        request.submitted = chosen  # a choice's own button (its cost is on it) starts at once
+    else:
+        for run, cost in zip(runs, full):
+            if cost is not None and cost.fits:
+                prefix = f"{run.label}: " if len(runs) > 1 else ""
+                st.caption(f"{prefix}Cost: {cost_line(cost, run.loaded.device)}.")
+    for run, cost in zip(runs, full):
+        if cost is not None and not cost.fits:
+            prefix = f"{run.label}: " if len(runs) > 1 else ""
             st.error(f"{prefix}{cost.refusal[:1].upper()}{cost.refusal[1:]}.")
-        else:
-            st.caption(f"{prefix}Cost: {cost_line(cost, run.loaded.device)}.")
-    if request.submitted and any(c is not None and not c.fits for c in costs):
+    if (form_pressed or chosen) and any(c is not None and not c.fits for c in full):
         st.session_state["ct_confirm_pending"] = False
-        request.submitted = False  # refused: nothing starts
-    seconds = sum(c.seconds for c in costs if c is not None)
-    if request.submitted and seconds > app_settings.CONFIRM_SECONDS:
+        request.submitted = False  # refused: nothing starts (a subset needs the same memory)
+    elif form_pressed and long_prompt and not chosen:  # Trace on a long prompt: the full grid, once confirmed
         st.session_state["ct_confirm_pending"] = True
-        request.submitted = False
     if st.session_state.get("ct_confirm_pending"):
-        st.warning(f"This trace will take about {duration_text(seconds)} on this machine (a worker computes it; "
+        st.warning(f"The full grid will take about {hours_minutes(seconds)} on this machine (a worker computes it; "
                    "you can leave the page and come back, or press Stop). Start it?")
         c1, c2, _ = st.columns([1, 1, 4])
-        if c1.button(f"Start ({duration_text(seconds)})", key="ct_confirm", type="primary"):
+        if c1.button(f"Start ({hours_minutes(seconds)})", key="ct_confirm", type="primary"):
             st.session_state["ct_confirm_pending"] = False
+            st.session_state["ct_scope"] = scope = "full"
+            tokens, costs = [None] * len(runs), list(full)
             request.submitted = True
         if c2.button("Cancel", key="ct_confirm_cancel"):
             st.session_state["ct_confirm_pending"] = False
             st.rerun()
+    request.finish(runs, scope, tokens)
     return costs
+
+
+def _bind_tokens(plan: RunPlan, key: tuple) -> None:
+    """`ct_tokens` (the rows to trace, as typed) from the URL once per session, else run A's proposal; a new
+    proposal when the prompt or subject changes (`ct_tokens_for`)."""
+    proposal = TR.format_positions(TR.propose_tokens(plan.T, plan.subject))
+    if "ct_tokens" not in st.session_state:
+        st.session_state["ct_tokens"] = qp_get("ct_tokens", proposal) or proposal
+        st.session_state["ct_tokens_for"] = key
+    elif st.session_state.get("ct_tokens_for") != key:
+        st.session_state["ct_tokens"] = proposal
+        st.session_state["ct_tokens_for"] = key
+    else:
+        st.session_state["ct_tokens"] = st.session_state["ct_tokens"]
+    bind("ct_scope", "full", options=SCOPES)
+
+
+SCOPES = ("full", "tokens", "atp")
+
+
+def tokens_caption(plan: RunPlan, tokens: list[int], limit: int = 40) -> str:
+    """The rows listed with their text ("0 'T', 1 'h', … 1030 ' of'"), at most `limit` of them."""
+    shown = [f"{t} {plan.labels[t]!r}" for t in tokens[:limit]]
+    more = f", … ({len(tokens) - limit} more)" if len(tokens) > limit else ""
+    return ", ".join(shown) + more
+
+
+def long_prompt_choices(runs: list[Run], plans: list[Optional[RunPlan]], request: TraceRequest
+                        ) -> tuple[str, list, list, bool]:
+    """A long prompt: the full grid's cost in hours and minutes, and what to do instead, before any run: trace the
+    proposed tokens (`TR.propose_tokens`: the subject's tokens, the one after it, four between, the last; the list
+    can be edited), or attribution patching (a first-order estimate of every cell from one forward and one
+    backward pass, `atp_trace`), or the full grid anyway (**Trace**, then a confirmation). The rows and the choice
+    are in the URL (ct_tokens, ct_scope). Returns (scope, rows per run, cost per run, a choice's button pressed)."""
+    a = next((p for p in plans if p is not None), None)
+    run_a = runs[plans.index(a)]
+    _bind_tokens(a, (run_a.model_key, run_a.prompt, request.settings["subject"]))
+    for run, plan in zip(runs, plans):
+        if plan is None:
+            continue
+        prefix = f"{run.label}: " if len(runs) > 1 else ""
+        st.warning(f"{prefix}A long prompt ({plan.T:,} tokens): the full grid is {plan.full.cells:,} cells, about "
+                   f"**{hours_minutes(plan.full.seconds)}** on {run.loaded.device} (more than the "
+                   f"{duration_text(app_settings.CONFIRM_SECONDS)} that a trace starts without asking). Trace the "
+                   "proposed tokens, or estimate every cell by attribution patching, instead.")
+    text = st.text_input("Tokens to trace (positions from 0)", key="ct_tokens",
+                         help="The proposal: the subject's tokens, the token after it, four tokens evenly spaced "
+                              "between it and the last token, and the last token. Edit freely: 3, 7, 10-12. The "
+                              "rows not listed stay blank. In compare mode each run traces the positions within "
+                              "its prompt.")
+    tokens: list = []
+    subset: list = []
+    error = None
+    for run, plan in zip(runs, plans):
+        if plan is None:
+            tokens.append(None)
+            subset.append(None)
+            continue
+        try:
+            # one run: a position past its prompt is an error; in compare mode each run takes those within its own
+            rows = (TR.parse_positions(text, plan.T if len(runs) == 1 else 10 ** 9)
+                    or TR.propose_tokens(plan.T, plan.subject))
+            rows = [t for t in rows if t < plan.T]
+            if not rows:
+                raise RWKVInspectorError(f"none of the positions listed is within the prompt's {plan.T} tokens")
+        except RWKVInspectorError as e:
+            error = _one_line(e)
+            rows = TR.propose_tokens(plan.T, plan.subject)
+        tokens.append(rows)
+        subset.append(plan.subset_cost(run, request.specs, rows))
+    if error:
+        st.error(f"{error[:1].upper()}{error[1:]}; the proposal is used instead.")
+    atp = [p.atp_cost(r, request.specs) if p is not None else None for r, p in zip(runs, plans)]
+    for run, plan, rows, cost in zip(runs, plans, tokens, subset):
+        if plan is not None:
+            prefix = f"{run.label}: " if len(runs) > 1 else ""
+            st.caption(f"{prefix}{len(rows)} of {plan.T:,} rows: {tokens_caption(plan, rows)} · "
+                       f"{cost.cells:,} cells · about {hours_minutes(cost.seconds)}.")
+    sub_s = sum(c.seconds for c in subset if c is not None)
+    atp_s = sum(c.seconds for c in atp if c is not None)
+    atp_refusal = next((c.refusal for c in atp if c is not None and c.refusal), None)
+    c1, c2, _ = st.columns([2, 2, 3])
+    pressed = None
+    if c1.button(f"Trace these tokens ({hours_minutes(sub_s)})", key="ct_trace_tokens", type="primary"):
+        pressed = "tokens"
+    if c2.button(f"Attribution patching ({hours_minutes(atp_s)})", key="ct_trace_atp",
+                 disabled=atp_refusal is not None,
+              help="Every cell estimated to first order from one forward pass with gradients and one backward "
+                   "pass: metric(restored) ≈ metric(corrupted) + ∇metric(corrupted) · (clean − corrupted). Not "
+                   "exact: check the cells that matter by tracing their tokens."):
+        pressed = "atp"
+    if pressed:
+        st.session_state["ct_scope"] = pressed
+        st.session_state["ct_confirm_pending"] = False
+    if atp_refusal:
+        c2.caption(f"{atp_refusal[:1].upper()}{atp_refusal[1:]}.")
+    st.caption("**Trace** (above) computes the full grid anyway, after a confirmation.")
+    publish("ct_tokens", "ct_scope")
+    scope = st.session_state.get("ct_scope", "full")
+    if scope == "tokens":
+        return scope, tokens, subset, pressed is not None
+    if scope == "atp":
+        return scope, [None] * len(runs), atp, pressed is not None
+    return "full", [None] * len(runs), [p.full if p is not None else None for p in plans], False
 
 
 def results_section(runs: list[Run], cols: list, entries: list[Optional[dict]], request: TraceRequest,

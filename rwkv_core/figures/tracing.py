@@ -47,6 +47,33 @@ def subject_row_labels(result: TraceResult) -> list[str]:
     return [token_label(lab) + ("*" if s0 <= t < s1 else "") for t, lab in enumerate(result.token_labels)]
 
 
+def drawn_rows(result: TraceResult) -> tuple[list[Optional[int]], list[str]]:
+    """The rows a heat map draws and their tick labels: every token (`subject_row_labels`); for a subset trace
+    (settings["tokens"]) the traced tokens, labelled with their positions ("16 ␣"), and one blank row "⋯ k not
+    traced" for each run of tokens left out (None in the rows).
+
+    Why not all T rows with the untraced ones blank: at 1,000 tokens a row is 24 px and the grid 24,000 px tall,
+    its ~20 traced rows lost in blank space and their labels too dense to read. One blank row per gap still shows
+    where rows were left out, and how many; the npz and CSV keep all T rows (NaN where not traced)."""
+    ticks = subject_row_labels(result)
+    if result.settings.get("tokens") is None:
+        return list(range(len(ticks))), ticks
+    rows: list[Optional[int]] = []
+    labels: list[str] = []
+    prev = -1
+    for t in result.traced_tokens:
+        if t > prev + 1:
+            rows.append(None)
+            labels.append(f"⋯ {t - prev - 1} not traced")
+        rows.append(t)
+        labels.append(f"{t} {ticks[t]}")
+        prev = t
+    if prev < len(ticks) - 1:
+        rows.append(None)
+        labels.append(f"⋯ {len(ticks) - 1 - prev} not traced")
+    return rows, labels
+
+
 def restore_description(result: TraceResult) -> str:
     if result.kind == "block":
         return MODE_NAMES.get(result.mode, result.mode)
@@ -66,11 +93,16 @@ def trace_heatmap(result: TraceResult, metric: Optional[str] = None, *, title: O
     low, high = result.corrupt[metric], result.clean[metric]
     answer2 = result.settings.get("answer2")
     label = metric_label(metric, result.answer_label, answer2, result.settings.get("recovery_of"))
-    ticks = subject_row_labels(result)
+    rows, ticks = drawn_rows(result)
+    if result.settings.get("tokens") is not None:  # a subset: its rows, a blank (NaN) row for each gap
+        grid = np.stack([grid[t] if t is not None else np.full(L, np.nan) for t in rows])  # [R, L]
+        T = len(rows)
     zmin = zmax = None
     finite = grid[np.isfinite(grid)]
     if metric in ("prob", "first_prob", "logprob") and math.isfinite(low):
         zmin = low  # ROME: vmin = the corrupted run's score
+        if result.settings.get("method") == "atp" and finite.size:  # an estimate may fall below it
+            zmin = min(zmin, float(finite.min()))
         zmax = max([high] + ([float(finite.max())] if finite.size else []))
         if zmax <= zmin:
             zmax = zmin + 1e-9
@@ -82,12 +114,15 @@ def trace_heatmap(result: TraceResult, metric: Optional[str] = None, *, title: O
         z=grid, x=list(range(L)), y=list(range(T)), customdata=custom,
         colorscale=COLORSCALES.get(result.kind, "Purples"), zmin=zmin, zmax=zmax,
         colorbar=dict(title=dict(text=label, side="right")),
-        hovertemplate="token %{y}: %{customdata}<br>layer %{x}<br>" + label + " = %{z:.4g}<extra></extra>",
+        hovertemplate=("token %{y}: %{customdata}" if result.settings.get("tokens") is None else "token %{customdata}")
+        + "<br>layer %{x}<br>" + label + " = %{z:.4g}<extra></extra>",
         xgap=1, ygap=1)
     fig = go.Figure(heat)
     if title is None:
         title = (f"Restoring the {escape_label(restore_description(result))}: low (corrupted) {_fmt(low)}, "
                  f"high (clean) {_fmt(high)}" + ("" if result.complete else " — stopped early, incomplete"))
+        if result.settings.get("method") == "atp":
+            title = "Attribution patching (first-order estimate, not exact) — " + title
     xlabel = ("single restored layer" if result.kind == "block"
               else f"centre of a window of {result.window} restored layers")
     fig.update_layout(

@@ -6,7 +6,9 @@ Time model of a causal trace (the fast path, `rwkv_core.analysis.tracing.fast`):
 subject's first token runs its noise-sample rows through the layers above the one it restores over the tokens from
 t to the end; the work is counted in row-token-layers and priced by `Speed.block_s`, plus one batched one-token
 step per prompt token for the corrupted states (`Speed.step_s`), the unembedding of every cell's rows
-(`Speed.head_s`), and the clean and corrupted runs. Memory model: the weights, the cached runs
+(`Speed.head_s`), and the clean and corrupted runs. A subset of rows (`tokens`) costs the sum of its rows' work:
+each row's cells are its own. Attribution patching (`atp_trace_seconds`, `estimate_atp_trace`): one forward with
+gradients and one backward, plus the state's token-by-token pass. Memory model: the weights, the cached runs
 (`tracing.setup_bytes`), the corrupted states of two positions, and one batch of cells.
 """
 from __future__ import annotations
@@ -102,11 +104,15 @@ def weight_bytes(model) -> int:
 # ------------------------------------------------------------------------------------------------ causal tracing
 
 
-def trace_work(cfg, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec]) -> dict[str, int]:
+def trace_work(cfg, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec],
+               tokens: Optional[Sequence[int]] = None) -> dict[str, int]:
     """The fast path's work for these grids: cells, row-token-layers of the cell batches, one-token steps and
-    unembedded rows (see the module docstring)."""
+    unembedded rows (see the module docstring). `tokens`: the rows of a subset trace (None: every row); each row's
+    work is its own, so the work of a subset is the sum of its rows' (cells: len(tokens) x L per grid), and the
+    corrupted states advance up to the last row only."""
     L, S = cfg.n_layer, T + K - 1
-    t = np.arange(subject_start, T)  # the tokens whose cells run
+    rows = np.arange(T) if tokens is None else np.asarray(sorted({int(x) for x in tokens}), dtype=np.int64)
+    t = rows[rows >= subject_start]  # the tokens whose cells run
     units = 0
     steps = 0
     cells_run = 0
@@ -127,15 +133,17 @@ def trace_work(cfg, T: int, K: int, subject_start: int, n: int, specs: Sequence[
                 join = first + 1 if sp.kind == "ffn" else first
                 units += int(np.sum((S - t) * (L - join)))
             cells_run += len(t)
-        steps = max(steps, T)  # the corrupted states advance once per token, shared by every grid
-    return {"cells": len(specs) * T * L, "cells_run": cells_run, "row_units": units * n, "steps": steps,
+        # the corrupted states advance once per token up to the last row run, shared by every grid
+        steps = max(steps, int(t[-1]) + 1 if len(t) else 0)
+    return {"cells": len(specs) * len(rows) * L, "cells_run": cells_run, "row_units": units * n, "steps": steps,
             "head_rows": cells_run * n * K}
 
 
 def trace_seconds(cfg, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec],
-                  speed: Speed) -> float:
-    """Estimated seconds of prepare_trace plus trace_grids at this model's measured speed."""
-    w = trace_work(cfg, T, K, subject_start, n, specs)
+                  speed: Speed, tokens: Optional[Sequence[int]] = None) -> float:
+    """Estimated seconds of prepare_trace plus trace_grids (of the rows `tokens` only, if given) at this model's
+    measured speed."""
+    w = trace_work(cfg, T, K, subject_start, n, specs, tokens)
     S = T + K - 1
     prepare = (1 + n) * S * cfg.n_layer * speed.block_s + (1 + n) * K * speed.head_s
     return (prepare + w["row_units"] * speed.block_s + w["steps"] * cfg.n_layer * speed.step_s
@@ -173,23 +181,65 @@ def _trace_memory(cfg, weights: int, T: int, K: int, n: int, subject_tokens: int
 def estimate_trace(model, T: int, K: int, subject_start: int, n: int, specs: Sequence[TR.TraceSpec],
                    budget_bytes: int, speed: Optional[Speed] = None,
                    max_batch_bytes: int = TR.DEFAULT_MEMORY_BUDGET, subject_tokens: int = 0,
-                   threads: int = 1) -> JobCost:
-    """Time and memory of tracing these grids on a worker with `threads` CPU threads, and the batch budget that
-    keeps the job within `budget_bytes`; a refusal line (what to change) when even one cell at a time does not fit."""
+                   threads: int = 1, tokens: Optional[Sequence[int]] = None) -> JobCost:
+    """Time and memory of tracing these grids (the rows `tokens` only, if given) on a worker with `threads` CPU
+    threads, and the batch budget that keeps the job within `budget_bytes`; a refusal line (what to change) when
+    even one cell at a time does not fit (a subset needs the same caches and batches as the full grid)."""
     cfg = model.cfg
     speed = (speed or measure_speed(model, rows=max(1, min(n, 8)))).with_threads(threads)
     weights = weight_bytes(model)
     cache, one_cell = _trace_memory(cfg, weights, T, K, n, subject_tokens)
     room = budget_bytes - weights - cache
     batch = int(min(max_batch_bytes, room, cfg.n_layer * one_cell))  # a batch holds at most one token's L cells
-    work = trace_work(cfg, T, K, subject_start, n, specs)
-    seconds = trace_seconds(cfg, T, K, subject_start, n, specs, speed)
+    work = trace_work(cfg, T, K, subject_start, n, specs, tokens)
+    seconds = trace_seconds(cfg, T, K, subject_start, n, specs, speed, tokens)
     refusal = None
     if room < max(one_cell, MIN_BATCH_BYTES):
         refusal = trace_refusal(cfg, weights, T, K, n, budget_bytes)
         batch = one_cell
     peak = weights + cache + max(batch, one_cell)
     return JobCost(work["cells"], seconds, peak, weights, cache, batch, budget_bytes, refusal)
+
+
+def atp_trace_seconds(cfg, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec], speed: Speed) -> float:
+    """Estimated seconds of prepare_trace plus attribution patching of these grids (`atp_trace`): one forward of
+    the n corrupted rows with gradients and one backward (about 3 forwards), the clean time-mix / channel-mix
+    outputs for att / ffn grids (one pass of each layer over the sequence), and for state restores each layer's
+    clean states after every token (about 2 passes) and its corrupted rows run one token at a time with gradients
+    (S one-token steps, forward and backward: about 3)."""
+    L, S = cfg.n_layer, T + K - 1
+    prepare = (1 + n) * S * L * speed.block_s + (1 + n) * K * speed.head_s
+    seconds = prepare + 3 * (n * S * L * speed.block_s + n * K * speed.head_s)
+    kinds = {sp.kind for sp in specs}
+    seconds += sum(L * S * speed.block_s for k in ("att", "ffn") if k in kinds)
+    if any(sp.kind == "block" and sp.mode in ("state", "both") for sp in specs):
+        seconds += L * (2 * S * speed.block_s + 3 * S * speed.step_s)
+    return seconds
+
+
+def estimate_atp_trace(model, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec], budget_bytes: int,
+                       speed: Optional[Speed] = None, subject_tokens: int = 0, threads: int = 1) -> JobCost:
+    """Time and memory of attribution patching these grids on a worker with `threads` CPU threads: the cached runs,
+    the activations the backward pass keeps (n rows x S tokens x L layers x `row_token_bytes`) and the recorded
+    activations and gradients (resid, att, ffn outputs: 6 x [L, n, S, C]), x 1.3 as measured; a refusal line when
+    they do not fit. The time is pessimistic: 170 s estimated against 86 s measured (12 x 768, T = 200, n = 2,
+    one thread, block/both)."""
+    cfg = model.cfg
+    speed = (speed or measure_speed(model, rows=max(1, min(n, 8)))).with_threads(threads)
+    weights = weight_bytes(model)
+    S = T + K - 1
+    cache, _one_cell = _trace_memory(cfg, weights, T, K, n, subject_tokens)
+    # x 1.3: measured at 12 x 768, T = 200, n = 2 (0.92 GB added against 0.71 GB without it)
+    graph = int(1.3 * (n * S * cfg.n_layer * TR.row_token_bytes(cfg) + 6 * cfg.n_layer * n * S * cfg.n_embd * 4))
+    peak = weights + cache + graph
+    refusal = None
+    if peak > budget_bytes:
+        refusal = (f"attribution patching of this trace needs about {peak / GB:.1f} GB (its backward pass keeps "
+                   f"{graph / GB:.1f} GB of activations) and the job memory budget is {budget_bytes / GB:.1f} GB: "
+                   "use fewer noise samples, a shorter prompt, or raise RWKV_INSPECTOR_JOB_MEMORY_GB")
+    cells = len(specs) * T * cfg.n_layer
+    return JobCost(cells, atp_trace_seconds(cfg, T, K, n, specs, speed), peak, weights, cache, graph, budget_bytes,
+                   refusal)
 
 
 def trace_refusal(cfg, weights: int, T: int, K: int, n: int, budget_bytes: int) -> str:

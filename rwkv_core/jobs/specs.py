@@ -22,13 +22,17 @@ class ModelSpec:
 @dataclass(frozen=True)
 class TraceJob:
     """Causal tracing of one prompt: `prepare` holds prepare_trace's keyword arguments (subject, answer, noise, ...),
-    `specs` the grids to fill. memory_budget: bytes of activations per batch of cells."""
+    `specs` the grids to fill. memory_budget: bytes of activations per batch of cells. tokens: the rows to compute
+    (prompt positions; None: every row). method "fast" (exact, `trace_grids`) or "atp" (attribution patching,
+    `atp_trace`: a first-order estimate of every cell; `tokens` does not apply)."""
 
     model: ModelSpec
     prompt: str
     prepare: tuple  # sorted (name, value) pairs of prepare_trace's keyword arguments
     specs: tuple[TraceSpec, ...]
     memory_budget: int
+    tokens: Optional[tuple[int, ...]] = None
+    method: str = "fast"
 
     @property
     def setup_key(self) -> tuple:

@@ -151,8 +151,16 @@ class JobRunner:
                     stop.set()
             return stop.is_set()
 
-        results = TR.trace_grids(setup, list(job.specs), metric="prob", progress=progress, should_stop=should_stop,
-                                 memory_budget=job.memory_budget)
+        if job.method == "atp":  # one forward and backward: no cells to count or stop between
+            from rwkv_core.analysis.patching.attribution import atp_trace
+
+            progress(0, 1)
+            results = atp_trace(setup, list(job.specs))
+            progress(1, 1)
+        else:
+            results = TR.trace_grids(setup, list(job.specs), metric="prob", progress=progress,
+                                     should_stop=should_stop, memory_budget=job.memory_budget,
+                                     method=job.method, tokens=None if job.tokens is None else list(job.tokens))
         return JobOutcome(value=results)
 
     def _ablate(self, job: AblationJob) -> JobOutcome:

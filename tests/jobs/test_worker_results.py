@@ -84,3 +84,30 @@ def test_stop_keeps_the_cells_done_in_process():
     grid = np.concatenate([r.grids["prob"].ravel() for r in out.value])
     assert int(np.isfinite(grid).sum()) == out.cells_done
     assert torch.get_num_threads() >= 1
+
+
+def test_a_subset_job_and_an_attribution_job_in_process(single_thread):
+    """The runner traces only a job's `tokens` (the in-process subset's numbers, its cells counted) and runs
+    attribution patching for method "atp" (atp_trace's estimate); the two jobs share the cached runs. One thread
+    (tests/conftest.py): tiny tensors on a busy machine."""
+    from rwkv_core.analysis.patching.attribution import atp_trace
+
+    model = load_model(DEMO_V7)
+    setup = TR.prepare_trace(model, tokenizer_for(model.cfg.vocab_size, kind="bytes"), PROMPT, **PREPARE)
+    rows = (3, 16, 41)
+    full = TR.trace_grids(setup, list(SPECS), tokens=rows)  # == the full grid's rows (tests/analysis)
+    runner = JobRunner(torch_threads=1)
+    base = trace_job()
+    out = runner.run("s", TraceJob(base.model, base.prompt, base.prepare, base.specs, base.memory_budget, rows))
+    assert out.ok and out.cells_done == out.cells_total == len(SPECS) * len(rows) * setup.model.cfg.n_layer
+    for g, e in zip(out.value, full):
+        assert g.traced_tokens == list(rows) and g.complete
+        np.testing.assert_allclose(g.grids["prob"][list(rows)], e.grids["prob"][list(rows)], rtol=1e-6, atol=1e-9)
+        assert np.isnan(np.delete(g.grids["prob"], rows, 0)).all()
+    out = runner.run("a", TraceJob(base.model, base.prompt, base.prepare, base.specs, base.memory_budget,
+                                   method="atp"))
+    assert out.ok
+    expected = atp_trace(setup, list(SPECS))
+    for g, e in zip(out.value, expected):
+        assert g.settings["method"] == "atp"
+        np.testing.assert_allclose(g.grids["prob"], e.grids["prob"], rtol=1e-5, atol=1e-7)

@@ -220,3 +220,102 @@ def test_default_answer_after_the_home_page_runs_no_forward_of_its_own():
     answer = at.text_input(key="ct_answer").value
     assert answer  # the greedy next token, as text
     assert prompt_runs == before, prompt_runs[len(before):]  # no run over the prompt on the tracing page
+
+
+FILLER = "On Monday morning, Anna walked to the market and bought three apples. "
+FACT = "The Eiffel Tower is located in the city of"
+
+
+def test_a_long_prompt_states_the_cost_in_hours_and_proposes_tokens_before_any_run():
+    """A 990-token prompt on the demo model, its subject at the start (default settings, no job started): before any run the page says what
+    the full grid costs in hours and minutes and offers the proposed tokens (listed, with their cost) and
+    attribution patching; an edited list changes the rows and the cost and goes into the URL; Trace asks before
+    the full grid and starts nothing."""
+    pytest.importorskip("streamlit")
+    import re
+
+    from rwkv_core.analysis import tracing as TR
+
+    prompt = "The Eiffel Tower stands by the river. " + FILLER * 13 + FACT  # 990 bytes, the subject first at 0..15
+    T, s0 = len(prompt), 0
+    at = _page(prompt=prompt, ct_subject="The Eiffel Tower", ct_answer=" Paris")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    long_line = next((w.value for w in at.warning if w.value.startswith(f"A long prompt ({T:,} tokens)")), "")
+    assert re.search(rf"the full grid is {3 * T * 4:,} cells, about \*\*\d+ h \d\d min\*\*", long_line), \
+        [w.value for w in at.warning]
+    proposal = TR.propose_tokens(T, (s0, s0 + 16))
+    assert len(proposal) == 22 and proposal[0] == s0 and proposal[-1] == T - 1
+    assert at.text_input(key="ct_tokens").value == TR.format_positions(proposal)
+    assert at.query_params["ct_tokens"] == TR.format_positions(proposal)
+    rows_line = next((c.value for c in at.caption if c.value.startswith(f"22 of {T:,} rows: {s0} 'T'")), "")
+    assert f"{T - 1} 'f'" in rows_line and f" · {3 * 22 * 4} cells · about " in rows_line, \
+        [c.value for c in at.caption]
+    labels = [b.label for b in at.button]
+    assert any(lbl.startswith("Trace these tokens (") for lbl in labels)
+    assert any(lbl.startswith("Attribution patching (") for lbl in labels)
+    assert not at.session_state["ct_jobs"] if "ct_jobs" in at.session_state else True
+
+    at.text_input(key="ct_tokens").set_value(f"{s0 + 2}, {s0 + 4}-{s0 + 5}, {T - 1}").run()
+    assert not at.exception and not at.error
+    assert any(c.value.startswith(f"4 of {T:,} rows: {s0 + 2} 'e', {s0 + 4} 'E', {s0 + 5} 'i', {T - 1} 'f' · 48 "
+                                  "cells") for c in at.caption), [c.value for c in at.caption]
+    assert at.query_params["ct_tokens"] == f"{s0 + 2}, {s0 + 4}-{s0 + 5}, {T - 1}"
+
+    at.text_input(key="ct_tokens").set_value("3, 5000").run()  # one line, and the proposal is what would run
+    assert [e.value for e in at.error] == [f"Token position 5000 is outside the prompt (positions 0 to {T - 1}); the "
+                                           "proposal is used instead."]
+    assert any(c.value.startswith(f"22 of {T:,} rows") for c in at.caption)
+    at.text_input(key="ct_tokens").set_value("3").run()
+
+    next(b for b in at.button if b.label == "Trace").click()  # the full grid anyway: asks first
+    at.run()
+    assert not at.exception and not at.error
+    assert any(re.match(r"The full grid will take about \d+ h \d\d min", w.value) for w in at.warning)
+    assert not at.session_state["ct_jobs"] if "ct_jobs" in at.session_state else True
+    assert not at.session_state["ct_results"]
+
+
+def test_the_proposed_tokens_trace_only_their_rows_and_attribution_patching_is_labelled(monkeypatch):
+    """Choosing the proposed tokens runs a job whose grids have those rows only (the others blank, drawn as one
+    blank row per gap); attribution patching draws every cell, labelled a first-order estimate. The
+    confirmation threshold at 0 (RWKV_INSPECTOR_CONFIRM_MINUTES=0: every full grid asks first) makes a
+    182-token prompt long enough to be quick."""
+    pytest.importorskip("streamlit")
+    import numpy as np
+
+    from inspector_ui import settings as app_settings
+    from rwkv_core.analysis import tracing as TR
+    from tests.ui.page_helpers import chart_specs
+
+    monkeypatch.setattr(app_settings, "CONFIRM_SECONDS", 0.0)
+    prompt = FILLER * 2 + FACT  # 182 bytes, the subject at 140..155
+    at = _page(prompt=prompt, ct_subject="The Eiffel Tower", ct_answer=" Paris", ct_samples="2")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    next(b for b in at.button if b.label.startswith("Trace these tokens")).click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    proposal = TR.propose_tokens(182, (140, 156))
+    entry = next(iter(at.session_state["ct_results"].values()))
+    results = entry["results"]
+    assert len(results) == 3 and entry["job"].tokens == tuple(proposal)
+    for r in results:
+        assert r.complete and r.traced_tokens == proposal
+        assert np.array_equal(np.isfinite(r.grids["prob"]).all(1).nonzero()[0], proposal)
+        assert np.isnan(np.delete(r.grids["prob"], proposal, 0)).all()
+    assert at.query_params["ct_scope"] == "tokens"
+    heat = chart_specs(at)[0]
+    ticks = heat["layout"]["yaxis"]["ticktext"]
+    gaps = 1 + sum(b - a > 1 for a, b in zip(proposal, proposal[1:]))  # the tokens before 140, and between rows
+    assert ticks[0] == "⋯ 140 not traced" and ticks[1] == "140 T*" and ticks[18] == "⋯ 4 not traced"
+    assert len(ticks) == len(proposal) + gaps and ticks[-1] == "181 f"
+
+    next(b for b in at.button if b.label.startswith("Attribution patching")).click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    assert any(i.value.startswith("**Attribution patching: a first-order estimate, not exact.**") for i in at.info)
+    titles = [f["layout"]["title"]["text"] for f in chart_specs(at)]
+    assert sum(t.startswith("Attribution patching (first-order estimate, not exact)") for t in titles) == 3
+    atp = next(iter(at.session_state["ct_results"].values()))["results"]
+    assert atp[0].settings["method"] == "atp" and np.isfinite(atp[0].grids["prob"]).all()

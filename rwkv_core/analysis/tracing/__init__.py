@@ -57,8 +57,13 @@ Layer ablation (`ablate_layers`, noising): the clean run with layer l's time-mix
 output replaced by zero, by its mean over a reference text, or by the corrupted run's value, or layer l's WKV state
 reset at one token; the change of every metric at the answer, per layer.
 
+Long prompts: `trace_grids(..., tokens=[...])` computes only the rows of those prompt tokens (the others NaN,
+`settings["tokens"]` lists them); `propose_tokens` picks them: the subject's tokens, the token after it, a few
+evenly spaced up to the last token, and the last token.
+
 Modules: `setup` (prepare_trace, TraceSetup, subject, noise, RunWalk, setup_bytes, state_bytes), `results` (TraceSpec, TraceResult, grids), `fast`
-(the fast path, trace_grids, trace), `reference` (reference_cell), `ablation` (ablate_layers); the
+(the fast path, trace_grids, trace), `reference` (reference_cell), `ablation` (ablate_layers), `subset`
+(propose_tokens, parse_positions, format_positions, check_tokens); the
 `python -m rwkv_core trace` command is in `rwkv_core.cli`. No Streamlit here.
 """
 
@@ -68,6 +73,8 @@ from rwkv_core.analysis.tracing.fast import (DEFAULT_MEMORY_BUDGET, ProgressFn, 
                                              trace_grids)
 from rwkv_core.analysis.tracing.reference import reference_cell
 from rwkv_core.analysis.tracing.results import KINDS, METRICS, MODES, TraceResult, TraceSpec, default_window
+from rwkv_core.analysis.tracing.subset import (DEFAULT_BETWEEN, check_tokens, format_positions, parse_positions,
+                                               propose_tokens)
 from rwkv_core.analysis.tracing.setup import (NOISE_SITES, ReplacementLengthError, RunWalk, StopFn, TraceSetup,
                                               _aggregate, locate_subject, noise_sigma, prepare_trace, replacement_ids,
                                               setup_bytes, state_bytes, suggest_replacement, window_layers)
@@ -78,4 +85,5 @@ __all__ = ["ABLATION_REPLACEMENTS", "ABLATION_TARGETS", "AblationResult", "ablat
            "TraceSpec",
            "NOISE_SITES", "ReplacementLengthError", "RunWalk", "StopFn", "TraceSetup", "_aggregate",
            "locate_subject", "noise_sigma", "prepare_trace", "replacement_ids", "setup_bytes", "state_bytes",
-           "suggest_replacement", "window_layers"]
+           "suggest_replacement", "window_layers", "DEFAULT_BETWEEN", "check_tokens", "format_positions",
+           "parse_positions", "propose_tokens"]

@@ -11,6 +11,7 @@ import torch
 
 from rwkv_core.analysis.tracing.reference import reference_cell
 from rwkv_core.analysis.tracing.results import METRICS, TraceResult, TraceSpec, _empty_grids, _fill, _finish
+from rwkv_core.analysis.tracing.subset import check_tokens
 from rwkv_core.analysis.tracing.setup import (DEFAULT_MEMORY_BUDGET, StopFn, TraceSetup, _rep, _stop_check,
                                               prepare_trace, row_token_bytes, run_block, state_bytes, window_layers)
 from rwkv_core.errors import InputError
@@ -231,13 +232,18 @@ def _cells_per_batch(tracer: _FastTracer, Tseg: int, L: int) -> int:
 @torch.no_grad()
 def trace_grids(setup: TraceSetup, specs: Sequence[TraceSpec], *, metric: str = "prob", method: str = "fast",
                 progress: Optional[ProgressFn] = None, should_stop: StopFn = None,
-                memory_budget: int = DEFAULT_MEMORY_BUDGET, skip_unaffected: bool = True) -> list[TraceResult]:
-    """Every (token, layer) cell of each spec; one TraceResult per spec, sharing the cached runs.
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, skip_unaffected: bool = True,
+                tokens: Optional[Sequence[int]] = None) -> list[TraceResult]:
+    """Every (token, layer) cell of each spec, or the cells of the rows `tokens` only (prompt positions; the other
+    rows stay NaN, the result is still `complete`, and `settings["tokens"]` lists the rows computed; None: every
+    row); one TraceResult per spec, sharing the cached runs.
 
     method "fast" (batched, prefix reuse) or "reference" (one full forward pass per cell, ROME style).
     progress(done, total) is called after every batch (cells); should_stop is checked between batches.
     memory_budget: bytes of activations per fast batch. skip_unaffected: cells at tokens before the subject are
     the corrupted run exactly (nothing differs before the subject) and are filled without a forward pass.
+    With `tokens` the fast path still advances both runs' states through every token up to the last row (one
+    token step per layer, cheap) but runs cells only at the rows listed: the cost is that of those rows.
     """
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
@@ -245,9 +251,11 @@ def trace_grids(setup: TraceSetup, specs: Sequence[TraceSpec], *, metric: str = 
         raise InputError(f"unknown method {method!r}; expected 'fast' or 'reference'")
     L, T = setup.model.cfg.n_layer, setup.T
     specs = [sp.check(L) for sp in specs]
+    subset = check_tokens(tokens, T)
+    rows = list(range(T)) if subset is None else subset
     stop = _stop_check(should_stop)
     grids = [_empty_grids(T, L) for _ in specs]
-    total, done = len(specs) * T * L, 0
+    total, done = len(specs) * len(rows) * L, 0
     start = time.perf_counter()
     stopped = False
     s0 = setup.subject[0]
@@ -260,7 +268,7 @@ def trace_grids(setup: TraceSetup, specs: Sequence[TraceSpec], *, metric: str = 
 
     if method == "fast":
         tracer = _FastTracer(setup, memory_budget)
-        for t in range(T):
+        for t in rows:
             if stopped:
                 break
             for si, spec in enumerate(specs):
@@ -292,7 +300,7 @@ def trace_grids(setup: TraceSetup, specs: Sequence[TraceSpec], *, metric: str = 
                     break
     else:
         for si, spec in enumerate(specs):
-            for t in range(T):
+            for t in rows:
                 for l in range(L):
                     if stop():
                         stopped = True
@@ -304,15 +312,17 @@ def trace_grids(setup: TraceSetup, specs: Sequence[TraceSpec], *, metric: str = 
             if stopped:
                 break
     seconds = time.perf_counter() - start
-    return [_finish(setup, sp, g, metric, not stopped, seconds, method) for sp, g in zip(specs, grids)]
+    return [_finish(setup, sp, g, metric, not stopped, seconds, method, subset) for sp, g in zip(specs, grids)]
 
 
 def trace(model, tokenizer: Tokenizer, prompt: str, subject: Optional[str], answer, *, kind: str = "block",
           mode: str = "both", window: int = 10, restore_v_first: bool = True, metric: str = "prob",
           method: str = "fast", progress: Optional[ProgressFn] = None, should_stop: StopFn = None,
-          memory_budget: int = DEFAULT_MEMORY_BUDGET, **prepare_kwargs) -> TraceResult:
-    """One grid in one call: `prepare_trace(...)` then `trace_grids` for one spec."""
+          memory_budget: int = DEFAULT_MEMORY_BUDGET, tokens: Optional[Sequence[int]] = None,
+          **prepare_kwargs) -> TraceResult:
+    """One grid in one call: `prepare_trace(...)` then `trace_grids` for one spec (the rows `tokens` only, if
+    given)."""
     setup = prepare_trace(model, tokenizer, prompt, subject, answer, memory_budget=memory_budget, **prepare_kwargs)
     spec = TraceSpec(kind, mode, window, restore_v_first)
     return trace_grids(setup, [spec], metric=metric, method=method, progress=progress, should_stop=should_stop,
-                       memory_budget=memory_budget)[0]
+                       memory_budget=memory_budget, tokens=tokens)[0]

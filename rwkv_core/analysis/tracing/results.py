@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -24,6 +25,8 @@ class TraceResult:
 
     grids[m] [T, L]; clean[m] / corrupt[m] baselines; `metric` the chosen one (`grid`); `subject` (start, end)
     token indices, end exclusive; `complete` False when stopped early (NaN in the cells not computed).
+    settings["tokens"]: the rows computed of a subset trace (`trace_grids(..., tokens=...)`; the other rows NaN),
+    None for every row (`traced_tokens`).
     """
 
     grids: dict[str, np.ndarray]
@@ -53,6 +56,12 @@ class TraceResult:
     @property
     def corrupt_value(self) -> float:
         return self.corrupt[self.metric]
+
+    @property
+    def traced_tokens(self) -> list[int]:
+        """The rows computed: the subset's positions (settings["tokens"]), else every prompt token."""
+        sub = self.settings.get("tokens")
+        return list(range(len(self.tokens))) if sub is None else [int(t) for t in sub]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -162,7 +171,7 @@ def _fill(grids, t: int, l: int, m: dict[str, float]) -> None:
 
 
 def _finish(setup: TraceSetup, spec: TraceSpec, grids, metric: str, complete: bool, seconds: float,
-            method: str) -> TraceResult:
+            method: str, tokens: Optional[list[int]] = None) -> TraceResult:
     base = setup.recovery_base()
     den = setup.clean[base] - setup.corrupt[base]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,7 +181,8 @@ def _finish(setup: TraceSetup, spec: TraceSpec, grids, metric: str, complete: bo
     settings = setup.settings()
     settings.update({"kind": spec.kind, "mode": spec.mode, "window": int(spec.window),
                      "restore_v_first": bool(spec.restore_v_first and setup.model.cfg.version == "7"),
-                     "method": method, "metric": metric})
+                     "method": method, "metric": metric,
+                     "tokens": None if tokens is None else [int(t) for t in tokens]})
     return TraceResult(grids, clean, corrupt, metric, list(setup.encoding.ids), setup.token_labels, setup.subject,
                        setup.answer_text, spec.kind, spec.mode, int(spec.window), settings, complete,
                        list(setup.warnings), seconds)
