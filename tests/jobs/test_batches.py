@@ -102,21 +102,26 @@ def test_a_batch_spreads_over_the_workers_and_hands_out_each_outcome_once(pool):
     assert jobs.counts()["batches"] == 0
 
 
-def test_another_users_plain_job_takes_the_next_free_worker(pool):
+def test_plain_jobs_take_the_next_free_workers(pool):
+    """While ann's batch holds both workers, ben's plain job and then ann's own take the next two free workers:
+    each waits for one running task, not for the batch."""
     jobs = pool
     a = jobs.submit_batch("ann", [small(seed) for seed in range(1, 7)], "batch")
-    wait_for(lambda: jobs.batch_status(a).running == 2, what="alice's batch on both workers")
-    b = jobs.submit("ben", small(9), "one trace")
+    wait_for(lambda: jobs.batch_status(a).running == 2, what="ann's batch on both workers")
+    b = jobs.submit("ben", small(9), "another user's trace")
+    own = jobs.submit("ann", small(10), "ann's own trace")
     t0 = time.time()
-    sb = jobs.wait(b, timeout=300)
-    assert sb.state == "done", sb.message
-    b_start = sb.outcome.extra["started_at"]
+    starts_plain = []
+    for jid in (b, own):
+        st = jobs.wait(jid, timeout=300)
+        assert st.state == "done", st.message
+        starts_plain.append(st.outcome.extra["started_at"])
     got, st = collect(jobs, a)
     assert st.state == "done" and len(got) == 6
     starts = sorted(out.extra["started_at"] for _, out in got)
-    # no task of alice's left the queue between bob's submit and bob's start: bob waited for one running task only
-    assert not [s for s in starts if t0 < s < b_start], (t0, b_start, starts)
-    assert b_start < starts[-1]  # and not for the whole batch
+    # no task of ann's left the queue between the submits and the plain jobs' starts
+    assert not [s for s in starts if t0 < s < max(starts_plain)], (t0, starts_plain, starts)
+    assert max(starts_plain) < starts[-1]  # and they did not wait for the whole batch
 
 
 def test_two_users_batches_share_the_workers(pool):
@@ -172,7 +177,7 @@ def test_cancel_drops_waiting_tasks_and_stops_running_ones(pool):
     t0 = time.time()
     jobs.cancel(bid)
     st = jobs.batch_status(bid)
-    assert st.waiting == 0 and st.dropped == 6 - st.done - st.running
+    assert st.waiting == 0 and st.dropped == 6 - st.done - st.running >= 2
     got, st = collect(jobs, bid, timeout=60)
     assert time.time() - t0 < 15
     assert st.state == "cancelled" and st.running == 0
@@ -182,8 +187,9 @@ def test_cancel_drops_waiting_tasks_and_stops_running_ones(pool):
     assert len(stopped) >= 1
     for o in stopped:
         assert o.ok and o.value is not None, o.error  # ended by itself, with the cells done so far
-        assert o.cells_done <= o.cells_total and o.value[0].complete == (o.cells_done == o.cells_total)
-    assert sum(o.cells_done for o in stopped) < sum(o.cells_total for o in stopped)  # stopped early
+        assert o.cells_done <= o.cells_total  # (0 of 0: stopped before its grids began)
+        assert o.value[0].complete == (0 < o.cells_done == o.cells_total)
+    assert any(not o.value[0].complete for o in stopped)  # stopped early, not run to the end
     assert jobs.take_results(bid) == []
     jobs.forget(bid)
     assert jobs.batch_status(bid) is None
