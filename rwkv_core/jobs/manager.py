@@ -111,6 +111,14 @@ class BatchStatus:
         part = self.running * self.cells_done / self.cells_total if self.cells_total else 0.0
         return min(1.0, (self.done + self.dropped + part) / self.total)
 
+    @property
+    def seconds_left(self) -> Optional[float]:
+        """Time to the end at the pace so far (seconds); None before any progress."""
+        f = self.fraction
+        if self.ended or f >= 1.0:
+            return 0.0
+        return None if f <= 0.0 or self.seconds <= 0.0 else self.seconds * (1.0 - f) / f
+
 
 @dataclass
 class _Job:
@@ -664,10 +672,10 @@ class JobManager:
                     error=f"the worker ran out of memory at {done} of {total} cells; try fewer noise samples, a "
                           "shorter prompt or a lower RWKV_INSPECTOR_JOB_MEMORY_GB", cells_done=done, cells_total=total))
             else:
+                again = "; press the button again to rerun it" if j.batch is None else ""  # a task is rerun for us
                 self._end(j, "failed", JobOutcome(
                     error=f"the worker stopped unexpectedly at {done} of {total} cells (killed or crashed: "
-                          f"{one_line(e)[:120]}); press the button again to rerun it", cells_done=done,
-                    cells_total=total))
+                          f"{one_line(e)[:120]}){again}", cells_done=done, cells_total=total))
 
     def _revive(self) -> None:
         """Workers Ray is restarting: ping until they answer; one that is gone for good is replaced."""

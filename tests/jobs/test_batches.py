@@ -85,9 +85,11 @@ def test_a_batch_spreads_over_the_workers_and_hands_out_each_outcome_once(pool):
     assert (st.state, st.total, st.user, st.label) in {("queued", 6, "alice", "six facts"),
                                                        ("running", 6, "alice", "six facts")}
     wait_for(lambda: jobs.batch_status(bid).running == 2, what="both workers running tasks")
+    st = wait_for(lambda: (s := jobs.batch_status(bid)).cells_done > 0 and s, what="the first cells")
+    assert 0 < st.fraction < 1 and st.seconds_left > 0 and st.state == "running"
     got, st = collect(jobs, bid)
     assert (st.state, st.done, st.failed, st.running, st.waiting, st.dropped) == ("done", 6, 0, 0, 0, 0), st
-    assert st.fraction == 1.0 and st.seconds > 0
+    assert st.fraction == 1.0 and st.seconds > 0 and st.seconds_left == 0
     assert sorted(i for i, _ in got) == list(range(6))  # each task once
     assert jobs.take_results(bid) == []
     expected = reference(tasks)
