@@ -14,7 +14,8 @@ batch's *tasks*, over the workers:
   served comes first). A user's turn gives their oldest plain job if they are under `per_user_running`, else one task
   of their oldest batch that runs fewer than its `max_workers` tasks. So one user's batch fills an idle cluster, two
   users' batches share the workers about evenly, and a plain job (interactive, short) submitted while batches run
-  takes the next free worker: it waits for at most one task to end.
+  takes the first free worker that comes to its user's turn: behind one user's batch it waits for one task to end,
+  not for the batch (and behind several users' batches, for one task of each user served before it).
 - Limits: `per_user_running` counts plain jobs only; a batch's tasks are limited by its `max_workers` (default: every
   worker). A batch counts as one waiting item toward `per_user_queued` while any of its tasks waits.
 - A task is dispatched like a job (`run.remote(task id, job)`; progress, Stop, the grace/kill rule and worker deaths
@@ -24,11 +25,11 @@ batch's *tasks*, over the workers:
 - Results: every task's final outcome is kept until `take_results` hands it out, exactly once, as (task index,
   outcome) with `extra["attempts"]` (1 + reruns), `extra["worker"]` (the worker slot of its last attempt) and
   `extra["stopped"]` (True when cancel stopped it: its value holds the cells done so far, or it has an error when the
-  worker had to be restarted). Every outcome, a plain job's too, has `extra["started_at"]` (epoch seconds it was
-  dispatched) and, when its worker returned it, `extra["pid"]` (the worker's process).
+  worker had to be restarted). Every outcome of a job or task that ran, a plain job's too, has `extra["started_at"]`
+  (epoch seconds it was dispatched) and, when its worker returned it, `extra["pid"]` (the worker's process).
 - `cancel(batch id)` drops the waiting tasks (they have no outcome; `BatchStatus.dropped` counts them) and stops the
-  running ones like a job; the batch is "cancelled" once none runs. `forget(batch id)` also drops the record (at once
-  when nothing runs, else when the stopped tasks end).
+  running ones like a job; the batch is "cancelled" once none runs. `forget(batch id)` cancels it too and it is gone
+  for the caller at once (batch_status None, take_results []); its record goes when its stopped tasks end.
 """
 from __future__ import annotations
 
