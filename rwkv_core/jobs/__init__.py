@@ -4,6 +4,6 @@ A worker owns its model copies and the cached runs of its last trace; a worker t
 out-of-memory killer, a crash) fails one job with a one-line message and is restarted, while the caller (the
 Streamlit server, the command line) keeps going. Modules: `specs` (what a job asks for and what it returns),
 `worker` (the job functions and the Ray actor around them), `manager` (Ray started or joined, the workers, a fair
-queue between users with a per-user limit, progress, Stop), `cost` (a job's time and peak memory before it starts).
-No Streamlit here.
+queue between users with a per-user limit, batches of independent jobs spread over every worker, progress, Stop),
+`cost` (a job's time and peak memory before it starts). No Streamlit here.
 """

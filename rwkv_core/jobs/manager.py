@@ -7,6 +7,29 @@ jobs to idle workers, reads their progress, and ends jobs: Stop asks the worker 
 cells done so far come back) and restarts the worker if it has not stopped within `stop_grace_s` (or three of the
 job's own batch times, if longer). A worker that dies (out of memory, killed, crashed) fails its job with one line and
 is restarted by Ray; the next job runs on it.
+
+**Batches** (`submit_batch`: many independent jobs, such as one trace per fact of a fact set) spread their jobs, the
+batch's *tasks*, over the workers:
+- Turns: when a worker is free, the user served least recently who has something runnable gets it (a user never
+  served comes first). A user's turn gives their oldest plain job if they are under `per_user_running`, else one task
+  of their oldest batch that runs fewer than its `max_workers` tasks. So one user's batch fills an idle cluster, two
+  users' batches share the workers about evenly, and a plain job (interactive, short) submitted while batches run
+  takes the first free worker that comes to its user's turn: behind one user's batch it waits for one task to end,
+  not for the batch (and behind several users' batches, for one task of each user served before it).
+- Limits: `per_user_running` counts plain jobs only; a batch's tasks are limited by its `max_workers` (default: every
+  worker). A batch counts as one waiting item toward `per_user_queued` while any of its tasks waits.
+- A task is dispatched like a job (`run.remote(task id, job)`; progress, Stop, the grace/kill rule and worker deaths
+  as above, its worker keeps its loaded model for the next task). A task that ends with an error, or whose worker
+  died, is queued again at the front of its batch (so it runs on the next free, possibly restarted, worker) until it
+  has had `1 + retries` attempts; a warning outcome (a setting to change) and a stopped task are final.
+- Results: every task's final outcome is kept until `take_results` hands it out, exactly once, as (task index,
+  outcome) with `extra["attempts"]` (1 + reruns), `extra["worker"]` (the worker slot of its last attempt) and
+  `extra["stopped"]` (True when cancel stopped it: its value holds the cells done so far, or it has an error when the
+  worker had to be restarted). Every outcome of a job or task that ran, a plain job's too, has `extra["started_at"]`
+  (epoch seconds it was dispatched) and, when its worker returned it, `extra["pid"]` (the worker's process).
+- `cancel(batch id)` drops the waiting tasks (they have no outcome; `BatchStatus.dropped` counts them) and stops the
+  running ones like a job; the batch is "cancelled" once none runs. `forget(batch id)` cancels it too and it is gone
+  for the caller at once (batch_status None, take_results []); its record goes when its stopped tasks end.
 """
 from __future__ import annotations
 
@@ -19,7 +42,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from rwkv_core.errors import RWKVInspectorError
 from rwkv_core.jobs.specs import JobOutcome
@@ -28,6 +51,7 @@ from rwkv_core.jobs.worker import Job, job_board_class, job_worker_class, one_li
 log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+BATCH_STATES = ("queued", "running", "done", "cancelled")  # "done" also when some tasks failed
 
 
 class JobLimitError(RWKVInspectorError):
@@ -55,6 +79,49 @@ class JobStatus:
 
 
 @dataclass
+class BatchStatus:
+    """What a caller sees of a batch: its state, how many of its tasks ended, run and failed, and the cells of the
+    running tasks (a progress bar that moves between tasks: `fraction`). total = done + running + waiting + dropped."""
+
+    id: str
+    user: str
+    label: str
+    state: str  # one of BATCH_STATES
+    total: int  # tasks
+    done: int = 0  # tasks with their final outcome (ok, warning, failed after its attempts, or stopped)
+    failed: int = 0  # of `done`: an error after the last attempt (a stopped task is not counted here)
+    running: int = 0  # tasks on a worker now
+    waiting: int = 0  # tasks queued (retries included)
+    dropped: int = 0  # tasks cancel dropped before they ran (no outcome)
+    retried: int = 0  # attempts rerun so far
+    cells_done: int = 0  # of the running tasks
+    cells_total: int = 0  # of the running tasks (0 until their workers start them)
+    seconds: float = 0.0  # since its first task was dispatched (to its end, once ended)
+    ahead: int = 0  # jobs and tasks before it (a batch not started yet)
+    message: str = ""  # why it waits, what stops it, how many failed
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ("done", "cancelled")
+
+    @property
+    def fraction(self) -> float:
+        """Tasks done plus the running tasks' share of their cells, over all tasks (0..1)."""
+        if self.total == 0:
+            return 1.0
+        part = self.running * self.cells_done / self.cells_total if self.cells_total else 0.0
+        return min(1.0, (self.done + self.dropped + part) / self.total)
+
+    @property
+    def seconds_left(self) -> Optional[float]:
+        """Time to the end at the pace so far (seconds); None before any progress."""
+        f = self.fraction
+        if self.ended or f >= 1.0:
+            return 0.0
+        return None if f <= 0.0 or self.seconds <= 0.0 else self.seconds * (1.0 - f) / f
+
+
+@dataclass
 class _Job:
     id: str
     user: str
@@ -72,6 +139,42 @@ class _Job:
     message: str = ""
     outcome: Optional[JobOutcome] = None
     ended_at: Optional[float] = None
+    batch: Optional[str] = None  # a batch's task: the batch id (the record lives only while the task runs)
+    task: int = -1  # its index in the batch
+    started_at: Optional[float] = None  # when it was dispatched (epoch seconds)
+
+
+@dataclass
+class _Batch:
+    """A batch's tasks: which wait, which run (as _Job records), how often each was tried, and the final outcomes
+    not yet taken."""
+
+    id: str
+    user: str
+    label: str
+    jobs: list  # [Job], one per task
+    retries: int
+    max_workers: Optional[int]
+    submitted: float
+    waiting: deque = field(default_factory=deque)  # task indices; reruns go first
+    running: dict = field(default_factory=dict)  # task index -> its attempt's job id
+    attempts: list = field(default_factory=list)  # per task: attempts dispatched
+    results: list = field(default_factory=list)  # [(task index, JobOutcome)] not taken yet
+    done: int = 0
+    failed: int = 0
+    dropped: int = 0
+    retried: int = 0
+    first_error: str = ""
+    cancelled: bool = False
+    forgotten: bool = False
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+
+    @property
+    def state(self) -> str:
+        if self.waiting or self.running:
+            return "queued" if self.started_at is None else "running"
+        return "cancelled" if self.cancelled else "done"
 
 
 @dataclass
@@ -151,6 +254,16 @@ def _cancel_abort_alarm() -> None:
         signal.alarm(0)
 
 
+def _wait_ended(read, timeout: Optional[float]):
+    """Poll read() until it gives None or an ended status, or the timeout (seconds) passes."""
+    end = None if timeout is None else time.time() + timeout
+    while True:
+        st = read()
+        if st is None or st.ended or (end is not None and time.time() > end):
+            return st
+        time.sleep(0.05)
+
+
 class JobManager:
     """Queue, dispatch and watch jobs on Ray workers (see the module docstring). Thread-safe."""
 
@@ -162,9 +275,11 @@ class JobManager:
         start_ray(self.settings)
         self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
-        self._queues: dict[str, deque] = {}
-        self._users: list[str] = []  # round-robin order
-        self._rr = 0
+        self._queues: dict[str, deque] = {}  # user -> plain job ids waiting
+        self._batches: dict[str, _Batch] = {}  # in submission order (a user's oldest batch first)
+        self._users: list[str] = []  # in order of arrival (breaks ties between users never served)
+        self._served: dict[str, int] = {}  # user -> turn number of their last dispatch (round robin)
+        self._turns = itertools.count()
         self._ids = itertools.count(1)
         self._closed = False
         self._board = job_board_class().remote()
@@ -215,17 +330,92 @@ class JobManager:
     def submit(self, user: str, job: Job, label: str = "") -> str:
         """Queue a job for `user`; JobLimitError when the user already has `per_user_queued` jobs waiting."""
         with self._lock:
-            q = self._queues.setdefault(user, deque())
-            if user not in self._users:
-                self._users.append(user)
-            if len(q) >= self.settings.per_user_queued:
-                raise JobLimitError(f"you already have {len(q)} jobs waiting (the limit per user is "
-                                    f"{self.settings.per_user_queued}): wait for them or stop one")
+            q = self._admit(user)
             jid = f"job-{next(self._ids)}-{os.getpid()}"
             self._jobs[jid] = _Job(jid, user, label, job, time.time())
             q.append(jid)
         self._wake.set()
         return jid
+
+    def submit_batch(self, user: str, jobs: Sequence[Job], label: str = "", *, retries: int = 1,
+                     max_workers: Optional[int] = None) -> str:
+        """Queue a batch of independent jobs (its tasks) for `user`: they run on every worker the user's turns give
+        them (at most `max_workers` at once; None: all), a task that fails (an error, or its worker died) is rerun up
+        to `retries` times, and `take_results` hands out each task's final outcome once (see the module docstring).
+        The batch counts as one waiting item toward `per_user_queued` (JobLimitError as for submit). Returns its id."""
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {retries}")
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be 1 or more (or None: every worker), not {max_workers}")
+        with self._lock:
+            self._admit(user)
+            bid = f"batch-{next(self._ids)}-{os.getpid()}"
+            b = _Batch(bid, user, label, list(jobs), int(retries), max_workers, time.time())
+            b.waiting.extend(range(len(b.jobs)))
+            b.attempts = [0] * len(b.jobs)
+            if not b.jobs:
+                b.ended_at = b.submitted
+            self._batches[bid] = b
+        self._wake.set()
+        return bid
+
+    def _admit(self, user: str) -> deque:
+        """The user's queue of plain jobs, once they may add one more waiting item (else JobLimitError)."""
+        q = self._queues.setdefault(user, deque())
+        if user not in self._users:
+            self._users.append(user)
+        waiting = self._waiting_items(user)
+        if waiting >= self.settings.per_user_queued:
+            batches = waiting - len(q)
+            counted = f" (a batch with tasks waiting counts as one; you have {batches})" if batches else ""
+            raise JobLimitError(f"you already have {waiting} jobs waiting (the limit per user is "
+                                f"{self.settings.per_user_queued}): wait for them or stop one{counted}")
+        return q
+
+    def _waiting_items(self, user: str) -> int:
+        """Plain jobs waiting plus batches with tasks waiting: what per_user_queued limits."""
+        return len(self._queues.get(user, ())) + sum(1 for b in self._batches.values()
+                                                      if b.user == user and b.waiting)
+
+    def batch_status(self, batch_id: str) -> Optional[BatchStatus]:
+        """The batch's state, tasks and progress; None for an unknown (or forgotten) batch."""
+        with self._lock:
+            b = self._batches.get(batch_id)
+            if b is None or b.forgotten:
+                return None
+            st = BatchStatus(b.id, b.user, b.label, b.state, len(b.jobs), b.done, b.failed, len(b.running),
+                             len(b.waiting), b.dropped, b.retried)
+            for jid in b.running.values():
+                done, total, _ = self._jobs[jid].progress
+                st.cells_done += done
+                st.cells_total += total
+            if b.started_at is not None:
+                st.seconds = (b.ended_at or time.time()) - b.started_at
+            if st.state == "queued":
+                st.ahead = self._ahead_of(b.user, 0)
+                st.message = f"waiting for a worker: {st.ahead} job(s) ahead"
+            elif st.state == "running" and b.cancelled:
+                st.message = f"stopping: {st.running} task(s) still running"
+            elif st.state == "running" and st.waiting:
+                cap = "" if b.max_workers is None else f" (at most {b.max_workers} at once)"
+                st.message = f"{st.running} task(s) running{cap}, {st.waiting} waiting for a worker"
+            elif b.failed:
+                st.message = f"{b.failed} of {st.total} task(s) failed; the first: {b.first_error}"
+            return st
+
+    def take_results(self, batch_id: str) -> list[tuple[int, JobOutcome]]:
+        """The batch's task outcomes that ended since the last call, as (task index, outcome), each handed out
+        exactly once (in the order they ended); [] for an unknown batch."""
+        with self._lock:
+            b = self._batches.get(batch_id)
+            if b is None or b.forgotten:
+                return []
+            out, b.results = b.results, []
+            return out
+
+    def wait_batch(self, batch_id: str, timeout: Optional[float] = None) -> Optional[BatchStatus]:
+        """Block until the batch ends (or the timeout passes) and return its status."""
+        return _wait_ended(lambda: self.batch_status(batch_id), timeout)
 
     def status(self, job_id: str) -> Optional[JobStatus]:
         """The job's state and progress; None for an unknown (or long forgotten) job."""
@@ -246,42 +436,56 @@ class JobManager:
             return st
 
     def cancel(self, job_id: str) -> None:
-        """Stop a job: a queued one is dropped, a running one stops after its batch in hand."""
+        """Stop a job: a queued one is dropped, a running one stops after its batch in hand. A batch id: its
+        waiting tasks are dropped, its running ones stopped (their outcomes still come through take_results)."""
         with self._lock:
-            j = self._jobs.get(job_id)
-            if j is None or j.state in ("done", "failed", "cancelled"):
-                return
-            if j.state == "queued":
-                self._queues[j.user].remove(job_id)
-                self._end(j, "cancelled", JobOutcome(error="stopped before it started"))
-                return
-            if j.stop_at is None:
-                j.stop_at = time.time()
-                self._board.cancel.remote(job_id)
+            b = self._batches.get(job_id)
+            if b is not None:
+                self._cancel_batch(b)
+            else:
+                self._cancel_job(job_id)
         self._wake.set()
 
+    def _cancel_job(self, job_id: str) -> None:
+        j = self._jobs.get(job_id)
+        if j is None or j.state in ("done", "failed", "cancelled"):
+            return
+        if j.state == "queued":
+            self._queues[j.user].remove(job_id)
+            self._end(j, "cancelled", JobOutcome(error="stopped before it started"))
+            return
+        if j.stop_at is None:
+            j.stop_at = time.time()
+            self._board.cancel.remote(job_id)
+
     def forget(self, job_id: str) -> None:
-        """Drop an ended job's record (its outcome has been taken); a job still going is stopped first."""
+        """Drop an ended job's record (its outcome has been taken); a job still going is stopped first. A batch id:
+        the batch is cancelled and gone for the caller at once (None, no results), with any outcomes not taken; its
+        record goes when its stopped tasks end."""
         self.cancel(job_id)
         with self._lock:
+            b = self._batches.get(job_id)
+            if b is not None:
+                b.forgotten = True
+                if not b.running:
+                    del self._batches[job_id]
+                return
             j = self._jobs.get(job_id)
             if j is not None and j.state in ("done", "failed", "cancelled"):
                 del self._jobs[job_id]
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobStatus:
         """Block until the job ends (or the timeout passes) and return its status."""
-        end = None if timeout is None else time.time() + timeout
-        while True:
-            st = self.status(job_id)
-            if st is None or st.ended or (end is not None and time.time() > end):
-                return st
-            time.sleep(0.05)
+        return _wait_ended(lambda: self.status(job_id), timeout)
 
     def counts(self) -> dict[str, int]:
-        """Jobs queued and running, and the workers, for a status line."""
+        """Jobs queued and running (a batch's tasks counted as jobs), batches not ended, and the workers, for a
+        status line."""
         with self._lock:
-            return {"queued": sum(len(q) for q in self._queues.values()),
+            return {"queued": sum(len(q) for q in self._queues.values())
+                    + sum(len(b.waiting) for b in self._batches.values()),
                     "running": sum(1 for j in self._jobs.values() if j.state == "running"),
+                    "batches": sum(1 for b in self._batches.values() if b.ended_at is None),
                     "workers": len(self._workers)}
 
     def close(self) -> None:
@@ -298,32 +502,106 @@ class JobManager:
     # ---------------------------------------------------------------- queue
 
     def _running(self, user: str) -> int:
-        return sum(1 for j in self._jobs.values() if j.user == user and j.state == "running")
+        """The user's plain jobs running (what per_user_running limits; batch tasks are not counted)."""
+        return sum(1 for j in self._jobs.values() if j.user == user and j.state == "running" and j.batch is None)
 
     def _ahead(self, j: _Job) -> int:
         """Jobs served before j in round robin: those of its own queue before it, up to as many of each other
-        user's, and those running."""
-        mine = list(self._queues[j.user]).index(j.id)
-        others = sum(min(len(q), mine + 1) for u, q in self._queues.items() if u != j.user)
+        user's jobs and batch tasks, and those running."""
+        return self._ahead_of(j.user, list(self._queues[j.user]).index(j.id))
+
+    def _ahead_of(self, user: str, mine: int) -> int:
+        """Jobs and tasks served before the user's item with `mine` of their own items before it."""
+        others = 0
+        for u in self._users:
+            if u != user:
+                tasks = sum(len(b.waiting) for b in self._batches.values() if b.user == u)
+                others += min(len(self._queues.get(u, ())) + tasks, mine + 1)
         return mine + others + sum(1 for x in self._jobs.values() if x.state == "running")
 
     def _next_job(self) -> Optional[_Job]:
-        n = len(self._users)
-        for k in range(n):
-            u = self._users[(self._rr + k) % n]
+        """The next job or task to run, from the user served least recently who has one runnable (a plain job
+        under per_user_running first, else a task of their oldest batch under its max_workers); it is marked served."""
+        order = sorted(range(len(self._users)), key=lambda i: (self._served.get(self._users[i], -1), i))
+        for i in order:
+            u = self._users[i]
             q = self._queues.get(u)
             if q and self._running(u) < self.settings.per_user_running:
-                self._rr = (self._rr + k + 1) % n
-                return self._jobs[q.popleft()]
+                j = self._jobs[q.popleft()]
+            else:
+                b = next((b for b in self._batches.values() if b.user == u and b.waiting and not b.cancelled
+                          and (b.max_workers is None or len(b.running) < b.max_workers)), None)
+                if b is None:
+                    continue
+                j = self._task_job(b)
+            self._served[u] = next(self._turns)
+            return j
         return None
+
+    def _task_job(self, b: _Batch) -> _Job:
+        """The batch's next waiting task as a job record (one per attempt), registered as running for the batch."""
+        task = b.waiting.popleft()
+        b.attempts[task] += 1
+        jid = f"{b.id}-task-{task}-{b.attempts[task]}"
+        j = _Job(jid, b.user, f"{b.label} #{task}", b.jobs[task], time.time(), batch=b.id, task=task)
+        self._jobs[jid] = j
+        b.running[task] = jid
+        b.started_at = b.started_at or j.submitted
+        return j
+
+    def _cancel_batch(self, b: _Batch) -> None:
+        """Drop the waiting tasks and stop the running ones (their outcomes come as stopped)."""
+        if b.ended_at is not None:
+            return
+        b.cancelled = True
+        b.dropped += len(b.waiting)
+        b.waiting.clear()
+        for jid in list(b.running.values()):
+            self._cancel_job(jid)
+        self._batch_maybe_ended(b)
+
+    def _task_ended(self, j: _Job) -> None:
+        """A task's attempt ended (its _Job record already ended): queue it again or keep its final outcome."""
+        del self._jobs[j.id]
+        b = self._batches.get(j.batch)
+        if b is None:
+            return
+        b.running.pop(j.task, None)
+        outcome = j.outcome
+        stopped = j.stop_at is not None
+        if outcome.error is not None and not stopped and not b.cancelled and b.attempts[j.task] <= b.retries:
+            log.info("batch %s: task %d failed (%s); running it again", b.id, j.task, outcome.error)
+            b.waiting.appendleft(j.task)
+            b.retried += 1
+            return
+        outcome.extra.update(attempts=b.attempts[j.task], worker=j.worker)
+        if stopped:
+            outcome.extra["stopped"] = True
+        elif outcome.error is not None:
+            b.failed += 1
+            b.first_error = b.first_error or outcome.error
+        b.done += 1
+        b.results.append((j.task, outcome))
+        self._batch_maybe_ended(b)
+
+    def _batch_maybe_ended(self, b: _Batch) -> None:
+        if b.waiting or b.running or b.ended_at is not None:
+            return
+        b.ended_at = time.time()
+        if b.forgotten:
+            self._batches.pop(b.id, None)
 
     def _end(self, j: _Job, state: str, outcome: JobOutcome, message: str = "") -> None:
         j.state, j.outcome, j.ended_at = state, outcome, time.time()
+        if j.started_at is not None:
+            outcome.extra.setdefault("started_at", j.started_at)  # epoch seconds it was dispatched
         self._board.forget.remote(j.id)
         j.message = message or (outcome.error or outcome.warning or "")
         j.ref = None
         if j.worker is not None and self._workers[j.worker].job == j.id:
             self._workers[j.worker].job = None
+        if j.batch is not None:
+            self._task_ended(j)
 
     # ---------------------------------------------------------------- dispatcher
 
@@ -342,7 +620,8 @@ class JobManager:
             except Exception:  # the dispatcher must outlive anything a worker or Ray throws at it
                 log.exception("job dispatcher")
                 time.sleep(0.2)
-            if not any(j.state in ("queued", "running") for j in list(self._jobs.values())):
+            if not any(j.state in ("queued", "running") for j in list(self._jobs.values())) and not any(
+                    b.waiting for b in list(self._batches.values())):
                 self._wake.wait(0.5)
                 self._wake.clear()
 
@@ -355,6 +634,7 @@ class JobManager:
                 if j is None:
                     return
                 j.state, j.worker, j.progress, j.progress_at = "running", i, (0, 0, 0.0), time.time()
+                j.started_at = j.progress_at
                 j.ref = w.handle.run.remote(j.id, j.job)
                 w.job = j.id
 
@@ -393,10 +673,10 @@ class JobManager:
                     error=f"the worker ran out of memory at {done} of {total} cells; try fewer noise samples, a "
                           "shorter prompt or a lower RWKV_INSPECTOR_JOB_MEMORY_GB", cells_done=done, cells_total=total))
             else:
+                again = "; press the button again to rerun it" if j.batch is None else ""  # a task is rerun for us
                 self._end(j, "failed", JobOutcome(
                     error=f"the worker stopped unexpectedly at {done} of {total} cells (killed or crashed: "
-                          f"{one_line(e)[:120]}); press the button again to rerun it", cells_done=done,
-                    cells_total=total))
+                          f"{one_line(e)[:120]}){again}", cells_done=done, cells_total=total))
 
     def _revive(self) -> None:
         """Workers Ray is restarting: ping until they answer; one that is gone for good is replaced."""
@@ -460,3 +740,6 @@ class JobManager:
             for jid in [jid for jid, j in self._jobs.items()
                         if j.ended_at is not None and now - j.ended_at > self.settings.keep_ended_s]:
                 del self._jobs[jid]
+            for bid in [bid for bid, b in self._batches.items()
+                        if b.ended_at is not None and now - b.ended_at > self.settings.keep_ended_s]:
+                del self._batches[bid]

@@ -100,6 +100,7 @@ class JobRunner:
         done, total, _ = self._progress.pop(job_id, (0, 0, 0.0))
         out.cells_done, out.cells_total = done, total
         out.seconds = time.perf_counter() - start
+        out.extra["pid"] = os.getpid()  # which worker process ran it (a batch's tasks spread over several)
         return out
 
     def _load(self, spec: ModelSpec):
