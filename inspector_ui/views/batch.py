@@ -234,7 +234,7 @@ def tracing_link(fact: FS.FactLine, info: dict) -> str:
     return "Causal_tracing?" + urlencode(params)
 
 
-def results(rid: str, state: str) -> None:
+def results(rid: str) -> None:
     runs = get_factset_runs()
     folder = runs.folder(rid)
     info = folder.run_info() or {}
@@ -253,6 +253,19 @@ def results(rid: str, state: str) -> None:
     if not done:
         st.info("No fact finished yet.")
         return
+    if known == 0:
+        best = max(float(r["clean_prob"]) for r in done)
+        st.warning(f"No fact traced is known to this model at p ≥ {threshold:g} (the best clean p(answer) is "
+                   f"{best:.3g}): there is nothing to average. Lower the threshold (0 averages every fact traced), "
+                   "or trace facts this model knows.")
+    if known:
+        figures(aie, known)
+    facts_table(folder, info, rows)
+    downloads(folder, rid, aie, rows, known, float(threshold))
+
+
+def figures(aie: dict, known: int) -> None:
+    """ROME's Figure 2: the AIE at one token class by layer (one line per kind), then each kind's class x layer map."""
     img = st.radio("Figure download format", IMAGE_FORMATS, horizontal=True, key="bt_imgfmt")
     cls = st.selectbox("AIE by layer at", list(range(len(FS.TOKEN_CLASSES))), index=2,
                        format_func=lambda i: FS.TOKEN_CLASSES[i], key="bt_class")
@@ -263,6 +276,10 @@ def results(rid: str, state: str) -> None:
         with tab:
             st.plotly_chart(FF.aie_heatmap(a, k, known), use_container_width=True,
                             config=image_config(f"aie_{k}", img), key=f"bt_heat_{k}")
+
+
+def facts_table(folder: FS.FactSetFolder, info: dict, rows: list[dict]) -> None:
+    """One row per fact (and per skipped line), each traced fact linked into the Causal tracing page."""
     by_id = {f.id: f for f in folder.facts()}
     table = pd.DataFrame([{**{c: r.get(c, "") for c in ("id", "status", "known", "clean_prob", "corrupt_prob",
                                                            "reason", "prompt", "subject", "answer")},
@@ -272,7 +289,10 @@ def results(rid: str, state: str) -> None:
                  column_config={"open": st.column_config.LinkColumn("Causal tracing", display_text="open"),
                                 "clean_prob": st.column_config.NumberColumn("clean p", format="%.3f"),
                                 "corrupt_prob": st.column_config.NumberColumn("corrupted p", format="%.3f")})
-    arrays = FS.aie_arrays(aie, known, float(threshold))
+
+
+def downloads(folder: FS.FactSetFolder, rid: str, aie: dict, rows: list[dict], known: int, threshold: float) -> None:
+    arrays = FS.aie_arrays(aie, known, threshold)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     d = st.columns(4)
@@ -310,7 +330,7 @@ def show_run(run: Run, rid: str) -> None:
             _resume(run, rid)
     elif r.state == "stopped":
         st.warning(f"Stopped: {r.progress.finished_facts} of {r.progress.total} facts done (kept).")
-    results(rid, r.state)
+    results(rid)
 
 
 def _resume(run: Run, rid: str) -> None:

@@ -100,6 +100,11 @@ def test_a_run_opened_by_its_link_while_it_runs_is_followed_to_the_end(factset_d
     at = run_clean(app_session(PAGE, bt_run=rid))  # opened mid-run: the page follows it, then draws
     assert runs.get(rid).state == "done"
     _figure_matches_folder(at, factset_dir / rid, ["ffn"])
+    at = run_clean(at)  # AppTest drops a widget's new value in the run after an st.rerun (the follow's end)
+    at.number_input(key="bt_result_threshold").set_value(1.0)  # no fact is known at p >= 1: nothing to average
+    at = run_clean(at)
+    assert any("nothing to average" in w.value for w in at.warning) and not chart_specs(at)
+    assert len(at.dataframe[0].value) == 3  # the table stays
     bad = app_session(PAGE, bt_run="../../etc")
     bad.run()
     assert any("not a fact-set run id" in e.value for e in bad.error)
