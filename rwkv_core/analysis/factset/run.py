@@ -261,10 +261,12 @@ def run_fact_set(model: ModelSpec, n_layer: int, facts: Sequence[FactLine], out:
                 value_ok = out_i.ok and out_i.value is not None and all(r.complete for r in out_i.value)
                 if value_ok:
                     folder.save_fact(fact, out_i.value, settings.kinds, run_key)
-                    folder.log_event(fact.id, "done", seconds=round(out_i.seconds, 3), attempts=attempts)
+                    folder.log_event(fact.id, "done", seconds=round(out_i.seconds, 3), attempts=attempts,
+                                     worker=out_i.extra.get("worker"), pid=out_i.extra.get("pid"))
                     state.done += 1
                     computed.append(fact.id)
-                elif out_i.error is None and out_i.warning is None:  # stopped part way: not kept
+                elif out_i.extra.get("stopped") or (out_i.error is None and out_i.warning is None):
+                    # stopped part way (its cells, or its restarted worker's error): not kept, computed next run
                     folder.log_event(fact.id, "stopped", cells=out_i.cells_done)
                     state.stopped += 1
                 else:
