@@ -279,5 +279,6 @@ def test_two_batches_a_killed_worker_and_a_cancel_lose_nothing(manager_factory):
     assert sa.failed == 3 and sa.retried >= 3
     idx = [i for i, _ in taken[b]]
     assert len(set(idx)) == len(idx) == sb.done and sb.dropped == 10 - sb.done > 0
-    assert all(o.ok for _, o in taken[b])
+    # a stopped task may have needed its worker restarted (one still loading after the kill: no batch to stop after)
+    assert all(o.ok or o.extra.get("stopped") for _, o in taken[b]), [(i, o.error) for i, o in taken[b] if not o.ok]
     assert jobs.take_results(a) == jobs.take_results(b) == []
