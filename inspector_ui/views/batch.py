@@ -151,7 +151,7 @@ def setup_section(run: Run) -> None:
     if bad:
         with st.expander(f"{len(bad)} line(s) skipped"):
             st.dataframe(pd.DataFrame([{"line": b.line, "reason": b.reason, "text": b.text} for b in bad]),
-                         hide_index=True, use_container_width=True)
+                         hide_index=True, width="stretch")
     if not facts:
         st.warning("No fact of this set can be traced with this model: see the skipped lines.")
         return
@@ -200,6 +200,8 @@ def follow(rid: str) -> None:
         text = progress_text("Tracing facts", p.finished_facts, p.total, p.seconds, "facts")
         if done_now == 0:
             text += " · about ? left until the first fact ends"
+        if p.waiting:
+            text += f" · {p.waiting}"
         cd, ct = p.running_cells
         if ct:
             text += f" · facts in hand: {cd:,} / {ct:,} cells"
@@ -269,12 +271,12 @@ def figures(aie: dict, known: int) -> None:
     img = st.radio("Figure download format", IMAGE_FORMATS, horizontal=True, key="bt_imgfmt")
     cls = st.selectbox("AIE by layer at", list(range(len(FS.TOKEN_CLASSES))), index=2,
                        format_func=lambda i: FS.TOKEN_CLASSES[i], key="bt_class")
-    st.plotly_chart(FF.aie_lines(aie, cls, known), use_container_width=True,
+    st.plotly_chart(FF.aie_lines(aie, cls, known), width="stretch",
                     config=image_config(f"aie_{FS.TOKEN_CLASSES[cls].replace(' ', '_')}", img), key="bt_lines")
     tabs = st.tabs([FS.KIND_TITLES[k] for k in aie])
     for tab, (k, a) in zip(tabs, aie.items()):
         with tab:
-            st.plotly_chart(FF.aie_heatmap(a, k, known), use_container_width=True,
+            st.plotly_chart(FF.aie_heatmap(a, k, known), width="stretch",
                             config=image_config(f"aie_{k}", img), key=f"bt_heat_{k}")
 
 
@@ -285,7 +287,7 @@ def facts_table(folder: FS.FactSetFolder, info: dict, rows: list[dict]) -> None:
                                                            "reason", "prompt", "subject", "answer")},
                            "open": tracing_link(by_id[r["id"]], info) if r.get("id") in by_id else None}
                           for r in rows])
-    st.dataframe(table, hide_index=True, use_container_width=True, key="bt_table",
+    st.dataframe(table, hide_index=True, width="stretch", key="bt_table",
                  column_config={"open": st.column_config.LinkColumn("Causal tracing", display_text="open"),
                                 "clean_prob": st.column_config.NumberColumn("clean p", format="%.3f"),
                                 "corrupt_prob": st.column_config.NumberColumn("corrupted p", format="%.3f")})

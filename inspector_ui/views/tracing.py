@@ -671,7 +671,7 @@ def long_prompt_choices(runs: list[Run], plans: list[Optional[RunPlan]], request
         if plan is None:
             continue
         prefix = f"{run.label}: " if len(runs) > 1 else ""
-        st.warning(f"{prefix}A long prompt ({plan.T:,} tokens): the full grid is {plan.full.cells:,} cells, about "
+        st.info(f"{prefix}A long prompt ({plan.T:,} tokens): the full grid is {plan.full.cells:,} cells, about "
                    f"**{hours_minutes(plan.full.seconds)}** on {run.loaded.device} (more than the "
                    f"{duration_text(app_settings.CONFIRM_SECONDS)} that a trace starts without asking). Trace the "
                    "proposed tokens, or estimate every cell by attribution patching, instead.")

@@ -4,14 +4,15 @@ followed to the end, ROME's figure with the bootstrap interval on hover, the fac
 from __future__ import annotations
 
 import re
-import shutil
 from urllib.parse import parse_qs, urlparse
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import app_exceptions, open_app, rerun
+import pytest
 
-RUN_MS = 600_000  # a busy 2-core machine: two small fact sets on one worker
+from tests.browser.conftest import APP_SCRIPT, app_exceptions, open_app, rerun
+
+RUN_MS = 400_000  # a busy 2-core machine: two small fact sets on one worker
 
 
 def _start(page, url: str) -> str:
@@ -22,9 +23,10 @@ def _start(page, url: str) -> str:
     return parse_qs(urlparse(page.url).query)["bt_run"][0]
 
 
-def test_two_users_runs_a_reload_mid_run_and_rome_figure(base_url, browser, page, streamlit_server):
-    from inspector_ui.settings import factset_dir
-
+@pytest.mark.timeout(900)
+def test_two_users_runs_a_reload_mid_run_and_rome_figure(browser, page, streamlit_server, tmp_path):
+    # a server of its own: its job worker free of other tests' traces, its run folders in tmp_path
+    base_url = streamlit_server(APP_SCRIPT, env={"RWKV_INSPECTOR_FACTSET_DIR": str(tmp_path)})
     first = _start(page, f"{base_url}/Batch_tracing?bt_count=3&bt_kinds=block%7Cffn&bt_samples=2")
     expect(page.get_by_text("Tracing facts")).to_be_visible(timeout=RUN_MS)
     other = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -51,6 +53,4 @@ def test_two_users_runs_a_reload_mid_run_and_rome_figure(base_url, browser, page
         assert app_exceptions(page) == [] and app_exceptions(page2) == [], streamlit_server.logs(base_url)
     finally:
         other.close()
-        for rid in (first, locals().get("second")):
-            if rid:
-                shutil.rmtree(factset_dir() / rid, ignore_errors=True)
+        streamlit_server.stop(base_url)  # its Ray workers and memory go with it

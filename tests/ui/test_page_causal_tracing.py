@@ -241,9 +241,9 @@ def test_a_long_prompt_states_the_cost_in_hours_and_proposes_tokens_before_any_r
     at = _page(prompt=prompt, ct_subject="The Eiffel Tower", ct_answer=" Paris")
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
-    long_line = next((w.value for w in at.warning if w.value.startswith(f"A long prompt ({T:,} tokens)")), "")
+    long_line = next((w.value for w in at.info if w.value.startswith(f"A long prompt ({T:,} tokens)")), "")
     assert re.search(rf"the full grid is {3 * T * 4:,} cells, about \*\*\d+ h \d\d min\*\*", long_line), \
-        [w.value for w in at.warning]
+        [w.value for w in at.info]
     proposal = TR.propose_tokens(T, (s0, s0 + 16))
     assert len(proposal) == 22 and proposal[0] == s0 and proposal[-1] == T - 1
     assert at.text_input(key="ct_tokens").value == TR.format_positions(proposal)

@@ -91,6 +91,8 @@ class Executor(Protocol):
 
     def finished(self) -> bool: ...
 
+    def message(self) -> str: ...
+
 
 class InProcessExecutor:
     """The jobs one after another in this process (no Ray): a failed job is run once more. Stop takes effect
@@ -127,6 +129,9 @@ class InProcessExecutor:
     def finished(self) -> bool:
         return self._cancelled or self._next >= len(self._jobs)
 
+    def message(self) -> str:
+        return ""
+
 
 class RayExecutor:
     """The jobs as one batch on a JobManager's Ray workers (every worker of the machine or cluster); the manager
@@ -156,6 +161,11 @@ class RayExecutor:
     def cancel(self) -> None:
         self.manager.cancel(self.batch_id)
 
+    def message(self) -> str:
+        """Why no fact of the batch runs now (its place in the queue of a shared server), else ""."""
+        st = self.manager.batch_status(self.batch_id)
+        return st.message if st is not None and st.running == 0 else ""
+
     def finished(self) -> bool:
         """Every outcome handed out, or the batch ended (stopped) with none left to hand out."""
         if self._handed >= self._total:
@@ -182,6 +192,7 @@ class FactSetProgress:
     seconds: float = 0.0
     running_cells: tuple[int, int] = (0, 0)
     last_error: str = ""
+    waiting: str = ""  # why no fact runs now (the batch waits for a worker), else ""
 
     @property
     def finished_facts(self) -> int:
@@ -275,6 +286,7 @@ def run_fact_set(model: ModelSpec, n_layer: int, facts: Sequence[FactLine], out:
                     state.failed += 1
                     state.last_error = reason
             state.running_cells = executor.running_cells()
+            state.waiting = executor.message()
             tell()
             if not stop_sent and should_stop is not None and should_stop():
                 executor.cancel()
