@@ -242,7 +242,8 @@ def estimate_atp_trace(model, T: int, K: int, n: int, specs: Sequence[TR.TraceSp
     samples in groups of rows that keep the peak within `budget_bytes` (`atp_trace`'s memory_budget is the
     JobCost's batch_bytes): the weights, the cached runs, what atp_trace holds whatever its groups
     (`atp_fixed_bytes`) and the largest group (`atp_row_bytes` a row). A refusal line, saying what to change, only
-    when even one row at a time does not fit."""
+    when even one row at a time does not fit. Measured (bench/bench_atp_groups.py: 12 x 768, T = 1,031, 10 samples,
+    8 GB, 2 threads, a busy machine): peak 7.17 GB estimated, 7.18 GB measured; 887 s estimated, 1,447 s wall."""
     cfg = model.cfg
     speed = (speed or measure_speed(model, rows=max(1, min(n, 8)))).with_threads(threads)
     weights = weight_bytes(model)

@@ -13,7 +13,10 @@ the state cell's estimate, exactly to first order, since the block's outputs are
 
 `atp_grids` does this for two prompts (`PatchPair`; metric LD); `atp_trace` for a causal trace's noise or subject
 replacement (`TraceSetup`; the trace's recovery metric, samples averaged as the exact trace does), every restore
-mode and window kind of the tracing page, as `TraceResult`s the page draws like exact ones.
+mode and window kind of the tracing page, as `TraceResult`s the page draws like exact ones. The backward keeps
+every row's activations (n noise rows x S tokens x L layers), so `atp_trace` runs the rows in groups that fit a
+memory budget (`atp_row_bytes`, `atp_group_rows`): the metric is a mean over the rows, and each group's backward of
+its share gives that group's part of every cell's estimate, summed group by group.
 """
 from __future__ import annotations
 
