@@ -243,8 +243,9 @@ def cost_line(cost: COST.JobCost, device: str) -> str:
 
 def trace_job(run: Run, settings: dict, specs: list, cost: Optional[COST.JobCost],
               tokens: Optional[list[int]] = None, method: str = "fast") -> TraceJob:
-    """The job of one run: every row, the rows `tokens`, or attribution patching (method "atp")."""
-    budget = cost.batch_bytes if cost is not None and method != "atp" else TR.DEFAULT_MEMORY_BUDGET
+    """The job of one run: every row, the rows `tokens`, or attribution patching (method "atp"), with its cost's
+    memory per batch of cells (per group of noise rows for attribution patching)."""
+    budget = cost.batch_bytes if cost is not None else TR.DEFAULT_MEMORY_BUDGET
     return TraceJob(model_spec(run.loaded), run.prompt, tuple(sorted(settings.items())), tuple(specs), int(budget),
                     None if tokens is None else tuple(int(t) for t in tokens), method)
 

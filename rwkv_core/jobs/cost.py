@@ -8,7 +8,8 @@ t to the end; the work is counted in row-token-layers and priced by `Speed.block
 step per prompt token for the corrupted states (`Speed.step_s`), the unembedding of every cell's rows
 (`Speed.head_s`), and the clean and corrupted runs. A subset of rows (`tokens`) costs the sum of its rows' work:
 each row's cells are its own. Attribution patching (`atp_trace_seconds`, `estimate_atp_trace`): one forward with
-gradients and one backward, plus the state's token-by-token pass. Memory model: the weights, the cached runs
+gradients and one backward, plus the state's token-by-token pass, the noise samples in groups of rows that fit the
+budget. Memory model: the weights, the cached runs
 (`tracing.setup_bytes`), the corrupted states of two positions, and one batch of cells.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from rwkv_core.analysis import tracing as TR
+from rwkv_core.analysis.patching.attribution import atp_fixed_bytes, atp_group_rows, atp_row_bytes
 from rwkv_core.errors import InputError
 
 GB = 2**30
@@ -201,45 +203,79 @@ def estimate_trace(model, T: int, K: int, subject_start: int, n: int, specs: Seq
     return JobCost(work["cells"], seconds, peak, weights, cache, batch, budget_bytes, refusal)
 
 
-def atp_trace_seconds(cfg, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec], speed: Speed) -> float:
+def atp_trace_seconds(cfg, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec], speed: Speed,
+                      state_groups: int = 1) -> float:
     """Estimated seconds of prepare_trace plus attribution patching of these grids (`atp_trace`): one forward of
-    the n corrupted rows with gradients and one backward (about 3 forwards), the clean time-mix / channel-mix
-    outputs for att / ffn grids (one pass of each layer over the sequence), and for state restores each layer's
-    clean states after every token (about 2 passes) and its corrupted rows run one token at a time with gradients
-    (S one-token steps, forward and backward: about 3)."""
+    the n corrupted rows with gradients and one backward (about 3 forwards; in groups of rows the same row work),
+    the clean time-mix / channel-mix outputs for att / ffn grids (one pass of each layer over the sequence), and
+    for state restores each layer's clean states after every token (about 2 passes, shared by the groups) and its
+    corrupted rows run one token at a time with gradients (S one-token steps, forward and backward: about 3), once
+    per group of `state_groups` (a one-token step costs about the same for a few rows as for one)."""
     L, S = cfg.n_layer, T + K - 1
     prepare = (1 + n) * S * L * speed.block_s + (1 + n) * K * speed.head_s
     seconds = prepare + 3 * (n * S * L * speed.block_s + n * K * speed.head_s)
     kinds = {sp.kind for sp in specs}
     seconds += sum(L * S * speed.block_s for k in ("att", "ffn") if k in kinds)
-    if any(sp.kind == "block" and sp.mode in ("state", "both") for sp in specs):
-        seconds += L * (2 * S * speed.block_s + 3 * S * speed.step_s)
+    if _atp_state(specs):
+        seconds += L * (2 * S * speed.block_s + 3 * S * speed.step_s * max(1, state_groups))
     return seconds
+
+
+def _atp_state(specs: Sequence[TR.TraceSpec]) -> bool:
+    return any(sp.kind == "block" and sp.mode in ("state", "both") for sp in specs)
+
+
+def atp_memory(cfg, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec],
+               subject_tokens: int = 0) -> tuple[int, int, int, int]:
+    """Bytes of attribution patching a trace, (cached runs, what atp_trace holds whatever its groups, one row of
+    the forward and backward, one row of the state pass): `TR.setup_bytes`, `atp_fixed_bytes`, `atp_row_bytes`."""
+    S = T + K - 1
+    kinds, state = tuple({sp.kind for sp in specs}), _atp_state(specs)
+    cache = TR.setup_bytes(cfg, T, K, n, subject_tokens=subject_tokens)
+    main_row, state_row = atp_row_bytes(cfg, S, kinds, state)
+    return cache, atp_fixed_bytes(cfg, T, S, n, kinds, state), main_row, state_row
 
 
 def estimate_atp_trace(model, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec], budget_bytes: int,
                        speed: Optional[Speed] = None, subject_tokens: int = 0, threads: int = 1) -> JobCost:
-    """Time and memory of attribution patching these grids on a worker with `threads` CPU threads: the cached runs,
-    the activations the backward pass keeps (n rows x S tokens x L layers x `row_token_bytes`) and the recorded
-    activations and gradients (resid, att, ffn outputs: 6 x [L, n, S, C]), x 1.3 as measured; a refusal line when
-    they do not fit. The time is pessimistic: 170 s estimated against 86 s measured (12 x 768, T = 200, n = 2,
-    one thread, block/both)."""
+    """Time and memory of attribution patching these grids on a worker with `threads` CPU threads, its noise
+    samples in groups of rows that keep the peak within `budget_bytes` (`atp_trace`'s memory_budget is the
+    JobCost's batch_bytes): the weights, the cached runs, what atp_trace holds whatever its groups
+    (`atp_fixed_bytes`) and the largest group (`atp_row_bytes` a row). A refusal line, saying what to change, only
+    when even one row at a time does not fit. Measured (bench/bench_atp_groups.py: 12 x 768, T = 1,031, 10 samples,
+    8 GB, 2 threads, a busy machine): peak 7.17 GB estimated, 7.18 GB measured; 887 s estimated, 1,447 s wall."""
     cfg = model.cfg
     speed = (speed or measure_speed(model, rows=max(1, min(n, 8)))).with_threads(threads)
     weights = weight_bytes(model)
     S = T + K - 1
-    cache, _one_cell = _trace_memory(cfg, weights, T, K, n, subject_tokens)
-    # x 1.3: measured at 12 x 768, T = 200, n = 2 (0.92 GB added against 0.71 GB without it)
-    graph = int(1.3 * (n * S * cfg.n_layer * TR.row_token_bytes(cfg) + 6 * cfg.n_layer * n * S * cfg.n_embd * 4))
-    peak = weights + cache + graph
+    kinds, state = tuple({sp.kind for sp in specs}), _atp_state(specs)
+    cache, fixed, main_row, state_row = atp_memory(cfg, T, K, n, specs, subject_tokens)
+    room = budget_bytes - weights - cache - fixed
+    main_g, state_g = atp_group_rows(cfg, S, n, max(0, room), kinds, state)
+    group = max(main_g * main_row, state_g * state_row)  # the largest group: atp_trace's budget
     refusal = None
-    if peak > budget_bytes:
-        refusal = (f"attribution patching of this trace needs about {peak / GB:.1f} GB (its backward pass keeps "
-                   f"{graph / GB:.1f} GB of activations) and the job memory budget is {budget_bytes / GB:.1f} GB: "
-                   "use fewer noise samples, a shorter prompt, or raise RWKV_INSPECTOR_JOB_MEMORY_GB")
+    if room < max(main_row, state_row):
+        refusal = atp_refusal(cfg, weights, T, K, n, specs, budget_bytes, subject_tokens)
+    peak = weights + cache + fixed + group
     cells = len(specs) * T * cfg.n_layer
-    return JobCost(cells, atp_trace_seconds(cfg, T, K, n, specs, speed), peak, weights, cache, graph, budget_bytes,
-                   refusal)
+    seconds = atp_trace_seconds(cfg, T, K, n, specs, speed, state_groups=-(-n // state_g))
+    return JobCost(cells, seconds, peak, weights, cache + fixed, group, budget_bytes, refusal)
+
+
+def atp_refusal(cfg, weights: int, T: int, K: int, n: int, specs: Sequence[TR.TraceSpec], budget_bytes: int,
+                subject_tokens: int = 0) -> str:
+    """The one line for attribution patching that does not fit even one noise sample at a time: what it needs,
+    the budget, and the largest sample count and prompt length that would fit."""
+
+    def need(T_: int, n_: int) -> int:
+        cache, fixed, main_row, state_row = atp_memory(cfg, T_, K, n_, specs, subject_tokens)
+        return weights + cache + fixed + max(main_row, state_row)
+
+    _c, _f, main_row, state_row = atp_memory(cfg, T, K, n, specs, subject_tokens)
+    options = _what_fits(T, n, lambda T_, n_: need(T_, n_) <= budget_bytes, weights < budget_bytes)
+    return (f"attribution patching of this trace needs about {need(T, n) / GB:.1f} GB even one noise sample at a "
+            f"time (weights {weights / GB:.1f}, one row's backward pass {max(main_row, state_row) / GB:.1f}) and the "
+            f"job memory budget is {budget_bytes / GB:.1f} GB: " + options)
 
 
 def trace_refusal(cfg, weights: int, T: int, K: int, n: int, budget_bytes: int) -> str:
@@ -252,6 +288,13 @@ def trace_refusal(cfg, weights: int, T: int, K: int, n: int, budget_bytes: int) 
 
     cache, one = _trace_memory(cfg, weights, T, K, n)
     need = weights + cache + max(one, MIN_BATCH_BYTES)
+    return (f"this trace needs about {need / GB:.1f} GB (weights {weights / GB:.1f}, cached runs {cache / GB:.1f}) and "
+            f"the job memory budget is {budget_bytes / GB:.1f} GB: " + _what_fits(T, n, fits, weights < budget_bytes))
+
+
+def _what_fits(T: int, n: int, fits, weights_fit: bool) -> str:
+    """What to change, as the end of a refusal line: the largest sample count below n and the longest prompt below
+    T that `fits(T, n)`, and the budget or the model."""
     options = []
     n_fit = next((k for k in range(n - 1, 0, -1) if fits(T, k)), 0)
     if n_fit:
@@ -265,10 +308,8 @@ def trace_refusal(cfg, weights: int, T: int, K: int, n: int, budget_bytes: int) 
             hi = mid - 1
     if lo >= 1:
         options.append(f"a prompt of at most {lo} tokens")
-    options.append("raise RWKV_INSPECTOR_JOB_MEMORY_GB" if weights < budget_bytes else
-                   "a smaller model or bf16 weights")
-    return (f"this trace needs about {need / GB:.1f} GB (weights {weights / GB:.1f}, cached runs {cache / GB:.1f}) and "
-            f"the job memory budget is {budget_bytes / GB:.1f} GB: " + ", or ".join(options))
+    options.append("raise RWKV_INSPECTOR_JOB_MEMORY_GB" if weights_fit else "a smaller model or bf16 weights")
+    return ", or ".join(options)
 
 
 def check_trace_fits(cost: JobCost) -> None:

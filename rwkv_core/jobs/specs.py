@@ -22,9 +22,10 @@ class ModelSpec:
 @dataclass(frozen=True)
 class TraceJob:
     """Causal tracing of one prompt: `prepare` holds prepare_trace's keyword arguments (subject, answer, noise, ...),
-    `specs` the grids to fill. memory_budget: bytes of activations per batch of cells. tokens: the rows to compute
-    (prompt positions; None: every row). method "fast" (exact, `trace_grids`) or "atp" (attribution patching,
-    `atp_trace`: a first-order estimate of every cell; `tokens` does not apply)."""
+    `specs` the grids to fill. memory_budget: bytes of activations per batch of cells (attribution patching: per
+    group of noise rows). tokens: the rows to compute (prompt positions; None: every row). method "fast" (exact,
+    `trace_grids`) or "atp" (attribution patching, `atp_trace`: a first-order estimate of every cell; `tokens` does
+    not apply)."""
 
     model: ModelSpec
     prompt: str

@@ -156,7 +156,7 @@ class JobRunner:
             from rwkv_core.analysis.patching.attribution import atp_trace
 
             progress(0, 1)
-            results = atp_trace(setup, list(job.specs))
+            results = atp_trace(setup, list(job.specs), memory_budget=job.memory_budget)  # per group of rows
             progress(1, 1)
         else:
             results = TR.trace_grids(setup, list(job.specs), metric="prob", progress=progress,
