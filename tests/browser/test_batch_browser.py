@@ -23,6 +23,7 @@ def _start(page, url: str) -> str:
     return parse_qs(urlparse(page.url).query)["bt_run"][0]
 
 
+@pytest.mark.slow  # a server of its own and two fact sets: ~1.5 min (the AppTests cover the flow in the default run)
 @pytest.mark.timeout(900)
 def test_two_users_runs_a_reload_mid_run_and_rome_figure(browser, page, streamlit_server, tmp_path):
     # a server of its own: its job worker free of other tests' traces, its run folders in tmp_path

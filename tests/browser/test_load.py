@@ -173,6 +173,7 @@ def _in_thread(coro_fn, *args):
     return box["result"]
 
 
+@pytest.mark.slow  # 2.5 min; keeps the default run under 30 min
 @pytest.mark.timeout(TOTAL_TIMEOUT_S + 300)
 def test_eight_concurrent_users_on_one_server(streamlit_server):
     if not CHROMIUM.exists():

@@ -126,6 +126,7 @@ def test_plain_jobs_take_the_next_free_workers(pool):
     assert max(starts_plain) < starts[-1]  # and they did not wait for the whole batch
 
 
+@pytest.mark.slow  # fairness between two batches; plain jobs before batches stays in the default run
 def test_two_users_batches_share_the_workers(pool):
     jobs = pool
     a = jobs.submit_batch("cat", [small(seed) for seed in range(1, 4)], "a")
@@ -138,6 +139,7 @@ def test_two_users_batches_share_the_workers(pool):
     assert users == ["b", "a", "b"], users  # turns alternate once dan has tasks waiting (not cat's batch first)
 
 
+@pytest.mark.slow  # a cap on one batch
 def test_max_workers_caps_a_batch(pool):
     jobs = pool
     bid = jobs.submit_batch("carol", [small(seed) for seed in range(1, 3)], "one at a time", max_workers=1)
@@ -218,6 +220,7 @@ def test_a_batch_counts_as_one_waiting_item(pool):
     assert jobs.counts()["batches"] == 0
 
 
+@pytest.mark.slow  # a worker killed and restarted: ~20 s
 def test_a_task_whose_worker_is_killed_is_rerun(pool):
     """(Last of the pool's tests: it kills a worker, which Ray restarts.)"""
     jobs = pool

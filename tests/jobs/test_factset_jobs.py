@@ -57,6 +57,7 @@ def test_a_fact_set_on_two_workers_equals_the_in_process_run(manager_factory, tm
     assert {e["worker"] for e in events} == {0, 1} and len({e["pid"] for e in events}) == 2
 
 
+@pytest.mark.slow  # ~1 min of Ray work; resume is also tested in process (test_factset_engine)
 def test_a_background_run_is_followed_stopped_found_again_and_resumed(manager_factory, tmp_path):
     jobs = manager_factory(workers=1)
     runs = FactSetRuns(tmp_path, lambda: jobs)
