@@ -19,6 +19,7 @@ import streamlit as st
 import torch
 
 from inspector_ui.resources import get_gate
+from rwkv_core.durations import duration_text, hours_minutes  # noqa: F401 (the views' formatting)
 from rwkv_core.errors import RWKVInspectorError
 
 CSS = """
@@ -336,29 +337,6 @@ def url_bool(text: str) -> bool:
 def csv_bytes(df: pd.DataFrame) -> bytes:
     """A table as the CSV every download button offers: no index column, floats to 10 significant digits."""
     return df.to_csv(index=False, float_format="%.10g").encode()
-
-
-def duration_text(seconds: float) -> str:
-    """A duration as a person reads it: "42 s", "3 min 20 s", "2 h 05 min", "5 d 1 h"; "?" when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
-
-
-def hours_minutes(seconds: float) -> str:
-    """A long duration in hours and minutes, days counted as hours so that costs compare at a glance ("121 h 05
-    min", "2 h 00 min"); below an hour as `duration_text` ("3 min 20 s")."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 3600:
-        return duration_text(seconds)
-    m = int(round(seconds / 60))
-    return f"{m // 60:,} h {m % 60:02d} min"
 
 
 def progress_text(what: str, done: int, total: int, elapsed: float, unit: str = "steps") -> str:

@@ -305,6 +305,7 @@ def add_trace_set_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 def cmd_trace_set(args: argparse.Namespace) -> int:
     """Run `trace-set`: every fact not yet in --out, then the AIE; progress on stderr. Returns the exit code."""
     from rwkv_core.analysis import factset as FS
+    from rwkv_core.durations import hours_minutes
     from rwkv_core.jobs.specs import ModelSpec
 
     facts, bad = FS.demo_facts() if args.facts == "demo" else FS.read_facts(args.facts)
@@ -332,7 +333,7 @@ def cmd_trace_set(args: argparse.Namespace) -> int:
 
     def progress(p: "FS.FactSetProgress") -> None:
         left = p.seconds_left()
-        eta = "" if left is None else f", {_hours_minutes(left)} left"
+        eta = "" if left is None else f", {hours_minutes(left)} left"
         print(f"\r{p.finished_facts}/{p.total} facts ({p.resumed} already done, {p.failed} failed){eta}   ",
               end="", file=sys.stderr, flush=True)
 
@@ -353,11 +354,6 @@ def cmd_trace_set(args: argparse.Namespace) -> int:
             print(f"  {k}: largest AIE {a.mean[c, l]:.3f} at the {FS.TOKEN_CLASSES[c]}, layer {l}")
     print(f"wrote {args.out}/aie.npz, facts.csv, facts/")
     return 0 if summary.progress.failed == 0 else 1
-
-
-def _hours_minutes(seconds: float) -> str:
-    m = int(round(seconds / 60))
-    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else (f"{m} min" if m else f"{int(seconds)} s")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

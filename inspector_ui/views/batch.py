@@ -115,17 +115,18 @@ def settings_form(run: Run, n_facts_all: int) -> tuple[FS.FactSetSettings, int]:
 
 
 def estimate(run: Run, facts: list[FS.FactLine], fs: FS.FactSetSettings, workers: int
-             ) -> tuple[float, COST.JobCost]:
-    """The whole run's time (each fact's trace estimate at this model's measured speed, shared by the workers) and
-    the cost of its longest fact (memory: the batch budget every fact's job runs with, or the refusal)."""
+             ) -> tuple[float, int, COST.JobCost]:
+    """The whole run's time (each fact's trace estimate at this model's measured speed, shared by the workers), its
+    cells, and the cost of its longest fact (memory: the batch budget every fact's job runs with, or the refusal)."""
     tok, model = run.loaded.tokenizer, run.loaded.model
     speed = gated(lambda: COST.measure_speed(model, rows=max(1, min(fs.samples, 8))), "Measuring the model's speed",
                   show_waiting=False)
     threads = app_settings.job_threads()
     specs = fs.specs(run.cfg.n_layer)
-    total, longest = 0.0, None
+    total, cells, longest = 0.0, 0, None
     for f in facts:
         enc = tok.encode(f.prompt)
+        cells += len(enc.ids) * run.cfg.n_layer * len(specs)
         (s0, s1), _ = TR.locate_subject(enc, f.subject)
         K = max(1, len(tok.encode(f.answer).ids))
         total += COST.trace_seconds(run.cfg, len(enc.ids), K, s0, int(fs.samples), specs, speed.with_threads(threads))
@@ -136,7 +137,7 @@ def estimate(run: Run, facts: list[FS.FactLine], fs: FS.FactSetSettings, workers
     cost = COST.estimate_trace(model, T, K, s0, int(fs.samples), specs,
                                app_settings.job_memory_bytes(run.loaded.device), speed, subject_tokens=n_subject,
                                threads=threads)
-    return total / max(1, workers), cost
+    return total / max(1, workers), cells, cost
 
 
 def setup_section(run: Run) -> None:
@@ -156,8 +157,7 @@ def setup_section(run: Run) -> None:
         st.warning("No fact of this set can be traced with this model: see the skipped lines.")
         return
     workers = max(1, app_settings.JOB_WORKERS)
-    seconds, longest = estimate(run, facts, fs, workers)
-    cells = sum(len(run.loaded.tokenizer.encode(f.prompt).ids) for f in facts) * run.cfg.n_layer * len(fs.kinds)
+    seconds, cells, longest = estimate(run, facts, fs, workers)
     st.info(f"{len(facts)} facts from {label} · {len(fs.kinds)} grid(s) each · {cells:,} cells · about "
             f"{duration_text(seconds)} on {run.loaded.device} with {workers} worker(s) · peak memory of the longest "
             f"fact about {longest.peak_bytes / COST.GB:.1f} GB of the {longest.budget_bytes / COST.GB:.1f} GB job "

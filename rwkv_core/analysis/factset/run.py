@@ -171,7 +171,7 @@ class RayExecutor:
         if self._handed >= self._total:
             return True
         st = self.manager.batch_status(self.batch_id)
-        if st is None or st.state in ("done", "cancelled", "failed"):
+        if st is None or st.ended:
             self._buffer += self.manager.take_results(self.batch_id) if st is not None else []
             return not self._buffer
         return False
