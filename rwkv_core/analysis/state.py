@@ -27,7 +27,6 @@ learned exactly; e_before is how well the state already predicted the value befo
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -37,6 +36,7 @@ import torch
 from rwkv_core.analysis.scores import ScoreInputs
 from rwkv_core.errors import InputError
 from rwkv_core.model import wkv
+from rwkv_core.model.threads import one_thread
 
 CHECKPOINT_EVERY = 32  # a state kept every this many tokens; `at` replays at most this many minus one steps
 MEASURE_BLOCK = 256  # states measured together (bounded memory: 256 x 12 x 64 x 64 float32 = 50 MB)
@@ -151,20 +151,6 @@ class LayerStates:
     def at_positions(self, positions: Sequence[int]) -> torch.Tensor:
         """The states after each of `positions`: [P, H, N, N] or v4 [P, 3, C]."""
         return torch.stack([self.at(p) for p in positions])
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread for the block: the serial recurrence is thousands of operations on a few thousand numbers
-    each, where a parallel region's start costs more than the work (measured on 2 busy cores: 256 v7 steps of 12 x
-    64 x 64 took 10.8 s on two threads, 0.29 s on one). With torch's OpenMP the count is the calling thread's own
-    (`omp_set_num_threads`), so other threads computing meanwhile keep theirs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from rwkv_core.model import wkv
 from rwkv_core.model.config import ModelConfig
 from rwkv_core.model.hooks import HookFn, HookPoint, name_hook_points
+from rwkv_core.model.threads import recurrence_threads
 
 V7_DECAY_SCALE = math.exp(-0.5)  # v7: log w = -e^-0.5 * sigmoid(d)
 # storage types of the weight matrices by the names the command line and the dashboard offer (`RWKV.to_device`)
@@ -114,8 +115,16 @@ def run_wkv_segments(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: to
     it instead of one call per token."""
     T = seq_inputs[0].shape[1]
     cuts = sorted(set(p for p in positions if 0 <= p < T)) if hook.active else []
-    if states_fn is not None and len(cuts) * 8 > T:
-        return _run_wkv_blocks(states_fn, seq_inputs, state, hook, set(cuts))
+    with recurrence_threads(seq_inputs[0]):
+        if states_fn is not None and len(cuts) * 8 > T:
+            return _run_wkv_blocks(states_fn, seq_inputs, state, hook, set(cuts))
+        return _run_wkv_cuts(fn, seq_inputs, state, hook, cuts, need_state)
+
+
+def _run_wkv_cuts(fn: Callable, seq_inputs: Sequence[torch.Tensor], state: torch.Tensor, hook: HookPoint,
+                  cuts: list[int], need_state: bool):
+    """`run_wkv_segments` for a state hook at a few tokens (or none): one call per segment between them."""
+    T = seq_inputs[0].shape[1]
     ys, start = [], 0
     for p in cuts + [T - 1]:
         if p < start:

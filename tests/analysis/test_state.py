@@ -179,28 +179,3 @@ def test_positions_are_checked():
         ST.parse_positions("3,20", 20)
     with pytest.raises(InputError, match="separated by commas"):
         ST.parse_positions("3;4", 20)
-
-
-def test_one_thread_is_the_calling_threads_own():
-    """A block on one thread (a page's click) leaves another thread's torch thread count alone (another session's
-    forward goes on in parallel) and restores its own."""
-    import threading
-
-    before = torch.get_num_threads()
-    inside, release = threading.Event(), threading.Event()
-    seen = {}
-
-    def other() -> None:
-        with ST.one_thread():
-            seen["inside"] = torch.get_num_threads()
-            inside.set()
-            release.wait(10)
-        seen["after"] = torch.get_num_threads()
-
-    th = threading.Thread(target=other)
-    th.start()
-    inside.wait(10)
-    assert torch.get_num_threads() == before  # this thread is untouched by the other's block
-    release.set()
-    th.join(10)
-    assert seen["inside"] == 1 and seen["after"] == torch.get_num_threads() == before
