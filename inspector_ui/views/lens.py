@@ -54,10 +54,12 @@ not trained on, so low probabilities there mean "not yet in the head's terms", n
 """
 
 TOKEN_LINES = 5
-MAX_LENS_WINDOW = 256  # tokens the heat map shows, and the model's lens reads out, at once (the head's product over
-# the vocabulary at every stage is the page's cost: 1,031 tokens at the 0.1B shape took 80 s on a busy 2-core CPU,
-# this window 15 s; the hover text of 13 x 256 cells travels with the figure)
-WINDOW_STEP = 128  # the window moves in steps of this many tokens (`_window`), and is read out in chunks of as many
+LENS_WIDTHS = (64, 128, 256)  # tokens the heat map shows, and the model's lens reads out, at once: the head's product
+# over the vocabulary at every stage is the page's cost (13 stages x 256 tokens x 768 x 65,536 multiply-adds at the
+# 0.1B shape: 15 s on a busy 2-core CPU; 64 tokens cost about the forward's own head), and the hover text of every
+# cell travels with the figure
+DEFAULT_LENS_WIDTH = 64
+LENS_CHUNK = 32  # the lens is read out in chunks of this many tokens, each cached: a moved window reads its new ones
 
 
 class NoLens(RWKVInspectorError):
@@ -93,23 +95,23 @@ def _residuals(rid: tuple, _model, tokens: tuple[int, ...]):
     return gated(lambda: LE.capture_residuals(_model, list(tokens)), "Running the prompt")
 
 
-@st.cache_resource(max_entries=32, ttl=3600, show_spinner=False)
+@st.cache_resource(max_entries=64, ttl=3600, show_spinner=False)
 def _lens_chunk(rid: tuple, _model, tokens: tuple[int, ...], target: Optional[int], chunk: int) -> LE.LogitLens:
-    """The lens of tokens [chunk x WINDOW_STEP, (chunk + 1) x WINDOW_STEP) (a head product per stage over those
+    """The lens of tokens [chunk x LENS_CHUNK, (chunk + 1) x LENS_CHUNK) (a head product per stage over those
     rows only), under the work gate."""
     resid = _residuals(rid, _model, tokens)
-    rows = range(chunk * WINDOW_STEP, (chunk + 1) * WINDOW_STEP)
+    rows = range(chunk * LENS_CHUNK, (chunk + 1) * LENS_CHUNK)
     return gated(lambda: LE.logit_lens(_model, list(tokens), target=target, resid=resid, positions=rows),
                  "Reading the logit lens")
 
 
 def _model_lens(run: Run, target: Optional[int], rows: range) -> LE.LogitLens:
-    """The lens of a run's prompt with at least `rows` read out: the chunks of WINDOW_STEP tokens they touch,
-    each computed once (a window that moves reads out only its new chunk)."""
+    """The lens of a run's prompt with at least `rows` read out: the chunks of LENS_CHUNK tokens they touch,
+    each computed once (a window that moves reads out only its new chunks)."""
     model, tokens = run.loaded.model, tuple(run.tokens)
     wanted = LE.next_token_targets(tokens) if target is None else np.full(len(tokens), int(target), np.int64)
     lens = LE.empty_lens(LE.stage_names(model.cfg.n_layer), wanted)
-    for c in range(rows.start // WINDOW_STEP, -(-rows.stop // WINDOW_STEP)):
+    for c in range(rows.start // LENS_CHUNK, -(-rows.stop // LENS_CHUNK)):
         lens.merge(_lens_chunk(run_id(run), model, tokens, target, c))
     return lens
 
@@ -172,12 +174,13 @@ def render(ctx: PageContext) -> None:
     bind("tgt", "")
     bind("cb", False, url_bool)
     bind("img", "png", options=IMAGE_FORMATS)
+    bind("lw", DEFAULT_LENS_WIDTH, int, options=LENS_WIDTHS)
     T_max = max(len(r.tokens) for r in runs)
     bind("tok", len(runs[0].tokens) - 2 if len(runs[0].tokens) > 1 else 0, int)
     take_token_click(_tv_key, {r.label: len(r.tokens) for r in runs})
     if not isinstance(st.session_state.get("tok"), int) or not 0 <= st.session_state["tok"] < T_max:
         st.session_state["tok"] = max(0, len(runs[0].tokens) - 2)
-    c = st.columns([1.6, 1.6, 1, 1])
+    c = st.columns([1.6, 1.6, 1, 1, 1])
     c[0].radio("Cell shows the wanted token's", list(FL.MEASURES), key="lm", horizontal=True,
                format_func=FL.MEASURE_NAMES.get)
     c[1].text_input("Target token (empty: the actual next token)", key="tgt",
@@ -185,18 +188,22 @@ def render(ctx: PageContext) -> None:
                          "model: its probability at every position and stage.")
     c[2].number_input("Selected token", min_value=0, max_value=T_max - 1, step=1, key="tok",
                       help="Or click a token below.")
-    c[3].toggle("Colour-blind palette", key="cb")
+    c[3].selectbox("Tokens in the heat map", LENS_WIDTHS, key="lw",
+                   help="How many tokens around the selection the heat map shows, and the model's lens reads out: "
+                        "each costs a product with the head over the whole vocabulary at every stage (on a CPU, 64 "
+                        "tokens of a 0.1B model take about a second). The downloads read out every token.")
+    c[4].toggle("Colour-blind palette", key="cb")
     st.sidebar.radio("Chart camera button saves", list(IMAGE_FORMATS), key="img", horizontal=True)
-    publish("lm", "tgt", "tok", "cb", "img")
+    publish("lm", "tgt", "tok", "lw", "cb", "img")
     with st.expander("Formula and how to read this page"):
         st.markdown(HELP)
-    measure, tok = st.session_state["lm"], st.session_state["tok"]
+    measure, tok, width = st.session_state["lm"], st.session_state["tok"], int(st.session_state["lw"])
     config = image_config("rwkv-logit-lens", st.session_state["img"])
     data: list[LensData] = []
     targets: list[Optional[int]] = []
     try:
         for run in runs:
-            a, b = _window(len(run.tokens), min(tok, len(run.tokens) - 1))
+            a, b = _window(len(run.tokens), min(tok, len(run.tokens) - 1), width)
             targets.append(target_id(run, st.session_state["tgt"].strip("\n")))
             d = lens_data(run, targets[-1], range(a, b))
             if measure == "rank" and d.rank is None:
@@ -209,7 +216,7 @@ def render(ctx: PageContext) -> None:
         show_error(e)
         st.stop()
     token_section(runs, data, tok)
-    heatmap_section(runs, data, measure, tok, config)
+    heatmap_section(runs, data, measure, tok, width, config)
     selected_section(runs, data, measure, tok, config)
     download_section(runs, data, targets)
 
@@ -242,27 +249,29 @@ def token_section(runs: list[Run], data: list[LensData], tok: int) -> None:
                        tips=run.hover_tips(), max_lines=TOKEN_LINES)
 
 
-def _window(T: int, sel: int) -> tuple[int, int]:
-    """The heat map's tokens [a, b) around the selection, moved in steps of WINDOW_STEP tokens: a click near the
+def _window(T: int, sel: int, width: int = DEFAULT_LENS_WIDTH) -> tuple[int, int]:
+    """The heat map's `width` tokens [a, b) around the selection, moved in steps of half the width: a click near the
     last one leaves the figure as it was, so the browser does not draw it again (13 x 256 cells with their top-10
-    hover text cost Chromium about a second per redraw at the 0.1B shape), and a step reads out one new chunk."""
-    if T <= MAX_LENS_WINDOW:
+    hover text cost Chromium about a second per redraw at the 0.1B shape), and a step reads out only new chunks."""
+    if T <= width:
         return 0, T
-    a = heat_window(T, sel, MAX_LENS_WINDOW)[0]
-    a = min(WINDOW_STEP * round(a / WINDOW_STEP), T - MAX_LENS_WINDOW)
-    if not a <= sel < a + MAX_LENS_WINDOW:  # the step moved the selection out: take the plain window
-        a = heat_window(T, sel, MAX_LENS_WINDOW)[0]
-    return a, a + MAX_LENS_WINDOW
+    step = width // 2
+    a = heat_window(T, sel, width)[0]
+    a = min(step * round(a / step), T - width)
+    if not a <= sel < a + width:  # the step moved the selection out: take the plain window
+        a = heat_window(T, sel, width)[0]
+    return a, a + width
 
 
-def heatmap_section(runs: list[Run], data: list[LensData], measure: str, tok: int, config: dict) -> None:
+def heatmap_section(runs: list[Run], data: list[LensData], measure: str, tok: int, width: int,
+                    config: dict) -> None:
     st.subheader("Tokens × stages: " + FL.MEASURE_NAMES[measure] + " of the wanted token")
     shown = []
     for col, run, d in zip(run_columns(len(runs)), runs, data):
         with col:
             T = len(run.tokens)
             sel = min(tok, T - 1)
-            a, b = _window(T, sel)
+            a, b = _window(T, sel, width)
             if (a, b) != (0, T):
                 st.caption(f"{T} tokens: showing tokens {a}–{b - 1} around the selected one.")
             vals = FL.measure_values(d.logp[a:b], None if d.rank is None else d.rank[a:b], measure)

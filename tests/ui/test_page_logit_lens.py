@@ -103,19 +103,22 @@ def test_from_a_trace_file_with_and_without_the_lens(demo_model):
 
 def test_the_heat_maps_window_holds_the_selection_and_moves_in_steps():
     """A click near the last one keeps the same window, so the browser has no figure to draw again."""
-    from inspector_ui.views.lens import MAX_LENS_WINDOW, _window
+    from inspector_ui.views.lens import DEFAULT_LENS_WIDTH, LENS_WIDTHS, _window
 
-    for T in (50, 384, 385, 1031, 4096):
-        for sel in range(0, T, 7):
-            a, b = _window(T, sel)
-            assert a <= sel < b <= T and b - a == min(T, MAX_LENS_WINDOW)
-    assert _window(1031, 515) == _window(1031, 530) == (384, 640)
+    for width in LENS_WIDTHS:
+        for T in (50, width, width + 1, 1031, 4096):
+            for sel in range(0, T, 7):
+                a, b = _window(T, sel, width)
+                assert a <= sel < b <= T and b - a == min(T, width)
+    assert _window(1031, 515, 256) == _window(1031, 530, 256) == (384, 640)
+    assert _window(1031, 515) == _window(1031, 520) == (480, 544) and DEFAULT_LENS_WIDTH == 64
 
 
 def test_a_long_prompt_reads_out_the_shown_window_and_a_move_only_the_new_chunk(demo_model, monkeypatch):
     """At 1,000 tokens the head's product over the vocabulary at every stage was the page's first render (30-70 s
-    at the 0.1B shape on this CPU): the page reads out the heat map's window only, in chunks of WINDOW_STEP tokens
-    computed once; its numbers equal the engine's full lens there, and the download gives every token."""
+    at the 0.1B shape on this CPU): the page reads out the heat map's window only (64 tokens unless widened), in
+    chunks of LENS_CHUNK tokens computed once; its numbers equal the engine's full lens there, a wider window reads
+    only the chunks it adds, and the download gives every token."""
     from inspector_ui.views import lens as view
 
     calls: list = []
@@ -129,19 +132,32 @@ def test_a_long_prompt_reads_out_the_shown_window_and_a_move_only_the_new_chunk(
     prompt = ("The Eiffel Tower is located in the city of Paris. " * 20)[:1000]  # 1,000 byte tokens
     at = run_clean(app_session("pages/5_Logit_lens.py", model=DEMO, prompt=prompt, tok="500"))
     a, b = view._window(1000, 500)
-    assert sorted(r.start for r in calls) == list(range(a, b, view.WINDOW_STEP))  # the window's chunks only
+    def chunks(a: int, b: int) -> set[int]:
+        return set(range(a // view.LENS_CHUNK * view.LENS_CHUNK, b, view.LENS_CHUNK))
+
+    assert b - a == view.DEFAULT_LENS_WIDTH
+    assert sorted(r.start for r in calls) == sorted(chunks(a, b))  # the window's chunks only
     full = real(demo_model, list(prompt.encode()))
     z = plotly_array(_lens_charts(at)[0]["data"][0]["z"])  # [S, b - a]
     np.testing.assert_allclose(z, np.exp(full.logp[a:b]).T, rtol=1e-4, atol=1e-6, equal_nan=True)
     values = np.array(token_views(at)[0]["values"], dtype=float)
     np.testing.assert_array_equal(values[a:b], full.answer_forms()[a:b])
     assert np.isnan(values[:a]).all() and np.isnan(values[b:]).all()
-    # the selection moves one step on: one new chunk is read out
+    # the selection moves half a window on: only the new chunks are read out
     calls.clear()
-    at.number_input(key="tok").set_value(500 + view.WINDOW_STEP)
+    at.number_input(key="tok").set_value(500 + view.DEFAULT_LENS_WIDTH // 2)
     at = run_clean(at)
-    a2, b2 = view._window(1000, 500 + view.WINDOW_STEP)
-    assert [r.start for r in calls] == [c for c in range(a2, b2, view.WINDOW_STEP) if c >= b]
+    a2, b2 = view._window(1000, 500 + view.DEFAULT_LENS_WIDTH // 2)
+    assert b2 > b and sorted(r.start for r in calls) == sorted(chunks(a2, b2) - chunks(a, b))
+    # a wider window: its heat map has 256 columns, equal to the engine's lens there
+    calls.clear()
+    at.selectbox(key="lw").set_value(256)
+    at = run_clean(at)
+    a3, b3 = view._window(1000, 500 + view.DEFAULT_LENS_WIDTH // 2, 256)
+    z3 = plotly_array(_lens_charts(at)[0]["data"][0]["z"])
+    assert z3.shape[1] == b3 - a3 == 256 and at.query_params["lw"] == "256"
+    np.testing.assert_allclose(z3, np.exp(full.logp[a3:b3]).T, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert sorted(r.start for r in calls) == sorted(chunks(a3, b3) - chunks(a, b) - chunks(a2, b2))  # none twice
     # the download's lens is every token's
     part = real(demo_model, list(prompt.encode()), positions=range(a, b))
     shown = view.LensData(part.stages, part.logp, part.rank, part.top_ids, part.top_logp)
