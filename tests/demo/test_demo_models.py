@@ -234,9 +234,10 @@ def test_replaying_the_start_of_training_reproduces_the_logged_loss(version, tmp
     assert got["step"] == step
     # One thread, same seed: bit-identical on the machine that trained. Other CPUs round matmuls differently and the
     # 250 steps amplify it; the loss EMA (a running mean over ~50 batches) stays close, one batch's loss less so.
-    # Measured on an AMD EPYC (AVX2) against the committed v6 log: EMA 0.8752 vs 0.8729, batch loss 0.8128 vs 0.8263.
+    # Measured on AMD EPYCs against the committed v6 log: EMA 0.8752 and 0.8751 vs 0.8729, batch loss 0.8128 and
+    # 0.8032 vs 0.8263 (two machines). The EMA is the check; the one batch's loss only a coarse one.
     assert abs(got["loss_ema"] - loss_ema) < 5e-3, (got, loss, loss_ema)
-    assert abs(got["loss"] - loss) < 2e-2, (got, loss, loss_ema)
+    assert abs(got["loss"] - loss) < 4e-2, (got, loss, loss_ema)
 
 
 @pytest.mark.slow
