@@ -76,7 +76,7 @@ print(json.dumps({"estimate": est.peak_bytes - est.weights_bytes, "added": added
 """
 
 
-@pytest.mark.parametrize("shape", ["demo", "12x768"])
+@pytest.mark.parametrize("shape", ["demo", pytest.param("12x768", marks=pytest.mark.slow)])  # 12 x 768: ~1 min
 def test_the_memory_estimate_is_within_2x_of_the_measured_peak(shape, tmp_path):
     if shape == "demo":
         path, T, n = str(DEMO_V7), 600, 10
