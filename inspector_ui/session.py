@@ -3,6 +3,7 @@ and the page's state in the URL (so a copied link restores the view)."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -47,20 +48,40 @@ def offer_predictions(model_key: tuple, tokens: tuple[int, ...], logits: torch.T
             _OFFERED.popitem(last=False)
 
 
+# the residual stream after the last block of a prompt that a page captured anyway (the Logit lens): its logits are
+# the head's product alone, so `predictions` needs no forward of its own (weak: gone with the capture)
+_FINAL_RESIDUAL: "OrderedDict[tuple, weakref.ref]" = OrderedDict()
+
+
+def offer_final_residual(model_key: tuple, tokens: tuple[int, ...], stages: torch.Tensor) -> None:
+    """Leave the residual stream of `tokens` on `model_key` at every stage [S, T, C] (the last: after the last
+    block), for `predictions` to unembed if it is asked (nothing is computed here; not kept alive here)."""
+    with _OFFERED_LOCK:
+        _FINAL_RESIDUAL[(tuple(model_key), tuple(tokens))] = weakref.ref(stages)
+        while len(_FINAL_RESIDUAL) > 8:
+            _FINAL_RESIDUAL.popitem(last=False)
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k next-token ids and probabilities at every position: [T, k] each (one forward, unless offered)."""
+    """Top-k next-token ids and probabilities at every position: [T, k] each (one forward, unless offered, or the
+    head alone over an offered final residual)."""
     with _OFFERED_LOCK:
         offered = _OFFERED.pop((tuple(model_key), tuple(tokens), k), None)
+        ref = _FINAL_RESIDUAL.get((tuple(model_key), tuple(tokens)))
+    stages = ref() if ref is not None else None
+    resid = stages[-1] if stages is not None else None  # [T, C]
+    del stages
     if offered is None:
         lm = loaded_model(model_key)
 
         def run():
             with torch.no_grad():
-                logits, _ = lm.model(list(tokens))
-            return top_k(logits[0], k)
+                logits = lm.model.unembed(resid) if resid is not None else lm.model(list(tokens))[0][0]
+            return top_k(logits, k)
 
         offered = gated(run)
+    del resid
     if len(tokens):
         with _OFFERED_LOCK:
             _NEXT_TOKEN[(tuple(model_key), tuple(tokens))] = int(offered[0][-1, 0])

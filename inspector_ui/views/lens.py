@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from inspector_ui import settings as app_settings
-from inspector_ui.session import PageContext, Run, bind, publish
+from inspector_ui.session import PageContext, Run, bind, offer_final_residual, publish
 from inspector_ui.views.scores import heat_window, run_id, token_css
 from inspector_ui.widgets import (csv_bytes, gated, goto_token, run_columns, show_error, take_token_click,
                                   token_label, token_view, url_bool)
@@ -92,7 +92,9 @@ def _residuals(rid: tuple, _model, tokens: tuple[int, ...]):
     refusal = COST.capture_refusal(_model.cfg, len(tokens), 1, app_settings.capture_memory_bytes())
     if refusal:
         raise RWKVInspectorError(refusal[:1].upper() + refusal[1:] + ".")
-    return gated(lambda: LE.capture_residuals(_model, list(tokens)), "Running the prompt")
+    resid = gated(lambda: LE.capture_residuals(_model, list(tokens)), "Running the prompt")  # [S, T, C]
+    offer_final_residual(rid[1:4], tokens, resid)  # the token view's predictions: the head alone, no forward
+    return resid
 
 
 @st.cache_resource(max_entries=64, ttl=3600, show_spinner=False)

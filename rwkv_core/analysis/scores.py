@@ -50,6 +50,7 @@ import torch
 
 from rwkv_core.errors import InputError
 from rwkv_core.model.config import VERSIONS
+from rwkv_core.model.threads import recurrence_threads
 from rwkv_core.model.wkv import V7_MAX_CHUNK_EXP, v7_chunk_terms
 
 V4_GROUP_SIZE = 64  # v4 channels per display "head"
@@ -563,7 +564,8 @@ def row_and_column(si_list: Union[ScoreInputs, Sequence[ScoreInputs]], sel: int,
     if v0.version == "7":
         st = {n: torch.stack([getattr(si, n) for si in si_list]).permute(0, 2, 1, 3)  # [L, H, T, N] views
               for n in ("r", "k", "logw", "kk", "a")}
-        out = _v7_row_col_loop(st["r"], st["k"], st["logw"], st["kk"], st["a"], s, "col" if spans else False)
+        with recurrence_threads(st["r"]):  # a loop over tokens of small products
+            out = _v7_row_col_loop(st["r"], st["k"], st["logw"], st["kk"], st["a"], s, "col" if spans else False)
         if spans is True:
             flat = [st[n].reshape(-1, T, N) for n in ("r", "k", "logw", "kk", "a")]
             res = _v7_row_chunked(*flat, s, True)

@@ -176,3 +176,35 @@ def _run_of(prompt: str):
     lm = loaded_model(key)
     ids = list(lm.tokenizer.encode(prompt).ids)
     return Run("A", lm.model.cfg, ids, [chr(i) for i in ids], prompt, key, lm)
+
+
+def test_opened_first_the_page_runs_the_prompt_once_and_its_hover_is_the_models_prediction(demo_model):
+    """The token view's hover (top-16 next tokens) comes from the lens's own capture, the head over the last stage:
+    one pass over the prompt (the capture without logits), not a second forward; its rows equal a forward's."""
+    import base64
+
+    import torch
+
+    from rwkv_core.model.rwkv import RWKV
+    from rwkv_core.analysis.scores import topk_predictions
+
+    prompt_runs: list[int] = []
+
+    def count(module, args):
+        if isinstance(module, RWKV) and args and isinstance(args[0], (list, tuple)):
+            prompt_runs.append(len(args[0]))
+
+    prompt = PROMPT + " and the Colosseum in Rome."
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        at = run_clean(page_session(PAGE, model=DEMO, prompt=prompt))
+    finally:
+        handle.remove()
+    T = len(prompt.encode())
+    assert prompt_runs == [], prompt_runs  # no forward call over the prompt (the capture goes by run_with_cache)
+    tips = token_views(at)[0]["tips"]
+    ids = np.frombuffer(base64.b64decode(tips["ids"]), dtype=f"<u{tips['id_bytes']}").reshape(T, tips["k"])
+    with torch.no_grad():
+        logits, _ = demo_model(list(prompt.encode()))
+    want, _ = topk_predictions(logits[0], tips["k"])
+    np.testing.assert_array_equal(ids, want.numpy())
