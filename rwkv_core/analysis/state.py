@@ -155,9 +155,10 @@ class LayerStates:
 
 @torch.no_grad()
 def layer_states(si: ScoreInputs) -> LayerStates:
-    """Every token's state of one layer, measured in blocks of MEASURE_BLOCK tokens (only checkpoints are kept)."""
-    with one_thread():
-        return _layer_states(si)
+    """Every token's state of one layer, measured in blocks of MEASURE_BLOCK tokens (only checkpoints are kept). The
+    serial recurrence runs on one thread, the measures of each block (batched products of [P, H, N, N]) on the
+    caller's threads: 0.077 -> 0.043 s per block of 256 v7 states of 12 x 64 x 64 on two threads (2-core CPU)."""
+    return _layer_states(si)
 
 
 def _layer_states(si: ScoreInputs) -> LayerStates:
@@ -170,7 +171,8 @@ def _layer_states(si: ScoreInputs) -> LayerStates:
     for start in range(0, T, MEASURE_BLOCK):
         stop = min(T, start + MEASURE_BLOCK)
         before = state
-        state, states = step(si, state, start, stop)
+        with one_thread():
+            state, states = step(si, state, start, stop)
         block = torch.stack(states)  # [P, H, N, N] or [P, 3, C]
         if si.version == "4":
             fro[start:stop] = v4_content_norm(block, H).numpy()
