@@ -182,7 +182,7 @@ def render(ctx: PageContext) -> None:
     take_token_click(_tv_key, {r.label: len(r.tokens) for r in runs})
     if not isinstance(st.session_state.get("tok"), int) or not 0 <= st.session_state["tok"] < T_max:
         st.session_state["tok"] = max(0, len(runs[0].tokens) - 2)
-    c = st.columns([1.6, 1.6, 1, 1, 1])
+    c = st.columns([1.5, 1.5, 0.9, 0.9, 1.3])
     c[0].radio("Cell shows the wanted token's", list(FL.MEASURES), key="lm", horizontal=True,
                format_func=FL.MEASURE_NAMES.get)
     c[1].text_input("Target token (empty: the actual next token)", key="tgt",
