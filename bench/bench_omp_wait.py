@@ -18,8 +18,8 @@ the ratio to the default alone.
     python -m bench.bench_omp_wait --layers 24 --width 2048
     python -m bench.bench_omp_wait --before HEAD~3 --settings default,PASSIVE   # also an older checkout, same run
 
-The WKV recurrences run on one thread where the threads sleep or the batch is small (`rwkv_core.model.threads`):
-`--before` a revision without that rule shows what it changed under each setting.
+The WKV recurrences run on one thread where the threads sleep (`rwkv_core.model.threads`): `--before` a revision
+without that rule shows what it changed under each setting.
 """
 from __future__ import annotations
 

@@ -69,19 +69,16 @@ def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple
     with _OFFERED_LOCK:
         offered = _OFFERED.pop((tuple(model_key), tuple(tokens), k), None)
         ref = _FINAL_RESIDUAL.get((tuple(model_key), tuple(tokens)))
-    stages = ref() if ref is not None else None
-    resid = stages[-1] if stages is not None else None  # [T, C]
-    del stages
+    stages = ref() if ref is not None else None  # [S, T, C]: the last stage is after the last block
     if offered is None:
         lm = loaded_model(model_key)
 
         def run():
             with torch.no_grad():
-                logits = lm.model.unembed(resid) if resid is not None else lm.model(list(tokens))[0][0]
+                logits = lm.model.unembed(stages[-1]) if stages is not None else lm.model(list(tokens))[0][0]
             return top_k(logits, k)
 
         offered = gated(run)
-    del resid
     if len(tokens):
         with _OFFERED_LOCK:
             _NEXT_TOKEN[(tuple(model_key), tuple(tokens))] = int(offered[0][-1, 0])

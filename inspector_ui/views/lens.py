@@ -100,11 +100,12 @@ def _residuals(rid: tuple, _model, tokens: tuple[int, ...]):
 @st.cache_resource(max_entries=64, ttl=3600, show_spinner=False)
 def _lens_chunk(rid: tuple, _model, tokens: tuple[int, ...], target: Optional[int], chunk: int) -> LE.LogitLens:
     """The lens of tokens [chunk x LENS_CHUNK, (chunk + 1) x LENS_CHUNK) (a head product per stage over those
-    rows only), under the work gate."""
+    rows only), under the work gate; kept as those rows alone (`LogitLens.rows`), not as [T, ...] arrays."""
     resid = _residuals(rid, _model, tokens)
-    rows = range(chunk * LENS_CHUNK, (chunk + 1) * LENS_CHUNK)
-    return gated(lambda: LE.logit_lens(_model, list(tokens), target=target, resid=resid, positions=rows),
+    rows = range(chunk * LENS_CHUNK, min(len(tokens), (chunk + 1) * LENS_CHUNK))
+    lens = gated(lambda: LE.logit_lens(_model, list(tokens), target=target, resid=resid, positions=rows),
                  "Reading the logit lens")
+    return lens.rows(rows.start, rows.stop)
 
 
 def _model_lens(run: Run, target: Optional[int], rows: range) -> LE.LogitLens:
@@ -114,7 +115,7 @@ def _model_lens(run: Run, target: Optional[int], rows: range) -> LE.LogitLens:
     wanted = LE.next_token_targets(tokens) if target is None else np.full(len(tokens), int(target), np.int64)
     lens = LE.empty_lens(LE.stage_names(model.cfg.n_layer), wanted)
     for c in range(rows.start // LENS_CHUNK, -(-rows.stop // LENS_CHUNK)):
-        lens.merge(_lens_chunk(run_id(run), model, tokens, target, c))
+        lens.merge(_lens_chunk(run_id(run), model, tokens, target, c), at=c * LENS_CHUNK)
     return lens
 
 

@@ -673,9 +673,9 @@ def long_prompt_choices(runs: list[Run], plans: list[Optional[RunPlan]], request
             continue
         prefix = f"{run.label}: " if len(runs) > 1 else ""
         st.info(f"{prefix}A long prompt ({plan.T:,} tokens): the full grid is {plan.full.cells:,} cells, about "
-                   f"**{hours_minutes(plan.full.seconds)}** on {run.loaded.device} (more than the "
-                   f"{duration_text(app_settings.CONFIRM_SECONDS)} that a trace starts without asking). Trace the "
-                   "proposed tokens, or estimate every cell by attribution patching, instead.")
+                f"**{hours_minutes(plan.full.seconds)}** on {run.loaded.device} (more than the "
+                f"{duration_text(app_settings.CONFIRM_SECONDS)} that a trace starts without asking). Trace the "
+                "proposed tokens, or estimate every cell by attribution patching, instead.")
     text = st.text_input("Tokens to trace (positions from 0)", key="ct_tokens",
                          help="The proposal: the subject's tokens, the token after it, four tokens evenly spaced "
                               "between it and the last token, and the last token. Edit freely: 3, 7, 10-12. The "

@@ -66,11 +66,18 @@ class LogitLens:
         """[T] bool: the positions read out (`logit_lens(positions=...)` leaves the others empty)."""
         return self.top_ids[:, -1, 0] >= 0
 
-    def merge(self, other: "LogitLens") -> "LogitLens":
-        """This lens with the rows `other` has read out (the same prompt and target) filled in."""
-        m = other.computed
+    def rows(self, start: int, stop: int) -> "LogitLens":
+        """A lens of positions start..stop-1 only (a copy): what a cache keeps of a read-out window."""
+        sl = slice(start, stop)
+        return LogitLens(list(self.stages), self.wanted[sl].copy(), self.logp[sl].copy(), self.rank[sl].copy(),
+                         self.top_ids[sl].copy(), self.top_logp[sl].copy())
+
+    def merge(self, other: "LogitLens", at: int = 0) -> "LogitLens":
+        """This lens with the rows `other` has read out (the same prompt and target) filled in; `other`'s row 0 is
+        this lens's row `at` (`rows`)."""
+        m = np.flatnonzero(other.computed)
         for name in ("logp", "rank", "top_ids", "top_logp"):
-            getattr(self, name)[m] = getattr(other, name)[m]
+            getattr(self, name)[m + at] = getattr(other, name)[m]
         return self
 
     def answer_forms(self) -> np.ndarray:

@@ -158,10 +158,6 @@ def layer_states(si: ScoreInputs) -> LayerStates:
     """Every token's state of one layer, measured in blocks of MEASURE_BLOCK tokens (only checkpoints are kept). The
     serial recurrence runs on one thread, the measures of each block (batched products of [P, H, N, N]) on the
     caller's threads: 0.077 -> 0.043 s per block of 256 v7 states of 12 x 64 x 64 on two threads (2-core CPU)."""
-    return _layer_states(si)
-
-
-def _layer_states(si: ScoreInputs) -> LayerStates:
     T, H = si.T, si.H
     fro, erank = np.full((T, H), np.nan), np.full((T, H), np.nan)
     v7 = si.version == "7"

@@ -144,3 +144,14 @@ def test_a_window_of_positions_equals_the_full_lens_rows_and_merges_back():
     np.testing.assert_allclose(merged.logp, full.logp, rtol=1e-6, atol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(merged.rank, full.rank)
     np.testing.assert_array_equal(merged.answer_forms(), full.answer_forms())
+    # the same windows kept compact (their rows alone) and merged at their offsets
+    compact = LE.empty_lens(full.stages, full.wanted)
+    for a in range(0, len(tokens), 16):
+        b = min(len(tokens), a + 16)
+        rows = LE.logit_lens(model, tokens, resid=resid, positions=range(a, b)).rows(a, b)
+        assert rows.T == b - a and rows.computed.all()
+        compact.merge(rows, at=a)
+    assert compact.computed.all()
+    np.testing.assert_array_equal(compact.logp, merged.logp)
+    np.testing.assert_array_equal(compact.top_ids, merged.top_ids)
+    np.testing.assert_array_equal(compact.rank, full.rank)
