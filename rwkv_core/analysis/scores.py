@@ -238,11 +238,22 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
     names += [f"blocks.{l}.att.hook_logw" for l in layers]  # the log-decay the kernel used, patched or not
     logits, _, cache = model.run_with_cache(idx, names_filter=names, device=model.device, chunked=chunked)
     T = idx.numel()
+    token_major = {}
+    if version == "7":  # what RWKV-7's row and column reads at every step: one [T, L, C] buffer each, see stack_layers
+        for name in ("hook_r", "hook_k_tilde", "hook_logw", "hook_kk", "hook_a"):
+            first = cache[f"blocks.{layers[0]}.att.{name}"]
+            buf = torch.empty(T, len(layers), first.shape[-1], dtype=torch.float32, device=first.device)
+            for i, l in enumerate(layers):
+                buf[:, i] = cache.pop(f"blocks.{l}.att.{name}")[0]
+            token_major[name] = buf.clamp_min_(V7_LOGW_FLOOR) if name == "hook_logw" else buf  # as ScoreInputs would
     out = []
-    for l in layers:
+    for i, l in enumerate(layers):
         p = f"blocks.{l}.att."
         att = model.blocks[l].att
-        get = lambda name: cache[p + name][0].float()  # [T, C]
+
+        def get(name: str, i=i, p=p) -> torch.Tensor:  # [T, C]
+            return token_major[name][:, i] if name in token_major else cache[p + name][0].float()
+
         C = get("hook_r").shape[-1]
         if version == "4":
             N = v4_group_size(C)
@@ -562,12 +573,11 @@ def row_and_column(si_list: Union[ScoreInputs, Sequence[ScoreInputs]], sel: int,
     if not 0 <= s < T:
         raise InputError(f"selected token must be in 0..{T - 1}, got {sel}")
     if v0.version == "7":
-        st = {n: torch.stack([getattr(si, n) for si in si_list]).permute(0, 2, 1, 3)  # [L, H, T, N] views
+        st = {n: stack_layers([getattr(si, n) for si in si_list])  # [T, L, H, N]
               for n in ("r", "k", "logw", "kk", "a")}
-        with recurrence_threads(st["r"]):  # a loop over tokens of small products
-            out = _v7_row_col_loop(st["r"], st["k"], st["logw"], st["kk"], st["a"], s, "col" if spans else False)
+        out = _v7_row_col_loop(st["r"], st["k"], st["logw"], st["kk"], st["a"], s, "col" if spans else False)
         if spans is True:
-            flat = [st[n].reshape(-1, T, N) for n in ("r", "k", "logw", "kk", "a")]
+            flat = [st[n].permute(1, 2, 0, 3).reshape(-1, T, N) for n in ("r", "k", "logw", "kk", "a")]
             res = _v7_row_chunked(*flat, s, True)
             out["span_row"] = res["span_row"].reshape(len(si_list), H, T)
         if not diagonal:
@@ -749,47 +759,69 @@ def _v7_row_chunked(r, k, logw, kk, a, s, spans: bool, chunk: Optional[int] = No
 
 
 def _v7_row_col_loop(r, k, logw, kk, a, s, spans) -> dict:
-    """v7 row and column of token s by the pushes of rwkv-math §7, one token per step, batched over the leading
-    dims of the inputs [..., T, N] (layers, heads). Row: q <- G_{i+1} q = w q - kk ((a kk) . q), A[s, i] = k~_i . q;
-    column: p <- p G_j = w p - (p . kk) (a kk), A[j, s] = p . r_j, span S[j, s] = ||p||; span row: the operator
-    M = G_{i+1} ... G_s itself ([..., N, N], O(T N^2)), S[s, i] = ||k~_i M||. spans: False, True or "col".
+    """v7 row and column of token s by the pushes of rwkv-math §7, one token per step, batched over the inner dims
+    of the token-major inputs [T, ..., N] (layers, heads); results [..., T]. Row: q <- G_{i+1} q = w q - kk ((a kk)
+    . q), A[s, i] = k~_i . q; column: p <- p G_j = w p - (p . kk) (a kk), A[j, s] = p . r_j, span S[j, s] = ||p||;
+    span row: the operator M = G_{i+1} ... G_s itself ([..., N, N], O(T N^2)), S[s, i] = ||k~_i M||. spans: False,
+    True or "col". Token-major, because each step reads one token of every (layer, head): a contiguous block. The
+    whole-prompt products run on the caller's threads, the loops over tokens on `recurrence_threads`.
     """
-    *lead, T, N = r.shape
-    dev = r.device
-    w = _exp(logw)
+    w = torch.exp(logw.clamp_min(V7_LOGW_FLOOR))  # [T, ..., N]; e^-40 is a normal float: no underflow path
     ka = kk * a
-    q_all = torch.empty(*lead, s + 1, N, device=dev)  # q_i = G_{i+1} ... G_s r_s
-    q = r[..., s, :].clone()
-    q_all[..., s, :] = q
+    with recurrence_threads(r):
+        out = _v7_pushes(r, k, w, kk, ka, s, spans)
+    return out
+
+
+def _v7_pushes(r, k, w, kk, ka, s, spans) -> dict:
+    """The serial part of `_v7_row_col_loop`, with w = e^logw and ka = kk * a given: [T, ..., N] each."""
+    T, *lead, N = r.shape
+    dev = r.device
+    q_all = torch.empty(s + 1, *lead, N, device=dev)  # q_i = G_{i+1} ... G_s r_s
+    q_all[s] = r[s]
     for i in range(s - 1, -1, -1):
-        dot = (ka[..., i + 1, :] * q).sum(-1, keepdim=True)
-        q = torch.addcmul(w[..., i + 1, :] * q, kk[..., i + 1, :], dot, value=-1.0)
-        q_all[..., i, :] = q
+        q = q_all[i + 1]
+        dot = (ka[i + 1] * q).sum(-1, keepdim=True)
+        torch.mul(w[i + 1], q, out=q_all[i]).addcmul_(kk[i + 1], dot, value=-1.0)
     out = {"row": torch.zeros(*lead, T, device=dev), "col": torch.zeros(*lead, T, device=dev)}
-    out["row"][..., :s + 1] = (k[..., :s + 1, :] * q_all).sum(-1)
+    out["row"][..., :s + 1] = (k[:s + 1] * q_all).sum(-1).movedim(0, -1)
     del q_all
-    p_all = torch.empty(*lead, T - s, N, device=dev)  # p_j = k~_s G_{s+1} ... G_j
-    p = k[..., s, :].clone()
-    p_all[..., 0, :] = p
+    p_all = torch.empty(T - s, *lead, N, device=dev)  # p_j = k~_s G_{s+1} ... G_j
+    p_all[0] = k[s]
     for j in range(s + 1, T):
-        dot = (p * kk[..., j, :]).sum(-1, keepdim=True)
-        p = torch.addcmul(w[..., j, :] * p, ka[..., j, :], dot, value=-1.0)
-        p_all[..., j - s, :] = p
-    out["col"][..., s:] = (p_all * r[..., s:, :]).sum(-1)
+        p = p_all[j - s - 1]
+        dot = (p * kk[j]).sum(-1, keepdim=True)
+        torch.mul(w[j], p, out=p_all[j - s]).addcmul_(ka[j], dot, value=-1.0)
+    out["col"][..., s:] = (p_all * r[s:]).sum(-1).movedim(0, -1)
     if spans:
         out["span_col"] = torch.zeros(*lead, T, device=dev)
-        out["span_col"][..., s:] = torch.linalg.vector_norm(p_all, dim=-1)
+        out["span_col"][..., s:] = torch.linalg.vector_norm(p_all, dim=-1).movedim(0, -1)
     if spans is True:
         span_row = torch.zeros(*lead, T, device=dev)
-        span_row[..., s] = torch.linalg.vector_norm(k[..., s, :], dim=-1)
+        span_row[..., s] = torch.linalg.vector_norm(k[s], dim=-1)
         M = torch.eye(N, device=dev).expand(*lead, N, N).clone()  # G_{i+1} ... G_s
         for i in range(s - 1, -1, -1):
             # G M = diag(w) M - kk^T ((a kk) M)
-            kaM = (ka[..., i + 1, :, None] * M).sum(-2, keepdim=True)  # [..., 1, N]
-            M = torch.addcmul(w[..., i + 1, :, None] * M, kk[..., i + 1, :, None], kaM, value=-1.0)
-            span_row[..., i] = torch.linalg.vector_norm((k[..., i, :, None] * M).sum(-2), dim=-1)
+            kaM = (ka[i + 1, ..., :, None] * M).sum(-2, keepdim=True)  # [..., 1, N]
+            M = torch.addcmul(w[i + 1, ..., :, None] * M, kk[i + 1, ..., :, None], kaM, value=-1.0)
+            span_row[..., i] = torch.linalg.vector_norm((k[i, ..., :, None] * M).sum(-2), dim=-1)
         out["span_row"] = span_row
     return out
+
+
+def stack_layers(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The layers' [T, ...] tensors as one token-major [T, L, ...]: a view where they are evenly spaced views of one
+    buffer (as `capture_with_logits` lays v7 out), else a copy (at the 1.5B shape ~0.3 s and 200 MB per input)."""
+    t0 = tensors[0]
+    offs = [t.storage_offset() for t in tensors]
+    step = offs[1] - offs[0] if len(tensors) > 1 else 1
+    if (step > 0 and all(t.untyped_storage().data_ptr() == t0.untyped_storage().data_ptr() for t in tensors)
+            and all(t.shape == t0.shape and t.stride() == t0.stride() and t.dtype == t0.dtype for t in tensors)
+            and all(o == offs[0] + i * step for i, o in enumerate(offs))):
+        size = (t0.shape[0], len(tensors), *t0.shape[1:])
+        stride = (t0.stride(0), step, *t0.stride()[1:])
+        return t0.as_strided(size, stride, offs[0])
+    return torch.stack(list(tensors), 1)
 
 
 # ------------------------------------------------------------------------------------------------ identities, extras

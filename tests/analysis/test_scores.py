@@ -281,9 +281,33 @@ def test_v7_chunked_and_token_loop_pushes_agree():
     for sel in (0, 15, 16, 69):
         for chunk in (1, 5, 16):
             a = S._v7_row_chunked(*flat, sel, True, chunk=chunk)
-            b = S._v7_row_col_loop(*flat, sel, True)
+            b = S._v7_row_col_loop(*(x.transpose(0, 1) for x in flat), sel, True)  # token-major
             for name in ("row", "span_row"):
                 assert close(a[name], b[name], 1e-5), (sel, chunk, name)
+
+
+def test_v7_capture_is_token_major_and_row_column_reads_it_without_copies():
+    model = model_for("7", n_layer=3)
+    tokens = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+    inputs = S.capture_score_inputs(model, tokens)
+    for n in ("r", "k", "logw", "kk", "a"):
+        stacked = S.stack_layers([getattr(si, n) for si in inputs])  # [T, L, H, N]
+        assert stacked.data_ptr() == getattr(inputs[0], n).data_ptr()  # a view of the capture's buffer
+        assert torch.equal(stacked, torch.stack([getattr(si, n) for si in inputs], 1))
+    separate = [ScoreInputs("7", *(x.clone() for x in (si.r, si.k, si.v, si.logw)), r_k=si.r_k, kk=si.kk.clone(),
+                            a=si.a.clone(), layer=si.layer) for si in inputs]
+    sub = [separate[0], separate[2]]  # evenly spaced layers of the buffer: a view too
+    assert S.stack_layers([inputs[0].r, inputs[2].r]).data_ptr() == inputs[0].r.data_ptr()
+    for sel in (0, 17, 39):
+        a, b = S.row_and_column(inputs, sel, spans="col"), S.row_and_column(separate, sel, spans="col")
+        for name in ("row", "col", "span_col"):
+            assert torch.equal(a[name], b[name]), (sel, name)
+        c = S.row_and_column([inputs[0], inputs[2]], sel, spans=True)
+        d = S.row_and_column(sub, sel, spans=True)
+        for name in ("row", "col", "span_row", "span_col"):
+            assert torch.equal(c[name], d[name]), (sel, name)
+    copied = S.stack_layers([inputs[1].r, inputs[0].r])  # not in order: a copy with the same numbers
+    assert copied.data_ptr() != inputs[1].r.data_ptr() and torch.equal(copied[:, 0], inputs[1].r)
 
 
 # ------------------------------------------------------------------------------------------------ identity
