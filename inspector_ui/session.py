@@ -31,21 +31,33 @@ def top_k(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.cpu().numpy(), probs.cpu().numpy()
 
 
-_OFFERED: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-
-
 _OFFERED_LOCK = threading.Lock()
+# the top-k predictions of the last prompts (a few hundred kB each), whoever made them: a page whose capture runs a
+# forward anyway leaves them here, and a capture that finds them here skips the head (the unembedding is a quarter
+# of a 0.1B forward at 1,000 tokens)
+_OFFERED: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 # the greedy next token of every prompt whose predictions were made (top-1 at the last position), so that a page
 # asking only for it (Causal tracing's default answer) runs no forward of its own after the home page's
 _NEXT_TOKEN: "OrderedDict[tuple, int]" = OrderedDict()
 
 
-def offer_predictions(model_key: tuple, tokens: tuple[int, ...], logits: torch.Tensor, k: int = 16) -> None:
-    """Leave the top-k of `logits` [T, V] (a forward of `tokens` on `model_key`) for the next `predictions` call."""
+def _keep(key: tuple, value: tuple[np.ndarray, np.ndarray]) -> None:
     with _OFFERED_LOCK:
-        _OFFERED[(tuple(model_key), tuple(tokens), k)] = top_k(logits, k)
+        _OFFERED[key] = value
+        _OFFERED.move_to_end(key)
         while len(_OFFERED) > 8:
             _OFFERED.popitem(last=False)
+
+
+def offer_predictions(model_key: tuple, tokens: tuple[int, ...], logits: torch.Tensor, k: int = 16) -> None:
+    """Leave the top-k of `logits` [T, V] (a forward of `tokens` on `model_key`) for `predictions`."""
+    _keep((tuple(model_key), tuple(tokens), k), top_k(logits, k))
+
+
+def has_predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> bool:
+    """Whether `predictions` of this prompt are at hand without a forward (a capture may then skip the head)."""
+    with _OFFERED_LOCK:
+        return (tuple(model_key), tuple(tokens), k) in _OFFERED
 
 
 # the residual stream after the last block of a prompt that a page captured anyway (the Logit lens): its logits are
@@ -66,8 +78,9 @@ def offer_final_residual(model_key: tuple, tokens: tuple[int, ...], stages: torc
 def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Top-k next-token ids and probabilities at every position: [T, k] each (one forward, unless offered, or the
     head alone over an offered final residual)."""
+    key = (tuple(model_key), tuple(tokens), k)
     with _OFFERED_LOCK:
-        offered = _OFFERED.pop((tuple(model_key), tuple(tokens), k), None)
+        offered = _OFFERED.get(key)
         ref = _FINAL_RESIDUAL.get((tuple(model_key), tuple(tokens)))
     stages = ref() if ref is not None else None  # [S, T, C]: the last stage is after the last block
     if offered is None:
@@ -79,6 +92,7 @@ def predictions(model_key: tuple, tokens: tuple[int, ...], k: int = 16) -> tuple
             return top_k(logits, k)
 
         offered = gated(run)
+    _keep(key, offered)
     if len(tokens):
         with _OFFERED_LOCK:
             _NEXT_TOKEN[(tuple(model_key), tuple(tokens))] = int(offered[0][-1, 0])

@@ -25,7 +25,7 @@ import streamlit as st
 import torch
 
 from inspector_ui import settings as app_settings
-from inspector_ui.session import PageContext, Run, bind, offer_predictions, publish
+from inspector_ui.session import PageContext, Run, bind, has_predictions, offer_predictions, publish
 from inspector_ui.widgets import (clamp_choice, csv_bytes, gated, goto_token, run_columns, show_error, token_label,
                                   token_view, url_bool)
 from rwkv_core.figures import scores as FS
@@ -69,8 +69,10 @@ def _model_inputs(rid: tuple, _model, tokens: tuple[int, ...]) -> list[S.ScoreIn
         raise RWKVInspectorError(refusal[:1].upper() + refusal[1:] + ".")
 
     def capture() -> list[S.ScoreInputs]:
-        logits, inputs = S.capture_with_logits(_model, list(tokens))
-        offer_predictions(rid[1:4], tokens, logits)
+        known = has_predictions(rid[1:4], tokens)  # e.g. the home page's: no head over the prompt then
+        logits, inputs = S.capture_with_logits(_model, list(tokens), logits=not known)
+        if logits is not None:
+            offer_predictions(rid[1:4], tokens, logits)
         return inputs
 
     return gated(capture, "Capturing r, k, v and the decays")

@@ -213,10 +213,10 @@ def _names_for(version: str, layer: int) -> list[str]:
 
 
 @torch.no_grad()
-def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *,
-                        chunked: bool = True) -> tuple[torch.Tensor, list[ScoreInputs]]:
-    """One forward of `model` (a `rwkv_core.model.RWKV`) over one prompt: logits [T, V] and a `ScoreInputs` per
-    requested layer (default all), on the model's device.
+def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *, chunked: bool = True,
+                        logits: bool = True) -> tuple[Optional[torch.Tensor], list[ScoreInputs]]:
+    """One forward of `model` (a `rwkv_core.model.RWKV`) over one prompt: logits [T, V] (None with logits=False:
+    no head over the prompt) and a `ScoreInputs` per requested layer (default all), on the model's device.
 
     Uses the hook points hook_r, hook_k (v7: hook_k_tilde, hook_kk, hook_a), hook_v, hook_wkv; the decay comes from
     hook_logw (the log-decay the kernel used, including any patch a caller's hook made).
@@ -236,7 +236,8 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
         raise InputError("tokens must be a non-empty list of ids")
     names = [n for l in layers for n in _names_for(version, l)]
     names += [f"blocks.{l}.att.hook_logw" for l in layers]  # the log-decay the kernel used, patched or not
-    logits, _, cache = model.run_with_cache(idx, names_filter=names, device=model.device, chunked=chunked)
+    out_logits, _, cache = model.run_with_cache(idx, names_filter=names, device=model.device, chunked=chunked,
+                                                logits="all" if logits else "none")
     T = idx.numel()
     token_major = {}
     if version == "7":  # what RWKV-7's row and column reads at every step: one [T, L, C] buffer each, see stack_layers
@@ -271,12 +272,12 @@ def capture_with_logits(model, tokens, layers: Optional[Sequence[int]] = None, *
         k = get("hook_k_tilde") if version == "7" else get("hook_k")
         out.append(ScoreInputs(version, hv(get("hook_r")), hv(k), hv(get("hook_v")), hv(logw), u=u, r_k=r_k, kk=kk,
                                a=a, wkv=hv(get("hook_wkv")), layer=l))
-    return logits[0], out
+    return (out_logits[0] if logits else None), out
 
 
 def capture_score_inputs(model, tokens, layers: Optional[Sequence[int]] = None) -> list[ScoreInputs]:
     """`ScoreInputs` of each requested layer (default all) for one prompt; see `capture_with_logits`."""
-    return capture_with_logits(model, tokens, layers)[1]
+    return capture_with_logits(model, tokens, layers, logits=False)[1]
 
 
 def inputs_from_trace(arrays: dict, cfg, layers: Optional[Sequence[int]] = None) -> list[ScoreInputs]:

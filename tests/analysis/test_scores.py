@@ -306,6 +306,10 @@ def test_v7_capture_is_token_major_and_row_column_reads_it_without_copies():
         d = S.row_and_column(sub, sel, spans=True)
         for name in ("row", "col", "span_row", "span_col"):
             assert torch.equal(c[name], d[name]), (sel, name)
+    logits, with_head = S.capture_with_logits(model, tokens)  # the head changes none of the inputs
+    assert logits.shape == (40, 256) and S.capture_with_logits(model, tokens, logits=False)[0] is None
+    for si, sj in zip(with_head, inputs):
+        assert all(torch.equal(getattr(si, n), getattr(sj, n)) for n in ("r", "k", "v", "logw", "kk", "a", "wkv"))
     copied = S.stack_layers([inputs[1].r, inputs[0].r])  # not in order: a copy with the same numbers
     assert copied.data_ptr() != inputs[1].r.data_ptr() and torch.equal(copied[:, 0], inputs[1].r)
 

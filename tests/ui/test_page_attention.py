@@ -197,3 +197,31 @@ def test_long_prompt_heat_map_is_the_window_of_the_whole_prompts_scores():
     full = S.full_scores(si, 1).numpy()[a:b, a:b]
     full[np.triu_indices(b - a, 1)] = np.nan
     np.testing.assert_allclose(z, full, rtol=2e-4, atol=1e-6 * np.nanmax(np.abs(full)), equal_nan=True)
+
+
+def test_opened_after_the_home_page_the_capture_runs_no_head_and_the_hover_is_the_homes():
+    """The home page made the prompt's predictions; the Attention page's capture then skips the head over the
+    prompt (a quarter of a 0.1B forward at 1,000 tokens), and its token view hovers the same predictions."""
+    import torch
+
+    from rwkv_core.model.rwkv import RWKV
+    from tests.ui.page_helpers import app_session, page_session
+
+    demo = "demo: demo v7 facts+retrieval"
+    prompt = "The Eiffel Tower is in the city of Paris, and the Colosseum is in Rome."
+    home = run_clean(app_session(model=demo, prompt=prompt))
+    heads: list[int] = []
+    unembed = RWKV.unembed
+
+    def counting(self, resid):
+        heads.append(resid.shape[-2] if resid.dim() > 1 else 1)
+        return unembed(self, resid)
+
+    RWKV.unembed = counting
+    try:
+        at = run_clean(page_session(ATTN_PAGE, model=demo, prompt=prompt))
+    finally:
+        RWKV.unembed = unembed
+    assert heads == [], heads  # no head over any token: the predictions were the home page's
+    assert token_views(at)[0]["tips"] == token_views(home)[0]["tips"]
+    assert score_heatmaps(at) and token_views(at)[0]["tips"] is not None

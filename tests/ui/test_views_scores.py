@@ -81,10 +81,12 @@ def test_score_capture_gives_the_token_view_its_predictions_without_a_second_for
     try:
         scores_view._model_inputs.clear()
         session.predictions.clear()
+        session._OFFERED.clear()  # no predictions known: the capture runs the head
         inputs = scores_view._model_inputs(rid, lm.model, tokens)
         ids, probs = session.predictions(key, tokens, 16)
         assert len(inputs) == lm.model.cfg.n_layer and len(calls) == 1
-        session.predictions.clear()  # nothing offered any more: a forward of its own
+        session.predictions.clear()
+        session._OFFERED.clear()  # nothing known any more: a forward of its own
         ids2, probs2 = session.predictions(key, tokens, 16)
         assert len(calls) == 2
     finally:
