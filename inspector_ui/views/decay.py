@@ -158,13 +158,11 @@ def prompt_pass(model_key: tuple, tokens: tuple[int, ...], _acq: View) -> D.Deca
 
 @st.cache_data(show_spinner="Measuring the state after every token…", max_entries=64)
 def state_numbers(model_key: tuple, tokens: tuple[int, ...], layer: int, _acq: View) -> D.StateSizes:
-    """State sizes of one layer: from the prompt's forward pass when it measured this layer, else from a pass of
-    its own that ends after the layer."""
-    measured = prompt_pass(model_key, tokens, _acq).state_sizes
-    if layer in measured.layers:
-        i = measured.index(layer)
-        return D.StateSizes(measured.version, [layer], measured.frobenius[i:i + 1], measured.max_abs[i:i + 1])
-    return _acq.run_work(lambda: D.state_sizes(_acq.model, list(tokens), layers=[layer]))
+    """State sizes of one layer: from the prompt's forward pass when it measured this layer, else that one block
+    rerun from the input the pass kept (v6/v7), else a pass of its own that ends after the layer."""
+    kept = prompt_pass(model_key, tokens, _acq)
+    return _acq.run_work(lambda: kept.state_sizes_of(_acq.model, layer)
+                         or D.state_sizes(_acq.model, list(tokens), layers=[layer]))
 
 
 def all_state_sizes_csv(v: View) -> bytes:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -526,10 +526,34 @@ def state_size(wkv_state: torch.Tensor, version: str) -> tuple[np.ndarray, np.nd
 @dataclass
 class DecayPass:
     """What one forward pass over a prompt gives the decay views: the decay LoRA inputs of every layer (v6/v7; empty
-    for v4/v5), as `decay_lora_inputs` returns them, and the state sizes of the measured layers."""
+    for v4/v5), as `decay_lora_inputs` returns them, and the state sizes of the measured layers; where the pass ran
+    every layer (v6/v7) also each block's input, so that another layer's state sizes cost that block alone (the
+    inputs and x_w are 2 L T C floats: 400 MB at the 1.5B shape and 1,031 tokens)."""
 
     lora_inputs: dict[int, torch.Tensor]  # {layer: x_w [T, C]}
     state_sizes: StateSizes
+    resid_pre: dict[int, torch.Tensor] = field(default_factory=dict)  # {layer >= 1: the block's input [T, C]}
+    v_first: Optional[torch.Tensor] = None  # [T, C] RWKV-7: layer 0's value, which every later layer mixes in
+
+    def state_sizes_of(self, model, layer: int) -> Optional[StateSizes]:
+        """The state sizes of `layer`: measured by this pass, or from the layer's kept input by running that one
+        block (None where this pass kept no input for it: see `state_sizes`)."""
+        if layer in self.state_sizes.layers:
+            i = self.state_sizes.index(layer)
+            ss = self.state_sizes
+            return StateSizes(ss.version, [layer], ss.frobenius[i:i + 1], ss.max_abs[i:i + 1])
+        if layer not in self.resid_pre:
+            return None
+        x = self.resid_pre[layer]
+        T = x.shape[0]
+        meter = _StateMeter(model.cfg.version, [layer], T, heads_of(model.cfg)[0], stop_after=True)
+        with torch.no_grad(), model.hooks([(f"blocks.{layer}.att.hook_state", meter)]):
+            try:
+                model.run_block(layer, x, self.v_first, state_positions=range(T))
+            except _Measured:
+                pass
+        meter.flush(0)
+        return StateSizes(model.cfg.version, [layer], meter.frobenius, meter.max_abs)
 
 
 class _Measured(Exception):
@@ -577,12 +601,21 @@ def _decay_forward(model, tokens: Sequence[int], state_layers: list[int], lora_i
     meter = _StateMeter(cfg.version, state_layers, T, heads_of(cfg)[0], stop_after=not lora_inputs)
     xw: dict[int, torch.Tensor] = {}
 
+    resid: dict[int, torch.Tensor] = {}
+    v_first: list[torch.Tensor] = []
+
     def record(x: torch.Tensor, hook) -> None:
         xw[int(hook.name.split(".")[1])] = x[0].detach()  # [T, C]
 
+    def record_resid(x: torch.Tensor, hook) -> None:
+        resid[int(hook.name.split(".")[1])] = x[0].detach()  # [T, C]
+
     hooks = [(f"blocks.{l}.att.hook_state", meter) for l in state_layers]
-    if lora_inputs:
+    if lora_inputs:  # the pass runs every layer: keep each block's input, so that a layer's state is one block's run
         hooks += [(f"blocks.{l}.att.hook_xw", record) for l in range(cfg.n_layer)]
+        hooks += [(f"blocks.{l}.hook_resid_pre", record_resid) for l in range(1, cfg.n_layer)]
+        if cfg.version == "7":
+            hooks.append(("blocks.0.att.hook_v", lambda x, hook: v_first.append(x[0].detach())))
     try:
         model.run_with_hooks(tokens, hooks, state_positions=range(T), logits="none")
     except _Measured:
@@ -590,7 +623,7 @@ def _decay_forward(model, tokens: Sequence[int], state_layers: list[int], lora_i
     for i in meter.pending:
         meter.flush(i)
     return DecayPass({l: xw[l] for l in sorted(xw)}, StateSizes(cfg.version, state_layers, meter.frobenius,
-                                                                 meter.max_abs))
+                                                                 meter.max_abs), resid, v_first[0] if v_first else None)
 
 
 @torch.no_grad()

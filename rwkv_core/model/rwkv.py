@@ -640,6 +640,26 @@ class RWKV(nn.Module):
             x = x[:, -1:]
         return self.unembed(x), new_state
 
+    def run_block(self, layer: int, resid_pre: torch.Tensor, v_first: Optional[torch.Tensor] = None, *,
+                  state_positions: Sequence[int] = (), chunked: bool = True) -> torch.Tensor:
+        """Block `layer` alone, from the zero state, on its input [B, T, C] as `blocks.{layer}.hook_resid_pre`
+        recorded it (RWKV-7 also needs v_first [B, T, C], layer 0's value, `blocks.0.att.hook_v`): its output
+        [B, T, C], the hooks firing as in a forward. A pass that kept every block's input reruns any one layer
+        without the layers below it. Layer 0 starts from the embedding (ln0 comes before its hook): run the model."""
+        if not 0 < layer < self.cfg.n_layer:
+            raise ValueError(f"run_block takes a layer in 1..{self.cfg.n_layer - 1}; layer 0 starts from the embedding")
+        if self.cfg.version == "7" and v_first is None:
+            raise ValueError("an RWKV-7 block past layer 0 needs v_first (layer 0's value)")
+        x = resid_pre.to(self.device, torch.float32)
+        x = x[None] if x.dim() == 2 else x
+        vf = None if v_first is None else v_first.to(self.device, torch.float32)
+        vf = vf[None] if vf is not None and vf.dim() == 2 else vf
+        zero = self.zero_state(x.shape[0])
+        positions = tuple(int(p) for p in state_positions)
+        out = self.blocks[layer](x, zero.att_shift[layer], zero.wkv[layer], zero.ffn_shift[layer], vf, positions,
+                                 chunked)
+        return out[0]
+
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits from a residual stream [..., C]: head(ln_out(resid)) (the logit lens at any layer)."""
         return lin(_ln(self.ln_out, resid), self.head.weight, self.head.bias)

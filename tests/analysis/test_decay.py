@@ -15,7 +15,7 @@ import torch
 from rwkv_core.analysis import decay as D
 from rwkv_core.figures import decay as FD
 from rwkv_core.figures.common import cell_from_selection, image_config
-from rwkv_core.io.checkpoint import load_checkpoint, load_model
+from rwkv_core.io.checkpoint import detect_config, load_checkpoint, load_model
 from rwkv_core.io.synthetic import random_state_dict, save_checkpoint
 from tests.conftest import shared_file
 
@@ -427,6 +427,36 @@ def test_decay_pass_equals_separate_passes(random_ckpt, version):
     assert sorted(one.lora_inputs) == [0, 1]
     td = D.token_decays_from_inputs(model, tokens, one.lora_inputs)
     np.testing.assert_allclose(td.log_decay, D.token_decays(model, tokens).log_decay, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("version", ["4", "6", "7"])
+def test_another_layers_state_is_one_blocks_run_from_the_kept_input(version):
+    """The prompt's pass keeps each block's input (v6/v7): another layer's state sizes then run that block alone
+    (no layer below it) and equal a pass of their own from the embedding; v4/v5 keep none (the pass ends early)."""
+    from rwkv_core.model.rwkv import RWKV
+
+    sd = random_state_dict(version, n_layer=4, n_embd=64, head_size=16, vocab_size=256, seed=5)
+    model = RWKV.from_state_dict(detect_config(sd), sd)
+    tokens = [int(t) for t in torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(2))]
+    kept = D.decay_pass(model, tokens, state_layers=[1])
+    if not D.is_dynamic(version):
+        assert kept.resid_pre == {} and kept.state_sizes_of(model, 3) is None
+        return
+    assert sorted(kept.resid_pre) == [1, 2, 3] and (kept.v_first is not None) == (version == "7")
+    fired: list[str] = []
+    with model.hooks([(lambda n: n.startswith("blocks.") and n.endswith("hook_resid_pre"),
+                       lambda x, hook: fired.append(hook.name))]):
+        for layer in (3, 2, 1):
+            got = kept.state_sizes_of(model, layer)
+            want = D.state_sizes(model, tokens, layers=[layer])
+            assert got.layers == [layer]
+            np.testing.assert_allclose(got.frobenius, want.frobenius, rtol=1e-5)
+            np.testing.assert_allclose(got.max_abs, want.max_abs, rtol=1e-5)
+    n_own = sum(range(1, 4)) + 3  # the own passes fire layers 0..l each; state_sizes_of fires only its block (3, 2)
+    assert fired.count("blocks.3.hook_resid_pre") == 2 and fired.count("blocks.0.hook_resid_pre") == 3, fired
+    assert len(fired) == n_own + 2
+    with pytest.raises(ValueError, match="layer 0"):
+        model.run_block(0, kept.resid_pre[1])
 
 
 def test_tables_of_the_downloads(random_ckpt):

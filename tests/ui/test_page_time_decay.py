@@ -178,7 +178,7 @@ def test_page_builds_csv_only_on_click(monkeypatch):
 
 def test_page_one_forward_pass_per_prompt(monkeypatch):
     """One forward pass per (model, prompt): another per-token layer, token, head or display choice reruns on cached
-    numbers; another state layer runs one pass of its own (ended after that layer), once."""
+    numbers; another state layer runs that one block from the input the pass kept, once (no pass of its own)."""
     from inspector_ui.views import decay as V
 
     shared_file(TINY["6"])
@@ -198,11 +198,17 @@ def test_page_one_forward_pass_per_prompt(monkeypatch):
         at.run()
         assert not at.exception, at.exception
     assert len(passes) == 1 and state_passes == []
+    from rwkv_core.model.rwkv import RWKV
+
+    blocks: list[int] = []
+    run_block = RWKV.run_block
+    monkeypatch.setattr(RWKV, "run_block", lambda self, layer, *a, **kw: blocks.append(layer)
+                        or run_block(self, layer, *a, **kw))
     for layer in (3, 11, 3):  # 11: measured by the prompt's pass; 3: measured once
         at.selectbox(key="decay_state_layer").set_value(layer)
         at.run()
         assert not at.exception, at.exception
-    assert len(passes) == 1 and [kwargs["layers"] for _, kwargs in state_passes] == [[3]]
+    assert len(passes) == 1 and state_passes == [] and blocks == [3]
 
 
 def _figure(at, title_start: str) -> dict:
