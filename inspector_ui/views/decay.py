@@ -348,9 +348,12 @@ def static_section(views: list[View], config: dict) -> None:
             d2.download_button("Per-head summary (CSV)", lambda summary=summary: csv_bytes(summary),
                                file_name=f"decay_head_summary{v.suffix}.csv", mime="text/csv", on_click="ignore",
                                key=f"decay_dl_summary{v.suffix}")
-            with st.expander("Bonus of the current token (u / r_k)"):
-                st.plotly_chart(FD.bonus_heatmap(bonus, version=sd.version), config=config,
-                                key=f"decay_bonus_fig{v.suffix}")
+            bonus_box = st.expander("Bonus of the current token (u / r_k)", key=f"decay_bonus_open{v.suffix}",
+                                    on_change="rerun")
+            if bonus_box.open:  # drawn only when opened: one figure less for the browser on every first render
+                with bonus_box:
+                    st.plotly_chart(FD.bonus_heatmap(bonus, version=sd.version), config=config,
+                                    key=f"decay_bonus_fig{v.suffix}")
 
 
 @dataclass
@@ -420,11 +423,14 @@ def token_head_section(views: list[View], nums: list[Optional[LayerNumbers]], tc
                             key=f"decay_token_head{v.suffix}")
             if v.trace is not None:
                 st.caption(trace_caption(v.trace, layer))
-            with st.expander(f"Per-head summary over the prompt, layer {layer}"):
-                st.caption("avg = half-life of the mean rate over tokens (median over channels); p5/p50/p95 over "
-                           "tokens of the per-token median half-life; min_at_token = where the head forgets most; "
-                           f"n_long = channels whose average half-life exceeds the prompt ({len(v.tokens)} tokens).")
-                st.dataframe(n.summary, hide_index=True, width="stretch")
+            summary_box = st.expander(f"Per-head summary over the prompt, layer {layer}",
+                                      key=f"decay_summary_open{v.suffix}", on_change="rerun")
+            if summary_box.open:
+                summary_box.caption(
+                    "avg = half-life of the mean rate over tokens (median over channels); p5/p50/p95 over tokens of "
+                    "the per-token median half-life; min_at_token = where the head forgets most; n_long = channels "
+                    f"whose average half-life exceeds the prompt ({len(v.tokens)} tokens).")
+                summary_box.dataframe(n.summary, hide_index=True, width="stretch")
     if len(live) > 1:
         st.caption("Both heat maps share one colour scale (log10 half-life from "
                    f"{zmin:.2f} to {zmax:.2f})." if zmin is not None else "Both heat maps share one colour scale.")

@@ -36,6 +36,26 @@ def test_decay_csv_built_on_click(base_url, page):
     assert not app_exceptions(page)
 
 
+def test_decay_closed_sections_are_drawn_when_opened(base_url, page):
+    """The bonus heat map and the per-head summary wait in closed expanders (no figure for the browser on a first
+    render); a click opens them and the server draws them then."""
+    prompt = "31415926,"
+    open_app(page, f"{base_url}/Time_decay?{urlencode({'model': DEMO_V7, 'prompt': prompt})}", FIRST_RUN_MS)
+    from playwright.sync_api import expect
+
+    charts = page.get_by_test_id("stPlotlyChart")
+    expect(charts).to_have_count(6, timeout=60_000)  # paper, heat map, tokens x heads, spectrum, retention, state
+    bonus = page.get_by_test_id("stExpander").filter(has_text="Bonus of the current token")
+    assert bonus.get_by_test_id("stPlotlyChart").count() == 0
+    bonus.get_by_text("Bonus of the current token").click()
+    bonus.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)
+    expect(charts).to_have_count(7)
+    summary = page.get_by_test_id("stExpander").filter(has_text="Per-head summary over the prompt")
+    summary.get_by_text("Per-head summary over the prompt").click()
+    summary.get_by_test_id("stDataFrame").first.wait_for(timeout=60_000)
+    assert not app_exceptions(page)
+
+
 def test_attention_csvs_built_on_click(base_url, page):
     """The Attention page hands its CSVs over as callables too: a click brings the open head's token values (equal
     to the engine's A: the selected token's row for earlier tokens, its column for later ones) and the layer x head

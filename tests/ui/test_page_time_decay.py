@@ -42,11 +42,18 @@ def test_page_runs(key):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     charts = at.get("plotly_chart")
+    n_charts = 3 if key == "4" else 6  # paper, heat map, state size; + tokens x heads, spectrum, retention
+    assert len(charts) == n_charts and not at.get("dataframe")[1:]  # the bonus and per-head summary wait, closed
+    at.session_state["decay_bonus_open"] = True  # opened: drawn
+    at.session_state["decay_summary_open"] = True
+    at.run()
+    assert not at.exception, at.exception
+    titles = [chart_title(spec) for spec in chart_specs(at)]
+    assert len(titles) == n_charts + 1 and any("onus" in t for t in titles), titles
+    assert len(at.get("dataframe")) == (1 if key == "4" else 2)  # the static summary, + the per-token one
     if key == "4":
         assert any("does not depend on the input" in i.value for i in at.info)
-        assert len(charts) == 4  # paper, heat map, bonus, state size
     else:
-        assert len(charts) == 7  # + tokens x heads, spectrum, retention
         # fallback selection: choose token 3, head 1 without clicking
         at.selectbox(key="decay_sel_token").set_value(3)
         at.selectbox(key="decay_sel_head").set_value(1)
