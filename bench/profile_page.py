@@ -9,6 +9,7 @@ for each step prints its time and, on request:
              it was on a busy stack (inclusive), over all threads (py-spy's own pauses slow the server a little)
   --js       the page's JavaScript samples by function and script (self and inclusive milliseconds)
   --threads  CPU time per server thread during the step (from /proc), which shows torch's pool spinning
+  --browser  CPU time of Chromium's processes during the step (from /proc): what the browser takes of the cores
 
     python -m bench.profile_page /Time_decay --js --spy           # the 0.1B shape, every step of the page
     python -m bench.profile_page /Attention "token click" --threads
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +34,20 @@ from tests.browser.conftest import _WS_TRACKER_JS, CHROMIUM, CHROMIUM_ARGS, VIEW
 IDLE_FRAMES = ("wait (threading", "select (selectors", "_wait_for_tstate_lock", "sleep", "epoll", "get (queue")
 # py-spy shows no frame for a C call: a thread blocked in time.sleep or a queue ends in the Python frame that called it
 IDLE_LAST_FRAMES = ("ComputeThread._loop (", "_worker (concurrent", "task (streamlit/watcher")
+
+
+def browser_cpu() -> int:
+    """User + system clock ticks of every Chromium process on the machine."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().split(") ", 1)
+        except OSError:
+            continue
+        if "chrom" in name.lower():
+            f = rest.split()
+            total += int(f[11]) + int(f[12])
+    return total
 
 
 def thread_cpu(pid: int) -> dict[str, tuple[str, int]]:
@@ -92,6 +108,7 @@ def main() -> int:
     ap.add_argument("--spy", action="store_true")
     ap.add_argument("--js", action="store_true")
     ap.add_argument("--threads", action="store_true")
+    ap.add_argument("--browser", action="store_true")
     shape_arguments(ap, "/tmp/realsize-pages")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -132,10 +149,16 @@ def main() -> int:
                     cdp.send("Profiler.enable")
                     cdp.send("Profiler.setSamplingInterval", {"interval": 1000})
                     cdp.send("Profiler.start")
-                before = thread_cpu(server.proc.pid)
+                before, browser_before = thread_cpu(server.proc.pid), browser_cpu()
                 seconds = action()
-                after = thread_cpu(server.proc.pid)
+                after, browser_after = thread_cpu(server.proc.pid), browser_cpu()
                 print(f"{label}: {seconds:.2f} s {app_exceptions(page) or ''}")
+                if args.browser:
+                    ticks = os.sysconf("SC_CLK_TCK")
+                    server_s = sum(t - before.get(k, ("", 0))[1] for k, (_, t) in after.items()) / ticks
+                    print(f"  CPU seconds during the step: server {server_s:.2f}, Chromium "
+                          f"{(browser_after - browser_before) / ticks:.2f} (of {seconds * (os.cpu_count() or 1):.1f} "
+                          f"core-seconds)")
                 if args.threads:
                     used = sorted(((t - before.get(k, ("", 0))[1], name, k) for k, (name, t) in after.items()),
                                   reverse=True)

@@ -17,6 +17,7 @@ from inspector_ui.resources import (LoadedModel, all_models, device_choices, get
 from inspector_ui.session import PageContext, Run, bind, publish, publish_prompt, seed_prompt
 from inspector_ui.traces import trace_run
 from rwkv_core.errors import RWKVInspectorError
+from inspector_ui.widgets import static_running_indicator
 
 
 def _model_picker(key: str, models: dict[str, ModelEntry], label: str,
@@ -129,6 +130,7 @@ def page_setup(title: str, icon: str = "🔎", about: str = "") -> PageContext:
     when the input is unusable."""
     declare_if_run_directly()
     st.set_page_config(page_title=f"{title} · RWKV Inspector", page_icon=icon, layout="wide")
+    static_running_indicator()
     st.title(title)
     if about:
         st.caption(about)
