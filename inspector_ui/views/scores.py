@@ -93,12 +93,24 @@ def score_inputs(run: Run) -> list[S.ScoreInputs]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) -> dict[str, np.ndarray]:
-    """The selected token's row and column of A for every (layer, head), and with spans S's column (how long its
-    key lasts: the overview and the curves): [L, H, T] numpy. S's row is per layer (`span_row`)."""
-    rc = gated(lambda: S.row_and_column(_inputs, sel, diagonal=diagonal, spans="col" if spans else False),
+def _row_col(rid: tuple, sel: int, spans: bool, _inputs: list) -> dict[str, np.ndarray]:
+    rc = gated(lambda: S.row_and_column(_inputs, sel, diagonal=True, spans="col" if spans else False),
                "Scoring the selected token")
     return {k: v.detach().cpu().numpy() for k, v in rc.items() if isinstance(v, torch.Tensor)}
+
+
+def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) -> dict[str, np.ndarray]:
+    """The selected token's row and column of A for every (layer, head), and with spans S's column (how long its
+    key lasts: the overview and the curves): [L, H, T] numpy. S's row is per layer (`span_row`). Without the
+    diagonal only A[sel, sel] (the bonus) is 0, so both come from one computation."""
+    rc = _row_col(rid, sel, spans, _inputs)
+    if diagonal:
+        return rc
+    rc = dict(rc)
+    for name in ("row", "col"):
+        rc[name] = rc[name].copy()
+        rc[name][..., sel] = 0.0
+    return rc
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -93,3 +93,31 @@ def test_score_capture_gives_the_token_view_its_predictions_without_a_second_for
         del lm.model.forward
     assert ids.shape == (len(tokens), 16) and np.array_equal(ids, ids2)
     np.testing.assert_allclose(probs, probs2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("version", ["6", "7"])
+def test_row_col_without_the_diagonal_is_the_engines_and_costs_no_second_run(version, monkeypatch):
+    """The diagonal toggle: the view's row and column without the diagonal equal the engine's diagonal=False ones,
+    from the one computation the page made with it (the bonus entry A[sel, sel] is the only difference)."""
+    from inspector_ui.views import scores as scores_view
+    from rwkv_core.analysis import scores as S
+    from rwkv_core.io.checkpoint import detect_config
+    from rwkv_core.io.synthetic import random_state_dict
+    from rwkv_core.model.rwkv import RWKV
+
+    sd = random_state_dict(version, n_layer=3, n_embd=64, head_size=16, vocab_size=256, seed=4)
+    model = RWKV.from_state_dict(detect_config(sd), sd)
+    tokens = list(range(3, 60))
+    inputs = S.capture_score_inputs(model, tokens)
+    calls = []
+    engine = S.row_and_column
+    monkeypatch.setattr(S, "row_and_column", lambda *a, **kw: calls.append(kw) or engine(*a, **kw))
+    rid = ("model", f"diag-test-{version}")
+    for sel in (0, 30, 56):
+        with_diag = scores_view.row_col(rid, sel, True, True, inputs)
+        without = scores_view.row_col(rid, sel, False, True, inputs)
+        want = engine(inputs, sel, diagonal=False, spans="col")
+        for name in ("row", "col", "span_col"):
+            np.testing.assert_array_equal(without[name], want[name].numpy())
+        assert with_diag["row"][..., sel].any() and not without["row"][..., sel].any()
+    assert len(calls) == 3  # one per token, none for the toggle
