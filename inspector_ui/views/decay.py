@@ -147,11 +147,13 @@ def static_numbers(model_key: tuple, _acq: View) -> tuple[D.StaticDecay, np.ndar
     return D.static_decay(_acq.model), D.static_bonus(_acq.model)
 
 
-@st.cache_resource(show_spinner="Running the prompt through the model…", max_entries=4, ttl=3600)
+@st.cache_resource(show_spinner="Running the prompt through the model…", max_entries=2, ttl=3600)
 def prompt_pass(model_key: tuple, tokens: tuple[int, ...], _acq: View) -> D.DecayPass:
-    """The one forward pass of a prompt: x_w of every layer ([T, C] each, v6/v7) and the state sizes of the state
-    section's layer at the time (`_acq.state_layer`; measuring a layer runs its WKV token by token, so only the one
-    shown). A resource, not data: every rerun reads it in place (x_w of all layers is L*T*C floats), never changed."""
+    """The one forward pass of a prompt: x_w of every layer ([T, C] each, v6/v7), every block's input (another
+    state layer then runs one block) and the state sizes of the state section's layer at the time
+    (`_acq.state_layer`; measuring a layer runs its WKV token by token, so only the one shown). A resource, not data:
+    every rerun reads it in place, never changed. Two kept (runs A and B): each is 2 L T C floats, 400 MB at the
+    1.5B shape and 1,031 tokens."""
     layer = _acq.state_layer % _acq.cfg.n_layer
     return _acq.run_work(lambda: D.decay_pass(_acq.model, list(tokens), state_layers=[layer]))
 
