@@ -27,5 +27,9 @@ def test_the_running_icon_is_still_text_on_every_page(base_url, page):
     for path in ("/", "/Time_decay"):
         open_app(page, f"{base_url}{path}?{urlencode({'model': DEMO_V7, 'prompt': '31415926,'})}", FIRST_RUN_MS)
         assert not app_exceptions(page)
+        try:  # the style element is drawn with the run's other elements: give the browser a moment after the run
+            page.wait_for_function(f"() => ({PROBE})().svg === 'none'", timeout=15_000)
+        except Exception:  # noqa: BLE001 - the assertion below says what was seen
+            pass
         shown = page.evaluate(PROBE)
         assert shown == {"svg": "none", "text": '"Running…"'}, (path, shown)
