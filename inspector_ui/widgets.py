@@ -287,7 +287,7 @@ def token_label(texts: Sequence[str], i: int) -> str:
 
 # While a script runs, Streamlit animates its "running" icon (top right) by swapping SVG frames several times a
 # second; on a page of large figures every swap costs the browser a repaint. In a browser on the server's own cores
-# (a laptop) that took a sixth to a third of a core from the computation: Chromium used 0.84 CPU-seconds in 8 s of a
+# (a laptop) that took about a seventh of a core from the computation: Chromium used 1.09 CPU-seconds in 8 s of a
 # run beside two large figures, 0.11 with the icon replaced by still text (`python -m bench.bench_running_indicator`).
 RUNNING_CSS = ("<style>[data-testid=stStatusWidgetRunningIcon] svg { display: none !important; } "
                "[data-testid=stStatusWidgetRunningIcon]::after { content: 'Running…'; font-size: 0.875rem; "
