@@ -350,8 +350,10 @@ def available_memory_bytes(device: str = "cpu") -> int:
 def capture_bytes(cfg, T: int, n_layers: int) -> int:
     """Bytes of one forward with the score views' capture (`scores.capture_with_logits`): per captured layer r, k,
     v, the log-decay and the WKV output (v7 also kk and a) [T, C] float32, the logits [T, V], and one block's
-    activations while it runs."""
-    per_layer = (7 if str(cfg.version).startswith("7") else 5) * T * cfg.n_embd * 4
+    activations while it runs; v7 also one input's token-major [T, L, C] buffer while it is filled from the
+    per-layer tensors."""
+    v7 = str(cfg.version).startswith("7")
+    per_layer = (8 if v7 else 5) * T * cfg.n_embd * 4
     return n_layers * per_layer + T * cfg.vocab_size * 4 + T * TR.row_token_bytes(cfg)
 
 

@@ -92,3 +92,40 @@ def test_the_memory_estimate_is_within_2x_of_the_measured_peak(shape, tmp_path):
     ratio = got["estimate"] / got["added"]
     print(f"{shape}: estimate {got['estimate'] / 2**20:.0f} MB, measured {got['added'] / 2**20:.0f} MB ({ratio:.2f})")
     assert 0.5 <= ratio <= 2.0
+
+
+CAPTURE = """
+import json, sys, torch
+torch.set_num_threads(1)
+from rwkv_core.analysis import scores as S
+from rwkv_core.io.checkpoint import load_model
+from rwkv_core.jobs import cost as COST
+path, T = sys.argv[1], int(sys.argv[2])
+m = load_model(path)
+tokens = torch.randint(0, m.cfg.vocab_size, (T,), generator=torch.Generator().manual_seed(0)).tolist()
+m(tokens[:8])  # torch's own first-call allocations, not the capture's
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+open("/proc/self/clear_refs", "w").write("5")  # the peak so far (the checkpoint load) is forgotten
+base = status("VmRSS:")
+logits, inputs = S.capture_with_logits(m, tokens)
+added = status("VmHWM:") - base
+print(json.dumps({"estimate": COST.capture_bytes(m.cfg, T, m.cfg.n_layer), "added": added}))
+"""
+
+
+def test_the_capture_estimate_is_within_2x_of_the_measured_peak(tmp_path):
+    """What the score pages' capture budget is checked against: the bytes a capture of every layer adds to the
+    process (its inputs laid out token-major, the logits), measured by the kernel's high-water mark."""
+    from rwkv_core.io.synthetic import write_random_checkpoint
+
+    path = tmp_path / "v7-6x512.pth"
+    write_random_checkpoint(str(path), "7", n_layer=6, n_embd=512, head_size=64, vocab_size=256, seed=0)
+    out = subprocess.run([sys.executable, "-c", CAPTURE, str(path), "1500"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = got["estimate"] / got["added"]
+    print(f"capture: estimate {got['estimate'] / 2**20:.0f} MB, measured {got['added'] / 2**20:.0f} MB ({ratio:.2f})")
+    assert 0.5 <= ratio <= 2.0
