@@ -85,13 +85,17 @@ def test_the_memory_estimate_is_within_2x_of_the_measured_peak(shape, tmp_path):
 
         path, T, n = str(tmp_path / "v7-12x768.pth"), 300, 4
         write_random_checkpoint(path, "7", n_layer=12, n_embd=768, head_size=64, vocab_size=256, seed=0)
-    out = subprocess.run([sys.executable, "-c", MEASURE, path, str(T), str(n)], capture_output=True, text=True,
-                         timeout=600)
+    assert 0.5 <= estimate_over_measured(shape, MEASURE, path, T, n) <= 2.0
+
+
+def estimate_over_measured(name: str, script: str, *args) -> float:
+    """Run a measuring script in a fresh process; its estimate / the bytes it measured (printed for the log)."""
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = got["estimate"] / got["added"]
-    print(f"{shape}: estimate {got['estimate'] / 2**20:.0f} MB, measured {got['added'] / 2**20:.0f} MB ({ratio:.2f})")
-    assert 0.5 <= ratio <= 2.0
+    print(f"{name}: estimate {got['estimate'] / 2**20:.0f} MB, measured {got['added'] / 2**20:.0f} MB ({ratio:.2f})")
+    return ratio
 
 
 CAPTURE = """
@@ -122,10 +126,4 @@ def test_the_capture_estimate_is_within_2x_of_the_measured_peak(tmp_path):
 
     path = tmp_path / "v7-6x512.pth"
     write_random_checkpoint(str(path), "7", n_layer=6, n_embd=512, head_size=64, vocab_size=256, seed=0)
-    out = subprocess.run([sys.executable, "-c", CAPTURE, str(path), "1500"], capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    ratio = got["estimate"] / got["added"]
-    print(f"capture: estimate {got['estimate'] / 2**20:.0f} MB, measured {got['added'] / 2**20:.0f} MB ({ratio:.2f})")
-    assert 0.5 <= ratio <= 2.0
+    assert 0.5 <= estimate_over_measured("capture", CAPTURE, path, 1500) <= 2.0
