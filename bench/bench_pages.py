@@ -94,6 +94,14 @@ def toggle(page, label: str):
     return act
 
 
+def expand(page, label_start: str):
+    """Open the main area's expander whose label starts with `label_start`."""
+    def act():
+        main_area(page).get_by_test_id("stExpander").filter(has_text=label_start).first.get_by_text(
+            label_start).first.click()
+    return act
+
+
 def click_token(page, index: int):
     def act():
         page.locator('[data-testid="token"]').nth(index).click()
@@ -118,7 +126,9 @@ PAGES = [
                      ("spectrum y radio", lambda p, n: radio(p, "Spectrum y", "decay λ")),
                      ("retention aggregate", lambda p, n: radio(p, "Head aggregate", "mean")),
                      ("state measure radio", lambda p, n: radio(p, "Measure", "max |entry|")),
-                     ("state layer", lambda p, n: select(p, "Layer", "1", nth=1))]),
+                     ("state layer", lambda p, n: select(p, "Layer", "1", nth=1)),
+                     ("bonus opened", lambda p, n: expand(p, "Bonus of the current token")),
+                     ("per-head summary opened", lambda p, n: expand(p, "Per-head summary over the prompt"))]),
     ("/Causal_tracing", [("image format radio", lambda p, n: radio(p, "Image download", "svg"))]),
 ]
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.profile_page import browser_cpu
 from inspector_ui.widgets import RUNNING_CSS
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, StreamlitServer
 
@@ -39,20 +40,6 @@ VARIANTS = [("Streamlit's animated icon", "run=1"), ("still text (RUNNING_CSS)",
             ("no script running", "")]
 
 
-def browser_ticks() -> int:
-    """User + system clock ticks of every Chromium process on the machine."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            name, rest = stat.read_text().split(") ", 1)
-        except OSError:
-            continue
-        if "chrom" in name.lower():
-            f = rest.split()
-            total += int(f[11]) + int(f[12])
-    return total
-
-
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -71,9 +58,9 @@ def main() -> int:
                 page.goto(f"{server.url}/?{query}")
                 page.get_by_test_id("stPlotlyChart").nth(1).wait_for(timeout=60_000)
                 time.sleep(3)  # the figures drawn; the script still sleeping (30 s) where it runs
-                before = browser_ticks()
+                before = browser_cpu()
                 time.sleep(window)
-                rows.append((name, (browser_ticks() - before) / ticks))
+                rows.append((name, (browser_cpu() - before) / ticks))
                 page.close()
             browser.close()
     finally:

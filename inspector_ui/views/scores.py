@@ -103,13 +103,10 @@ def row_col(rid: tuple, sel: int, diagonal: bool, spans: bool, _inputs: list) ->
     """The selected token's row and column of A for every (layer, head), and with spans S's column (how long its
     key lasts: the overview and the curves): [L, H, T] numpy. S's row is per layer (`span_row`). Without the
     diagonal only A[sel, sel] (the bonus) is 0, so both come from one computation."""
-    rc = _row_col(rid, sel, spans, _inputs)
-    if diagonal:
-        return rc
-    rc = dict(rc)
-    for name in ("row", "col"):
-        rc[name] = rc[name].copy()
-        rc[name][..., sel] = 0.0
+    rc = _row_col(rid, sel, spans, _inputs)  # st.cache_data hands out a copy: ours to change
+    if not diagonal:
+        for name in ("row", "col"):
+            rc[name][..., sel] = 0.0
     return rc
 
 

@@ -767,7 +767,7 @@ def _v7_row_col_loop(r, k, logw, kk, a, s, spans) -> dict:
     True or "col". Token-major, because each step reads one token of every (layer, head): a contiguous block. The
     whole-prompt products run on the caller's threads, the loops over tokens on `recurrence_threads`.
     """
-    w = torch.exp(logw.clamp_min(V7_LOGW_FLOOR))  # [T, ..., N]; e^-40 is a normal float: no underflow path
+    w = torch.exp(logw)  # [T, ..., N]; ScoreInputs floors v7's log w at -40: e^-40 is a normal float
     ka = kk * a
     with recurrence_threads(r):
         out = _v7_pushes(r, k, w, kk, ka, s, spans)
